@@ -1,0 +1,48 @@
+# Two commands a new user needs: `make demo` and `make test` (both create .venv if needed).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU-only machine -> pin the local torch CPU wheel; with an NVIDIA driver keep pip's choice.
+CONSTRAINTS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
+PYTEST_WORKERS ?= 2
+
+.PHONY: install install-test demo test test-heavy lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints/cpu.txt
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[workflow]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[workflow,test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## demo: run the default Snakemake workflow on tiny CPU data
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --printshellcmds
+
+## test: the default test suite (heavy, slurm and gpu tests are behind markers)
+test: install-test
+	@echo "pytest: skipping markers heavy/slurm/gpu (run 'make test-heavy' for heavy tests)"
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
+
+test-heavy: install-test
+	$(BIN)/python -m pytest -m heavy -n $(PYTEST_WORKERS)
+
+lint: install-test
+	$(BIN)/ruff check core domains tests benchmarks
+	$(BIN)/ruff format --check core domains tests benchmarks
+
+bench: install-test
+	$(BIN)/python -m benchmarks.sampler_convergence
+	$(BIN)/python -m benchmarks.diffusers_crosscheck
+	$(BIN)/python -m benchmarks.sampler_overhead
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,1 @@
+"""diffsci.core: the field-agnostic diffusion core."""

@@ -1,0 +1,51 @@
+"""Command-line interface: ``diffsci <command> ...``.
+
+Errors from bad input are reported as one line naming the problem, with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(DemoConfig)
+                 if getattr(args, f.name, None) is not None}  # fmt: skip
+    metrics = run_demo(args.out, DemoConfig(**overrides), progress=not args.quiet)
+    for k, v in metrics.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffsci", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="train and sample a 2-D Gaussian mixture (core demo)")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--steps", type=int, help="training steps")
+    d.add_argument("--batch-size", dest="batch_size", type=int)
+    d.add_argument("--sampler", help="sampler name (see diffsci.core.samplers.SAMPLERS)")
+    d.add_argument("--sample-steps", dest="sample_steps", type=int)
+    d.add_argument("--seed", type=int)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"diffsci {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Provenance records: what produced an output (config, seed, versions, git commit, machine)."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["provenance", "write_json_atomic"]
+
+_PACKAGES = ("diffsci", "torch", "monai", "numpy", "scipy", "snakemake", "h5py", "scanpy",
+             "anndata", "xarray", "dask", "pydicom")  # fmt: skip
+
+
+def _git_commit(path: Path) -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(*, config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """A JSON-serialisable record of how an output was made."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "config": config or {},
+        "seed": seed,
+        "versions": versions,
+        "git_commit": _git_commit(Path(__file__).resolve().parent),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": platform.node(),
+    }
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path

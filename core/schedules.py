@@ -1,0 +1,200 @@
+"""Noise schedules (descending float64 sigma arrays ending in 0) and training-sigma samplers.
+
+All schedules live in sigma space (``x = x0 + sigma * n``); VP and flow schedules are mapped
+there with ``sigma = sqrt((1 - ab) / ab)`` and ``sigma = t / (1 - t)`` respectively.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "karras",
+    "exponential",
+    "vp_linear",
+    "vp_cosine",
+    "flow",
+    "ddpm_alphas_cumprod",
+    "ddpm_sigmas",
+    "get_sigmas",
+    "check_sigmas",
+    "LogNormalSigma",
+    "LogUniformSigma",
+    "UniformTimeSigma",
+]
+
+
+def _finish(sig: Tensor) -> Tensor:
+    return torch.cat([sig.to(torch.float64), sig.new_zeros(1, dtype=torch.float64)])
+
+
+def _check_n(n: int) -> None:
+    if int(n) != n or n < 1:
+        raise ValueError(f"n (number of steps) must be a positive integer, got {n}")
+
+
+def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, rho: float = 7.0) -> Tensor:
+    """EDM schedule: ``(s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, then 0."""
+    _check_n(n)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _finish((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Tensor:
+    """Log-linear schedule from ``sigma_max`` to ``sigma_min``, then 0."""
+    _check_n(n)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp())
+
+
+def vp_linear(n: int, *, beta_min: float = 0.1, beta_max: float = 20.0, eps_t: float = 1e-3) -> Tensor:
+    """Continuous VP (Song et al.) with linear beta: ``sigma(t) = sqrt(exp(bd t^2/2 + bmin t) - 1)``,
+    ``t`` uniform from 1 to ``eps_t``."""
+    _check_n(n)
+    t = torch.linspace(1, eps_t, n, dtype=torch.float64)
+    return _finish(torch.special.expm1(0.5 * (beta_max - beta_min) * t**2 + beta_min * t).sqrt())
+
+
+def vp_cosine(n: int, *, s: float = 0.008, sigma_max: float = 80.0, eps_t: float = 1e-4) -> Tensor:
+    """Cosine schedule (Nichol & Dhariwal): ``ab(t) = cos^2((t+s)/(1+s) pi/2) / cos^2(s/(1+s) pi/2)``.
+
+    ``t`` is uniform from ``t_max`` to ``eps_t``, with ``t_max`` where ``sigma = sigma_max``
+    (``ab(1) = 0`` would give an infinite sigma).
+    """
+    _check_n(n)
+
+    def sig(t: Tensor) -> Tensor:
+        ab = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+        return ((1 - ab) / ab).sqrt()
+
+    # invert sigma(t) = sigma_max: ab = 1/(1+sigma^2)
+    ab_max = 1 / (1 + sigma_max**2)
+    c0 = math.cos(s / (1 + s) * math.pi / 2)
+    t_max = min(1.0, math.acos(math.sqrt(ab_max) * c0) * 2 / math.pi * (1 + s) - s)
+    return _finish(sig(torch.linspace(t_max, eps_t, n, dtype=torch.float64)))
+
+
+def flow(n: int, *, t_max: float = 0.999, t_min: float = 1e-3, shift: float = 1.0) -> Tensor:
+    """Rectified-flow schedule: ``t`` uniform in ``[t_max, t_min]`` (optionally shifted as SD3,
+    ``t' = shift t / (1 + (shift-1) t)``), mapped to ``sigma = t/(1-t)``."""
+    _check_n(n)
+    if not 0 < t_min < t_max < 1:
+        raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
+    t = torch.linspace(t_max, t_min, n, dtype=torch.float64)
+    t = shift * t / (1 + (shift - 1) * t)
+    return _finish(t / (1 - t))
+
+
+def ddpm_alphas_cumprod(
+    num_train_timesteps: int = 1000,
+    *,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    kind: str = "linear",
+) -> Tensor:
+    """Discrete DDPM ``alphas_cumprod`` table (``linear``, ``scaled_linear`` or ``cosine``)."""
+    T = num_train_timesteps
+    if kind == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    elif kind == "cosine":
+        f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        betas = torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)], dtype=torch.float64)
+    else:
+        raise ValueError(f"kind must be 'linear', 'scaled_linear' or 'cosine', got {kind!r}")
+    return torch.cumprod(1 - betas, 0)
+
+
+def ddpm_sigmas(alphas_cumprod: Tensor, n: int, *, spacing: str = "leading", steps_offset: int = 0):
+    """Sigmas at the discrete timesteps a DDPM/DDIM sampler with ``n`` steps visits.
+
+    ``spacing`` follows diffusers: ``leading`` (``arange(n) * (T // n) + offset``), ``trailing``
+    or ``linspace``. Returns ``(sigmas, timesteps)``, sigmas descending and ending in 0.
+    """
+    _check_n(n)
+    ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    T = len(ac)
+    if spacing == "leading":
+        ts = (torch.arange(n) * (T // n)).flip(0) + steps_offset
+    elif spacing == "trailing":
+        ts = (torch.arange(T, 0, -T / n).round() - 1).long()
+    elif spacing == "linspace":
+        ts = torch.linspace(0, T - 1, n, dtype=torch.float64).round().long().flip(0)
+    else:
+        raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
+    ts = ts.long()
+    a = ac[ts]
+    return _finish(((1 - a) / a).sqrt()), ts
+
+
+def get_sigmas(name: str, n: int, **kwargs) -> Tensor:
+    """Schedule by name: ``karras``, ``exponential``, ``vp_linear``, ``vp_cosine`` or ``flow``."""
+    table = {"karras": karras, "exponential": exponential, "vp_linear": vp_linear,
+             "vp_cosine": vp_cosine, "flow": flow}  # fmt: skip
+    if name not in table:
+        raise ValueError(f"unknown schedule {name!r}; choose from {sorted(table)}")
+    return table[name](n, **kwargs)
+
+
+def check_sigmas(sigmas: Tensor) -> Tensor:
+    """Validate a sampling schedule: 1-D, finite, >= 0, strictly descending; returns float64."""
+    sigmas = torch.as_tensor(sigmas)
+    if sigmas.dim() != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+    s = sigmas.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("sigmas contain NaN or inf")
+    if bool((s < 0).any()):
+        raise ValueError("sigmas must be non-negative")
+    if not bool((s[1:] < s[:-1]).all()):
+        bad = int(torch.nonzero(s[1:] >= s[:-1])[0])
+        raise ValueError(
+            f"sigmas must be strictly descending; sigmas[{bad}]={s[bad]:.6g} <= sigmas[{bad + 1}]={s[bad + 1]:.6g}"
+        )
+    return s
+
+
+class LogNormalSigma:
+    """Training sigmas ``exp(N(p_mean, p_std^2))`` (EDM default -1.2, 1.2)."""
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2) -> None:
+        self.p_mean, self.p_std = p_mean, p_std
+
+    def __call__(self, n: int, rng, *, device=None) -> Tensor:
+        return (rng.randn((n,), device=device) * self.p_std + self.p_mean).exp()
+
+
+class LogUniformSigma:
+    """Training sigmas log-uniform in ``[sigma_min, sigma_max]``."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
+        self.lo, self.hi = math.log(sigma_min), math.log(sigma_max)
+
+    def __call__(self, n: int, rng, *, device=None) -> Tensor:
+        return (rng.rand((n,), device=device) * (self.hi - self.lo) + self.lo).exp()
+
+
+class UniformTimeSigma:
+    """Training sigmas from uniform time: VP linear (``kind='vp'``) or flow (``kind='flow'``)."""
+
+    def __init__(self, kind: str = "vp", *, eps_t: float = 1e-3, beta_min: float = 0.1,
+                 beta_max: float = 20.0, t_max: float = 0.999) -> None:  # fmt: skip
+        if kind not in ("vp", "flow"):
+            raise ValueError(f"kind must be 'vp' or 'flow', got {kind!r}")
+        self.kind, self.eps_t, self.bmin, self.bmax, self.t_max = kind, eps_t, beta_min, beta_max, t_max
+
+    def __call__(self, n: int, rng, *, device=None) -> Tensor:
+        u = rng.rand((n,), device=device)
+        if self.kind == "vp":
+            t = self.eps_t + (1 - self.eps_t) * u
+            return torch.special.expm1(0.5 * (self.bmax - self.bmin) * t**2 + self.bmin * t).sqrt()
+        t = self.eps_t + (self.t_max - self.eps_t) * u
+        return t / (1 - t)

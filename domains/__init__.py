@@ -1,0 +1,1 @@
+"""diffsci.domains: field packages built on diffsci.core."""
