@@ -40,7 +40,11 @@ class GaussianMixture:
         w = torch.as_tensor(weights, dtype=torch.float64)
         mu = torch.as_tensor(means, dtype=torch.float64)
         cov = torch.as_tensor(covs, dtype=torch.float64)
-        if mu.dim() != 2 or cov.shape != (mu.shape[0], mu.shape[1], mu.shape[1]) or w.shape != (mu.shape[0],):
+        if (
+            mu.dim() != 2
+            or cov.shape != (mu.shape[0], mu.shape[1], mu.shape[1])
+            or w.shape != (mu.shape[0],)
+        ):
             raise ValueError("need weights (K,), means (K, d), covs (K, d, d)")
         if bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError("weights must be non-negative with a positive sum")
@@ -51,8 +55,11 @@ class GaussianMixture:
     @classmethod
     def example_1d(cls) -> GaussianMixture:
         """Three well-separated unequal components in 1-D."""
-        return cls(torch.tensor([0.3, 0.5, 0.2]), torch.tensor([[-2.0], [0.5], [2.5]]),
-                   torch.tensor([0.25, 0.09, 0.36]).reshape(3, 1, 1))  # fmt: skip
+        return cls(
+            torch.tensor([0.3, 0.5, 0.2]),
+            torch.tensor([[-2.0], [0.5], [2.5]]),
+            torch.tensor([0.25, 0.09, 0.36]).reshape(3, 1, 1),
+        )
 
     @classmethod
     def example_8d(cls, seed: int = 0) -> GaussianMixture:

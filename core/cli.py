@@ -15,8 +15,11 @@ __all__ = ["main"]
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(DemoConfig)
-                 if getattr(args, f.name, None) is not None}  # fmt: skip
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(DemoConfig)
+        if getattr(args, f.name, None) is not None
+    }
     metrics = run_demo(args.out, DemoConfig(**overrides), progress=not args.quiet)
     for k, v in metrics.items():
         print(f"{k}: {v}")

@@ -53,8 +53,9 @@ def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.15) -> Gaussian
     return GaussianMixture(torch.ones(k), means, covs)
 
 
-def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
-             progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_demo(
+    out_dir: str | os.PathLike, config: DemoConfig | None = None, *, progress: bool = True
+) -> dict[str, Any]:
     """Train, sample, evaluate and plot; writes ``samples.h5``, ``metrics.json``,
     ``demo.png`` and ``provenance.json`` into ``out_dir``. Returns the metrics."""
     cfg = config or DemoConfig()
@@ -66,20 +67,35 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
     data = gm.sample(cfg.n_train, generator=g).float()
     sigma_data = float(data.std())
 
-    model = KarrasDenoiser(MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth), sigma_data=sigma_data)
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                       ema_decay=0.995, warmup_steps=100, progress=progress,
-                       log_every=max(1, cfg.steps // 50))  # fmt: skip
-    result = train(model, lambda m, batch, rng: edm_loss(m, batch, rng), data, tcfg,
-                   metrics_path=str(out / "train_metrics.jsonl"))  # fmt: skip
+    model = KarrasDenoiser(
+        MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth), sigma_data=sigma_data
+    )
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        ema_decay=0.995,
+        warmup_steps=100,
+        progress=progress,
+        log_every=max(1, cfg.steps // 50),
+    )
+    result = train(
+        model,
+        lambda m, batch, rng: edm_loss(m, batch, rng),
+        data,
+        tcfg,
+        metrics_path=str(out / "train_metrics.jsonl"),
+    )
     net = (result.ema or result.model).eval()
 
     sig = karras(cfg.sample_steps, 0.002, 80.0)
     gs = torch.Generator().manual_seed(cfg.seed + 1)
     learned = sample(net, (cfg.n_eval, 2), sig, sampler=cfg.sampler, generator=gs)
     gs = torch.Generator().manual_seed(cfg.seed + 1)
-    exact = sample(gm.denoiser(), (cfg.n_eval, 2), sig, sampler=cfg.sampler, generator=gs,
-                   dtype=torch.float64)  # fmt: skip
+    exact = sample(
+        gm.denoiser(), (cfg.n_eval, 2), sig, sampler=cfg.sampler, generator=gs, dtype=torch.float64
+    )
     truth = gm.sample(cfg.n_eval, generator=torch.Generator().manual_seed(cfg.seed + 2))
     truth2 = gm.sample(cfg.n_eval, generator=torch.Generator().manual_seed(cfg.seed + 3))
     metrics = {
@@ -110,9 +126,16 @@ def _plot(path: Path, truth, exact, learned, history, metrics) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 4, figsize=(16, 4))
-    for a, pts, title in zip(ax[:3], (truth, exact, learned), ("truth",
+    for a, pts, title in zip(
+        ax[:3],
+        (truth, exact, learned),
+        (
+            "truth",
             f"exact denoiser ({metrics['sampler']}, {metrics['nfe']} NFE)",
-            f"learned model (E-dist {metrics['energy_distance_learned']:.4f})"), strict=True):  # fmt: skip
+            f"learned model (E-dist {metrics['energy_distance_learned']:.4f})",
+        ),
+        strict=True,
+    ):
         a.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
         a.set_title(title)
         a.set_aspect("equal")

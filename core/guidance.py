@@ -44,7 +44,9 @@ class ClassifierFreeGuidance(nn.Module):
         sigma = as_sigma(sigma, x)
         if isinstance(cond, Tensor) and isinstance(null, Tensor) and null.shape == cond.shape:
             # one batched network call for both branches
-            both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null]))
+            both = self.denoiser(
+                torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null])
+            )
             d_c, d_u = both.chunk(2)
         else:
             d_c = self.denoiser(x, sigma, cond)
@@ -66,8 +68,9 @@ class GradientGuidance(nn.Module):
         Guidance strength (1 = Bayes' rule).
     """
 
-    def __init__(self, denoiser: Denoiser, log_likelihood: Callable[..., Tensor], *,
-                 scale: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self, denoiser: Denoiser, log_likelihood: Callable[..., Tensor], *, scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.denoiser, self.log_likelihood, self.scale = denoiser, log_likelihood, float(scale)
 

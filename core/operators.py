@@ -57,8 +57,16 @@ class LinearOperator:
         """Minimum-norm least-squares solution ``A^+ y`` (CG on the normal equations)."""
         return _cg(self.normal, self.adjoint(y), iters=iters, tol=tol)
 
-    def prox_l2(self, z: Tensor, y: Tensor, rho: float | Tensor, *, noise_std: float = 1.0,
-                iters: int = 50, tol: float = 1e-10) -> Tensor:  # fmt: skip
+    def prox_l2(
+        self,
+        z: Tensor,
+        y: Tensor,
+        rho: float | Tensor,
+        *,
+        noise_std: float = 1.0,
+        iters: int = 50,
+        tol: float = 1e-10,
+    ) -> Tensor:
         """``argmin_x |A x - y|^2 / (2 s^2) + rho/2 |x - z|^2`` (CG on the normal equations)."""
         a = 1.0 / noise_std**2
         rhs = a * self.adjoint(y) + rho * z
@@ -155,7 +163,9 @@ class BlockMean(LinearOperator):
     def _check(self, x: Tensor, fine: bool) -> None:
         sp = x.shape[-self.spatial_dims :]
         if x.dim() != self.spatial_dims + 2:
-            raise ValueError(f"expected (B, C, *{self.spatial_dims} spatial dims), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected (B, C, *{self.spatial_dims} spatial dims), got {tuple(x.shape)}"
+            )
         if fine and any(s % f for s, f in zip(sp, self.factor, strict=True)):
             raise ValueError(f"spatial shape {tuple(sp)} not divisible by factor {self.factor}")
 
@@ -243,5 +253,7 @@ def check_adjoint(
     rhs = _inner(x, op.adjoint(y))
     err = float((lhs - rhs).abs() / (ax.norm() * y.norm()).clamp_min(1e-30))
     if err > rtol:
-        raise AssertionError(f"{type(op).__name__} fails the adjoint test: relative error {err:.3e}")
+        raise AssertionError(
+            f"{type(op).__name__} fails the adjoint test: relative error {err:.3e}"
+        )
     return err

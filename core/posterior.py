@@ -95,7 +95,12 @@ class DPS(nn.Module):
         if noise_std == 0 and sigma_data is None and variance is None:
             raise ValueError("DPS with noise_std=0 needs sigma_data or variance (else 1/0 steps)")
         self.denoiser, self.operator, self.y = denoiser, operator, _check_y(y)
-        self.noise_std, self.scale, self.sigma_data, self.variance = noise_std, scale, sigma_data, variance
+        self.noise_std, self.scale, self.sigma_data, self.variance = (
+            noise_std,
+            scale,
+            sigma_data,
+            variance,
+        )
 
     def _var(self, sigma: Tensor) -> Tensor:
         if self.variance is not None:
@@ -141,12 +146,21 @@ class ProximalDataStep(nn.Module):
     Gaussian estimate of variance ``sigma^2 / lam``.
     """
 
-    def __init__(self, denoiser: Denoiser, operator: LinearOperator, y: Tensor, *,
-                 noise_std: float, lam: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        operator: LinearOperator,
+        y: Tensor,
+        *,
+        noise_std: float,
+        lam: float = 1.0,
+    ) -> None:
         super().__init__()
         if noise_std <= 0 or lam <= 0:
-            raise ValueError(f"noise_std and lam must be > 0 (got {noise_std}, {lam}); "
-                             "for noiseless data use DataConsistency")  # fmt: skip
+            raise ValueError(
+                f"noise_std and lam must be > 0 (got {noise_std}, {lam}); "
+                "for noiseless data use DataConsistency"
+            )
         self.denoiser, self.operator, self.y = denoiser, operator, _check_y(y)
         self.noise_std, self.lam = float(noise_std), float(lam)
 
@@ -223,8 +237,9 @@ def start_from(
     gdev = generator.device if generator is not None else x_init.device
     n = torch.randn(x_init.shape, generator=generator, device=gdev, dtype=x_init.dtype)
     x = x_init + sigma_start * n.to(x_init.device)
-    return get_sampler(sampler)(denoiser, x, sched, cond=cond, generator=generator,
-                                callback=callback, **options)  # fmt: skip
+    return get_sampler(sampler)(
+        denoiser, x, sched, cond=cond, generator=generator, callback=callback, **options
+    )
 
 
 class _Stacked(nn.Module):
@@ -239,7 +254,10 @@ class _Stacked(nn.Module):
     def split(self, z: Tensor) -> list[Tensor]:
         if z.dim() != 2 or z.shape[1] != sum(self.sizes):
             raise ValueError(f"stacked state must be (B, {sum(self.sizes)}), got {tuple(z.shape)}")
-        return [p.reshape(z.shape[0], *s) for p, s in zip(z.split(self.sizes, 1), self.shapes, strict=True)]
+        return [
+            p.reshape(z.shape[0], *s)
+            for p, s in zip(z.split(self.sizes, 1), self.shapes, strict=True)
+        ]
 
     def stack(self, parts: Sequence[Tensor]) -> Tensor:
         return torch.cat([p.flatten(1) for p in parts], 1)
@@ -247,7 +265,9 @@ class _Stacked(nn.Module):
     def forward(self, z: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         conds = cond if isinstance(cond, (list, tuple)) else [cond] * len(self.denoisers)
         parts = self.split(z)
-        return self.stack([d(p, sigma, c) for d, p, c in zip(self.denoisers, parts, conds, strict=True)])
+        return self.stack(
+            [d(p, sigma, c) for d, p, c in zip(self.denoisers, parts, conds, strict=True)]
+        )
 
 
 class JointPosterior(nn.Module):
@@ -303,13 +323,23 @@ class JointPosterior(nn.Module):
             return op(x) + self.gamma * h
 
         def variance(sigma: Tensor) -> Tensor:
-            return (noise_std**2 + x0_variance(sigma, sigma_data_x)
-                    + self.gamma**2 * x0_variance(sigma, sigma_data_h))  # fmt: skip
+            return (
+                noise_std**2
+                + x0_variance(sigma, sigma_data_x)
+                + self.gamma**2 * x0_variance(sigma, sigma_data_h)
+            )
 
         self.dps = DPS(self.prior, joint_op, y, noise_std=noise_std, scale=scale, variance=variance)
 
-    def initial(self, batch: int, sigma_max: float, *, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float32, device=None) -> Tensor:  # fmt: skip
+    def initial(
+        self,
+        batch: int,
+        sigma_max: float,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
         """Initial stacked state ``randn * sigma_max``."""
         n = sum(self.prior.sizes)
         gdev = generator.device if generator is not None else device

@@ -14,16 +14,39 @@ from typing import Any
 
 __all__ = ["provenance", "write_json_atomic"]
 
-_PACKAGES = ("diffsci", "torch", "monai", "numpy", "scipy", "snakemake", "h5py", "scanpy",
-             "anndata", "xarray", "dask", "pydicom")  # fmt: skip
+_PACKAGES = (
+    "diffsci",
+    "torch",
+    "monai",
+    "numpy",
+    "scipy",
+    "snakemake",
+    "h5py",
+    "scanpy",
+    "anndata",
+    "xarray",
+    "dask",
+    "pydicom",
+)
 
 
 def _git_commit(path: Path) -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
-                              text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .denoisers import Denoiser
 from .schedules import check_sigmas
@@ -36,6 +37,7 @@ __all__ = [
     "get_sampler",
     "sample",
     "nfe",
+    "ProgressBar",
 ]
 
 Callback = Callable[[dict], Any] | None
@@ -66,9 +68,14 @@ def _cb(callback: Callback, i: int, x: Tensor, s: float, s_next: float, d: Tenso
 
 @torch.no_grad()
 def sample_euler(
-    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-    generator: torch.Generator | None = None, callback: Callback = None,
-) -> Tensor:  # fmt: skip
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
     """Euler method for the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
     s = _prepare(x, sigmas)
     for i in range(len(s) - 1):
@@ -80,10 +87,18 @@ def sample_euler(
 
 @torch.no_grad()
 def sample_heun(
-    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-    generator: torch.Generator | None = None, callback: Callback = None,
-    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-) -> Tensor:  # fmt: skip
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> Tensor:
     """Heun's second-order method (EDM Alg. 2; ``s_churn > 0`` adds EDM's stochastic churn)."""
     s = _prepare(x, sigmas)
     n = len(s) - 1
@@ -108,9 +123,15 @@ def sample_heun(
 
 @torch.no_grad()
 def sample_ddim(
-    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-    generator: torch.Generator | None = None, callback: Callback = None, eta: float = 0.0,
-) -> Tensor:  # fmt: skip
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    eta: float = 0.0,
+) -> Tensor:
     """DDIM (Song et al. 2021) in sigma space.
 
     With ``sigma_up = eta * sqrt(s'^2 (s^2 - s'^2) / s^2)`` (DDIM's ``sigma_t`` divided by
@@ -137,18 +158,31 @@ def sample_ddim(
 
 
 def sample_euler_ancestral(
-    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-    generator: torch.Generator | None = None, callback: Callback = None, eta: float = 1.0,
-) -> Tensor:  # fmt: skip
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    eta: float = 1.0,
+) -> Tensor:
     """Euler ancestral (k-diffusion): identical to :func:`sample_ddim` with ``eta`` (default 1)."""
-    return sample_ddim(denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, eta=eta)
+    return sample_ddim(
+        denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, eta=eta
+    )
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(
-    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-    generator: torch.Generator | None = None, callback: Callback = None,
-) -> Tensor:  # fmt: skip
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022), multistep, data prediction, first order at the ends."""
     s = _prepare(x, sigmas)
     old_d = None
@@ -174,10 +208,16 @@ def sample_dpmpp_2m(
 
 @torch.no_grad()
 def sample_dpmpp_2m_sde(
-    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-    generator: torch.Generator | None = None, callback: Callback = None,
-    eta: float = 1.0, s_noise: float = 1.0,
-) -> Tensor:  # fmt: skip
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
     """DPM-Solver++(2M) SDE variant (midpoint), Gaussian noise from ``generator``."""
     s = _prepare(x, sigmas)
     old_d = None
@@ -196,7 +236,9 @@ def sample_dpmpp_2m_sde(
                 r = h_last / h
                 x = x + (d - old_d) * (0.5 * coef / r)
             if eta > 0:
-                x = x + _noise(x, generator) * (sig_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
+                x = x + _noise(x, generator) * (
+                    sig_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+                )
             h_last = h
         old_d = d
         _cb(callback, i, x, sig, sig_next, d)
@@ -226,6 +268,26 @@ def nfe(name: str, steps: int) -> int:
     return 2 * steps - 1 if name == "heun" else steps
 
 
+class ProgressBar:
+    """A sampler ``callback`` that advances a tqdm bar once per step.
+
+    Use as ``with ProgressBar(len(sigmas) - 1) as cb: sample_euler(..., callback=cb)``.
+    """
+
+    def __init__(self, total: int, *, desc: str = "sampling", disable: bool = False) -> None:
+        self.bar = tqdm(total=total, desc=desc, disable=disable, unit="step")
+
+    def __call__(self, info: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(sigma=f"{info['sigma']:.3g}", refresh=False)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
 def sample(
     denoiser: Denoiser,
     shape: Sequence[int],
@@ -237,13 +299,23 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     callback: Callback = None,
+    progress: bool = False,
     **options: Any,
 ) -> Tensor:
-    """Draw ``randn(shape) * sigmas[0]`` from ``generator`` and run sampler ``sampler``."""
+    """Draw ``randn(shape) * sigmas[0]`` from ``generator`` and run sampler ``sampler``.
+
+    ``progress=True`` shows a progress bar (chained with any ``callback``).
+    """
     sig = check_sigmas(sigmas)
     gdev = generator.device if generator is not None else device
     x = torch.randn(tuple(shape), generator=generator, device=gdev, dtype=dtype)
     x = x.to(device) * float(sig[0]) if device is not None else x * float(sig[0])
-    return get_sampler(sampler)(
-        denoiser, x, sig, cond=cond, generator=generator, callback=callback, **options
-    )
+    fn = get_sampler(sampler)
+    with ProgressBar(len(sig) - 1, desc=sampler, disable=not progress) as bar:
+
+        def cb(info: dict) -> None:
+            bar(info)
+            if callback is not None:
+                callback(info)
+
+        return fn(denoiser, x, sig, cond=cond, generator=generator, callback=cb, **options)

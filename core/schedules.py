@@ -36,7 +36,9 @@ def _check_n(n: int) -> None:
         raise ValueError(f"n (number of steps) must be a positive integer, got {n}")
 
 
-def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, rho: float = 7.0) -> Tensor:
+def karras(
+    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, rho: float = 7.0
+) -> Tensor:
     """EDM schedule: ``(s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, then 0."""
     _check_n(n)
     if not 0 < sigma_min < sigma_max:
@@ -51,10 +53,14 @@ def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Te
     _check_n(n)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp())
+    return _finish(
+        torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+    )
 
 
-def vp_linear(n: int, *, beta_min: float = 0.1, beta_max: float = 20.0, eps_t: float = 1e-3) -> Tensor:
+def vp_linear(
+    n: int, *, beta_min: float = 0.1, beta_max: float = 20.0, eps_t: float = 1e-3
+) -> Tensor:
     """Continuous VP (Song et al.) with linear beta: ``sigma(t) = sqrt(exp(bd t^2/2 + bmin t) - 1)``,
     ``t`` uniform from 1 to ``eps_t``."""
     _check_n(n)
@@ -71,7 +77,10 @@ def vp_cosine(n: int, *, s: float = 0.008, sigma_max: float = 80.0, eps_t: float
     _check_n(n)
 
     def sig(t: Tensor) -> Tensor:
-        ab = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+        ab = (
+            torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+            / math.cos(s / (1 + s) * math.pi / 2) ** 2
+        )
         return ((1 - ab) / ab).sqrt()
 
     # invert sigma(t) = sigma_max: ab = 1/(1+sigma^2)
@@ -107,7 +116,9 @@ def ddpm_alphas_cumprod(
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
     elif kind == "cosine":
         f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-        betas = torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)], dtype=torch.float64)
+        betas = torch.tensor(
+            [min(1 - f(i + 1) / f(i), 0.999) for i in range(T)], dtype=torch.float64
+        )
     else:
         raise ValueError(f"kind must be 'linear', 'scaled_linear' or 'cosine', got {kind!r}")
     return torch.cumprod(1 - betas, 0)
@@ -137,8 +148,13 @@ def ddpm_sigmas(alphas_cumprod: Tensor, n: int, *, spacing: str = "leading", ste
 
 def get_sigmas(name: str, n: int, **kwargs) -> Tensor:
     """Schedule by name: ``karras``, ``exponential``, ``vp_linear``, ``vp_cosine`` or ``flow``."""
-    table = {"karras": karras, "exponential": exponential, "vp_linear": vp_linear,
-             "vp_cosine": vp_cosine, "flow": flow}  # fmt: skip
+    table = {
+        "karras": karras,
+        "exponential": exponential,
+        "vp_linear": vp_linear,
+        "vp_cosine": vp_cosine,
+        "flow": flow,
+    }
     if name not in table:
         raise ValueError(f"unknown schedule {name!r}; choose from {sorted(table)}")
     return table[name](n, **kwargs)
@@ -148,7 +164,9 @@ def check_sigmas(sigmas: Tensor) -> Tensor:
     """Validate a sampling schedule: 1-D, finite, >= 0, strictly descending; returns float64."""
     sigmas = torch.as_tensor(sigmas)
     if sigmas.dim() != 1 or len(sigmas) < 2:
-        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+        raise ValueError(
+            f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}"
+        )
     s = sigmas.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(s).all()):
         raise ValueError("sigmas contain NaN or inf")
@@ -185,11 +203,24 @@ class LogUniformSigma:
 class UniformTimeSigma:
     """Training sigmas from uniform time: VP linear (``kind='vp'``) or flow (``kind='flow'``)."""
 
-    def __init__(self, kind: str = "vp", *, eps_t: float = 1e-3, beta_min: float = 0.1,
-                 beta_max: float = 20.0, t_max: float = 0.999) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kind: str = "vp",
+        *,
+        eps_t: float = 1e-3,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        t_max: float = 0.999,
+    ) -> None:
         if kind not in ("vp", "flow"):
             raise ValueError(f"kind must be 'vp' or 'flow', got {kind!r}")
-        self.kind, self.eps_t, self.bmin, self.bmax, self.t_max = kind, eps_t, beta_min, beta_max, t_max
+        self.kind, self.eps_t, self.bmin, self.bmax, self.t_max = (
+            kind,
+            eps_t,
+            beta_min,
+            beta_max,
+            t_max,
+        )
 
     def __call__(self, n: int, rng, *, device=None) -> Tensor:
         u = rng.rand((n,), device=device)

@@ -10,6 +10,8 @@ rule core_demo:
         "benchmarks/snakemake/core_demo.tsv"
     params:
         out=lambda wildcards, output: os.path.dirname(output.metrics),
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=30,
