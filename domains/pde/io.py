@@ -1,0 +1,226 @@
+"""PDEBench HDF5 files: read and write trajectories.
+
+Layout (PDEBench's single-tensor files, e.g. ``1D_Burgers_Sols_Nu0.1.hdf5``,
+``1D_Advection_Sols_beta0.1.hdf5``, ``2D_DarcyFlow_*.hdf5``)::
+
+    tensor         (N, nt, nx) or (N, nt, nx, ny)   float32
+    x-coordinate   (nx,)
+    y-coordinate   (ny,)                            2-D only
+    t-coordinate   (nt,) or (nt + 1,)
+
+PDEBench's 1-D generators store ``nt + 1`` times with ``nt`` frames (its own loaders use
+``t[:nt]``); :func:`read_pdebench` accepts both and keeps the first ``nt``, while
+:func:`write_pdebench` writes exactly ``nt``. Scalar parameters (``nu``, ``beta``, ...) are file
+attributes. PDEBench's other layouts (one group per seed with ``data`` and ``grid/x``, or the
+CFD files with ``density``/``Vx``/``pressure``) are not read: :func:`read_pdebench` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+__all__ = ["PDEData", "read_pdebench", "write_pdebench"]
+
+TENSOR, X, Y, T = "tensor", "x-coordinate", "y-coordinate", "t-coordinate"
+
+
+@dataclass
+class PDEData:
+    """Trajectories and their grid, as read from a PDEBench file.
+
+    Attributes
+    ----------
+    u
+        ``(N, nt, nx)`` or ``(N, nt, nx, ny)`` float32.
+    x, t, y
+        Coordinates (``y`` is ``None`` for 1-D data; ``t`` has ``nt`` entries).
+    attrs
+        File attributes (PDE parameters such as ``nu`` or ``beta``).
+    """
+
+    u: np.ndarray
+    x: np.ndarray
+    t: np.ndarray
+    y: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spatial_dims(self) -> int:
+        """1 or 2."""
+        return self.u.ndim - 2
+
+
+def _coordinate(name: str, value: Any, n: int, *, allow_extra: bool = False) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    ok = (n, n + 1) if allow_extra else (n,)
+    if len(arr) not in ok:
+        raise ValueError(f"{name} has {len(arr)} entries, the tensor needs {n}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} has non-finite values")
+    return arr
+
+
+def _nonfinite_samples(u: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(~np.isfinite(u.reshape(u.shape[0], -1)).all(axis=1))
+
+
+def write_pdebench(
+    path: str | os.PathLike,
+    u: np.ndarray,
+    *,
+    x: np.ndarray,
+    t: np.ndarray,
+    y: np.ndarray | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write trajectories in PDEBench's HDF5 layout, atomically.
+
+    The file is written to a temporary file in the target's directory and moved into place with
+    ``os.replace``, so a failed write leaves neither a partial file nor a changed target.
+
+    Parameters
+    ----------
+    path
+        Target ``.h5``/``.hdf5`` file.
+    u
+        ``(N, nt, nx)`` or ``(N, nt, nx, ny)``; stored as float32 in ``tensor``.
+    x, t, y
+        Coordinates of lengths ``nx``, ``nt`` and ``ny`` (``y`` for 2-D data only).
+    attrs
+        Scalar/string/array parameters stored as file attributes.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    arr = np.asarray(u)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"u must have shape (N, nt, nx) or (N, nt, nx, ny), got {arr.shape}")
+    if 0 in arr.shape:
+        raise ValueError(f"u is empty, shape {arr.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = arr.astype(np.float32)
+    bad = _nonfinite_samples(arr)
+    if bad.size:
+        raise ValueError(f"u has non-finite values in float32 (samples {bad[:10].tolist()})")
+    coords = {X: _coordinate("x", x, arr.shape[2]), T: _coordinate("t", t, arr.shape[1])}
+    if arr.ndim == 4:
+        if y is None:
+            raise ValueError("y is required for 2-D data u (N, nt, nx, ny)")
+        coords[Y] = _coordinate("y", y, arr.shape[3])
+    elif y is not None:
+        raise ValueError("y given for 1-D data u (N, nt, nx)")
+    attrs = dict(attrs or {})
+    for key, value in attrs.items():
+        if value is None or isinstance(value, Mapping):
+            raise ValueError(f"attrs[{key!r}] = {value!r} cannot be stored as an HDF5 attribute")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(TENSOR, data=arr, chunks=(1, *arr.shape[1:]))
+            for key, value in coords.items():
+                f.create_dataset(key, data=value)
+            for key, value in attrs.items():
+                try:
+                    f.attrs[key] = value
+                except (TypeError, ValueError) as err:
+                    raise ValueError(
+                        f"attrs[{key!r}] = {value!r} cannot be stored as an HDF5 attribute"
+                    ) from err
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_pdebench(path: str | os.PathLike, *, max_samples: int | None = None) -> PDEData:
+    """Read a PDEBench single-tensor HDF5 file.
+
+    Parameters
+    ----------
+    path
+        File written by PDEBench or :func:`write_pdebench`.
+    max_samples
+        Read only the first ``max_samples`` trajectories (the rest is never loaded).
+
+    Returns
+    -------
+    PDEData
+        ``u`` as float32; ``t`` trimmed to ``nt`` entries when the file stores ``nt + 1``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Not an HDF5 file, no ``tensor``, wrong rank, coordinates missing or of the wrong
+        length, or non-finite trajectories; the message names the file, key and samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if max_samples is not None and (int(max_samples) != max_samples or max_samples < 1):
+        raise ValueError(f"max_samples must be a positive integer, got {max_samples}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from err
+    with f:
+        keys = sorted(f.keys())
+        if TENSOR not in f or not isinstance(f[TENSOR], h5py.Dataset):
+            hint = ""
+            if any(k in f for k in ("density", "Vx", "velocity")):
+                hint = " (PDEBench's CFD/NS multi-field layout is not supported)"
+            elif keys and isinstance(f[keys[0]], h5py.Group):
+                hint = " (PDEBench's one-group-per-seed layout is not supported)"
+            raise ValueError(f"{path}: no dataset {TENSOR!r}; keys are {keys}{hint}")
+        dset = f[TENSOR]
+        if dset.ndim not in (3, 4):
+            raise ValueError(
+                f"{path}: {TENSOR!r} must be (N, nt, nx) or (N, nt, nx, ny), got shape {dset.shape}"
+            )
+        n = dset.shape[0] if max_samples is None else min(int(max_samples), dset.shape[0])
+        nt = dset.shape[1]
+        coords: dict[str, np.ndarray | None] = {Y: None}
+        needed = [(X, dset.shape[2]), (T, nt)] + ([(Y, dset.shape[3])] if dset.ndim == 4 else [])
+        for key, size in needed:
+            if key not in f:
+                raise ValueError(f"{path}: missing dataset {key!r} (keys are {keys})")
+            try:
+                c = _coordinate(key, f[key][()], size, allow_extra=key == T)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from err
+            coords[key] = c[:size]
+        u = np.asarray(dset[:n], dtype=np.float32)
+        bad = _nonfinite_samples(u) if u.size else np.array([], dtype=int)
+        if bad.size:
+            more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+            raise ValueError(
+                f"{path}: {TENSOR!r} has NaN/inf values in samples {bad[:10].tolist()}{more}"
+            )
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    return PDEData(u=u, x=coords[X], t=coords[T], y=coords[Y], attrs=attrs)
