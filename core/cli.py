@@ -26,6 +26,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(args: argparse.Namespace) -> int:
+    from .stages import run_stage
+
+    run_stage(args.command, domain=args.domain, config=args.config,
+              workdir=args.workdir or f"results/{args.domain}", progress=not args.quiet)  # fmt: skip
+    return 0
+
+
+def _domains(args: argparse.Namespace) -> int:
+    from .task import list_tasks
+
+    print("\n".join(list_tasks()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffsci", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -38,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
+    from .stages import STAGES
+
+    for stage in STAGES:
+        sp = sub.add_parser(stage, help=f"run the {stage} stage of a domain's pipeline")
+        sp.add_argument("--domain", required=True, help="registered domain (see `diffsci domains`)")
+        sp.add_argument("--config", required=True, help="YAML config (validated by its schema)")
+        sp.add_argument("--workdir", help="work directory (default results/<domain>)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        sp.set_defaults(func=_stage)
+    sub.add_parser("domains", help="list registered domains").set_defaults(func=_domains)
     return p
 
 
@@ -45,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         print(f"diffsci {args.command}: error: {e}", file=sys.stderr)
         return 2
 
