@@ -207,13 +207,25 @@ class MatrixOperator(LinearOperator):
         if self.A.dim() != 2:
             raise ValueError(f"matrix must be 2-D, got shape {tuple(self.A.shape)}")
 
+    def _cast(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        A = self.A.to(v.device)
+        if A.is_complex() and not v.is_complex():
+            v = v.to(v.dtype.to_complex())
+        return v, A.to(v.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.A.shape[1]:
             raise ValueError(f"input last dim {x.shape[-1]} != matrix columns {self.A.shape[1]}")
-        return x @ self.A.to(x).T
+        x, A = self._cast(x)
+        return x @ A.T
 
     def adjoint(self, y: Tensor) -> Tensor:
-        return y @ self.A.to(y).conj()
+        if y.shape[-1] != self.A.shape[0]:
+            raise ValueError(
+                f"adjoint input last dim {y.shape[-1]} != matrix rows {self.A.shape[0]}"
+            )
+        y, A = self._cast(y)
+        return y @ A.conj()
 
 
 class Composed(LinearOperator):

@@ -110,12 +110,12 @@ class DPS(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         sigma = as_sigma(sigma, x)
+        if self.y.dim() > 0 and self.y.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"y batch {self.y.shape[0]} != x batch {x.shape[0]}")
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             d = self.denoiser(xg, sigma, cond)
             r = self.y.to(device=d.device) - self.operator(d)
-            if r.shape[0] != x.shape[0]:
-                raise ValueError(f"y batch {r.shape[0]} != x batch {x.shape[0]}")
             ll = -(r.abs() ** 2).flatten(1).sum(1) / (2 * self._var(sigma).to(r.real.dtype))
             (grad,) = torch.autograd.grad(ll.sum(), xg)
         return d.detach() + self.scale * _bc(sigma**2, x) * grad.to(x.dtype)

@@ -18,7 +18,7 @@ import yaml
 
 from .provenance import provenance, write_json_atomic
 from .task import Task, TaskPaths, get_task
-from .training import TrainConfig, load_checkpoint, train
+from .training import TrainConfig, train
 
 __all__ = ["load_config", "run_stage", "STAGES"]
 

@@ -18,7 +18,15 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Task", "TaskPaths", "get_task", "list_tasks", "schema_path", "config_path", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "Task",
+    "TaskPaths",
+    "get_task",
+    "list_tasks",
+    "schema_path",
+    "config_path",
+    "ENTRY_POINT_GROUP",
+]
 
 ENTRY_POINT_GROUP = "diffsci.tasks"
 

@@ -12,8 +12,9 @@ import os
 import time
 
 import torch
-from diffsci.core.training import TrainConfig, TrainResult, train
 from torch import nn
+
+from diffsci.core.training import TrainConfig, TrainResult, train
 
 
 def make_loss(sleep: float = 0.0):

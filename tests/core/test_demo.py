@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import h5py
+
 from diffsci.core.demo import DemoConfig, run_demo
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor, nn
+
 from diffsci.core.denoisers import VPDenoiser
 from diffsci.core.samplers import sample_ddim, sample_dpmpp_2m
 from diffsci.core.schedules import ddpm_alphas_cumprod, ddpm_sigmas
-from torch import Tensor, nn
 
 diffusers = pytest.importorskip("diffusers")
 

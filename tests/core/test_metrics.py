@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffsci.core import metrics as M
 from scipy import ndimage, stats
+
+from diffsci.core import metrics as M
 
 RNG = np.random.default_rng
 

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from diffsci.core.networks import (
     MLPDenoiser,
     SetTransformerDenoiser,
@@ -14,7 +16,6 @@ from diffsci.core.networks import (
     count_parameters,
     unet_from_config,
 )
-from torch import nn
 
 TINY = dict(channels=(8, 16), attention_levels=(False, True), num_head_channels=8)
 

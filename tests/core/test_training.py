@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import Dataset
+
 from diffsci.core import training
 from diffsci.core.training import (
     CheckpointError,
@@ -21,8 +24,6 @@ from diffsci.core.training import (
     load_checkpoint,
     train,
 )
-from torch import nn
-from torch.utils.data import Dataset
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from diffsci.domains.pde.io import PDEData, read_pdebench, write_pdebench
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.signal import resample
+
 from diffsci.domains.pde.simulators import (
     advection_1d,
     burgers_1d,
@@ -12,7 +14,6 @@ from diffsci.domains.pde.simulators import (
     periodic_grid,
     random_initial_conditions,
 )
-from scipy.signal import resample
 
 
 def rel_l2(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
