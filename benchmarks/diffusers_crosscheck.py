@@ -19,14 +19,14 @@ from typing import Any
 
 import diffusers
 import torch
-from diffsci.core.denoisers import VPDenoiser
-from diffsci.core.samplers import sample_ddim, sample_dpmpp_2m
-from diffsci.core.schedules import ddpm_alphas_cumprod, ddpm_sigmas
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor, nn
 
 from benchmarks._common import write_result
 from benchmarks.sampler_overhead import EpsUNet, TimedNet, make_unet, timed_run
+from diffsci.core.denoisers import VPDenoiser
+from diffsci.core.samplers import sample_ddim, sample_dpmpp_2m
+from diffsci.core.schedules import ddpm_alphas_cumprod, ddpm_sigmas
 
 T_TRAIN = 1000
 TOL = 1e-4

@@ -18,13 +18,13 @@ import time
 from typing import Any
 
 import torch
-from diffsci.core.denoisers import KarrasDenoiser, VPDenoiser
-from diffsci.core.samplers import get_sampler, nfe
-from diffsci.core.schedules import ddpm_alphas_cumprod, karras
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from benchmarks._common import write_result
+from diffsci.core.denoisers import KarrasDenoiser, VPDenoiser
+from diffsci.core.samplers import get_sampler, nfe
+from diffsci.core.schedules import ddpm_alphas_cumprod, karras
 
 SAMPLER_NAMES = ("euler", "heun", "ddim", "dpmpp_2m", "dpmpp_2m_sde")
 TARGET = 0.02

@@ -242,6 +242,13 @@ class _EpochOrder:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def _ema_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least single precision, keeping complex parameters complex (spectral weights)."""
+    if dtype.is_complex:
+        return torch.complex128 if dtype == torch.complex128 else torch.complex64
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _local_batch(batch_size: int, world_size: int) -> int:
     if batch_size % world_size:
         raise ValueError(
@@ -554,12 +561,7 @@ def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resum
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema: dict[str, Tensor] | None = None
     if cfg.ema_decay is not None:
-        ema = {
-            n: p.detach().to(
-                torch.float64 if p.dtype == torch.float64 else torch.float32, copy=True
-            )
-            for n, p in named
-        }
+        ema = {n: p.detach().to(_ema_dtype(p.dtype), copy=True) for n, p in named}
     gen = torch.Generator().manual_seed(cfg.seed)
     step, elapsed0 = 0, 0.0
     window: dict[str, float] = {}

@@ -77,7 +77,9 @@ class FrameMask(LinearOperator):
         a = 1.0 / noise_std**2
         u = idwt2(z, wavelet=self.wavelet, level=self.level)
         m = self.mask.to(u)
-        rho_p = rho.reshape(rho.shape[0], *([1] * (u.dim() - 1))) if isinstance(rho, Tensor) else rho
+        rho_p = (
+            rho.reshape(rho.shape[0], *([1] * (u.dim() - 1))) if isinstance(rho, Tensor) else rho
+        )
         u = m * (a * y + rho_p * u) / (a + rho_p) + (1 - m) * u
         return dwt2(u, wavelet=self.wavelet, level=self.level)
 
@@ -258,11 +260,20 @@ class PDETask:
             tables[f"Burgers forecast, nx={nx}"] = rows
         return {
             "tables": tables,
-            "lower_is_better": ["nRMSE", "nRMSE last quarter", "fRMSE low", "fRMSE mid",
-                                "fRMSE high", "crps"],  # fmt: skip
+            "lower_is_better": [
+                "nRMSE",
+                "nRMSE last quarter",
+                "fRMSE low",
+                "fRMSE mid",
+                "fRMSE high",
+                "crps",
+            ],  # fmt: skip
             "figures": [str(Path("figures") / Path(f).name) for f in figures if f],
-            "summary": {"equation": "burgers", "nu": cfg["data"]["nu"],
-                        "members": cfg["sampling"]["members"]},  # fmt: skip
+            "summary": {
+                "equation": "burgers",
+                "nu": cfg["data"]["nu"],
+                "members": cfg["sampling"]["members"],
+            },  # fmt: skip
         }
 
 

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SNAKEMAKE = shutil.which("snakemake")
+# The venv's snakemake (pytest may run as .venv/bin/python without .venv/bin on PATH).
+_BIN = Path(sys.executable).parent
+SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+ENV = {**os.environ, "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+    )
 
 
 def test_dry_run_resolves_dag():
