@@ -56,7 +56,8 @@ def write_result(name: str, results: dict[str, Any], *, config: dict[str, Any], 
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        # orig_argv keeps `-m benchmarks.x`; argv[0] would be the resolved file path.
+        "command": " ".join(shlex.quote(a) for a in ["python", *sys.orig_argv[1:]]),
         "seed": seed,
         "config": config,
         "machine": machine(),

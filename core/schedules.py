@@ -142,6 +142,13 @@ def ddpm_sigmas(alphas_cumprod: Tensor, n: int, *, spacing: str = "leading", ste
     else:
         raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
     ts = ts.long()
+    if n > T:
+        raise ValueError(f"n={n} steps exceeds the {T} training timesteps")
+    if int(ts.min()) < 0 or int(ts.max()) >= T:
+        raise ValueError(
+            f"timesteps {int(ts.min())}..{int(ts.max())} fall outside [0, {T}) "
+            f"(spacing={spacing!r}, steps_offset={steps_offset})"
+        )
     a = ac[ts]
     return _finish(((1 - a) / a).sqrt()), ts
 
