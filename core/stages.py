@@ -8,6 +8,7 @@ Every output carries a provenance record (config, seed, versions, git commit).
 
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,7 +51,7 @@ def validate_config(cfg: dict[str, Any], schema_path: Path, *, source: str = "co
     def set_defaults(validator, properties, instance, schema):
         for prop, sub in properties.items():
             if isinstance(instance, dict) and "default" in sub:
-                instance.setdefault(prop, sub["default"])
+                instance.setdefault(prop, copy.deepcopy(sub["default"]))
         yield from validator_cls.VALIDATORS["properties"](validator, properties, instance, schema)
 
     filling = jsonschema.validators.extend(validator_cls, {"properties": set_defaults})

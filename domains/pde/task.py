@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffsci.core.denoisers import KarrasDenoiser, edm_loss
+from diffsci.core.guidance import drop_condition
 from diffsci.core.networks import UNet
 from diffsci.core.operators import LinearOperator
 from diffsci.core.posterior import DataConsistency, ProximalDataStep
@@ -110,6 +111,22 @@ class TrajectoryChunks(torch.utils.data.Dataset):
         return {"x": x, "cond": c}
 
 
+def grid_multiple(cfg: Mapping[str, Any]) -> int:
+    """Trajectory sizes (nt and nx) the model can serve are multiples of this number."""
+    return 2 ** (cfg["model"]["level"] + len(cfg["model"]["channels"]) - 1)
+
+
+def check_grid(cfg: Mapping[str, Any], nt: int, nx: int, *, source: str) -> None:
+    """Raise a clear error for a grid the wavelet UNet cannot serve."""
+    k = grid_multiple(cfg)
+    if nt % k or nx % k:
+        raise ValueError(
+            f"{source}: grid nt={nt}, nx={nx} cannot be served by this model: with wavelet level "
+            f"{cfg['model']['level']} and {len(cfg['model']['channels'])} UNet levels both must be "
+            f"multiples of {k}"
+        )
+
+
 def _files(data_dir: Path, split: str) -> dict[int, Path]:
     found = {int(p.stem.split("_nx")[-1]): p for p in sorted(data_dir.glob(f"{split}_nx*.h5"))}
     if not found:
@@ -133,6 +150,8 @@ class PDETask:
         for g in grids:
             if fine % g:
                 raise ValueError(f"data.solver_nx={fine} must be a multiple of every grid ({g})")
+        for g in grids:
+            check_grid(cfg, d["nt"], g, source="config data.nt / data.*_nx")
         seeds = {"train": int(cfg["seed"]), "test": int(cfg["seed"]) + 10_000}
         counts = {"train": d["n_train"], "test": d["n_test"]}
         scale = None
@@ -173,9 +192,15 @@ class PDETask:
         return TrajectoryChunks(trajs, chunk=cfg["train_chunk"], scale=self._scale(data_dir),
                                 wavelet=m["wavelet"], level=m["level"])  # fmt: skip
 
+    def __init__(self, cond_dropout: float = 0.1) -> None:
+        self.cond_dropout = cond_dropout
+
     def loss(self, model: nn.Module, batch: Mapping[str, Tensor], rng) -> Tensor:
         # A batch holds whole chunks of one grid: (chunks, chunk, C, h, w) -> (n, C, h, w).
+        # Dropping the condition (null = zeros) for some samples also trains the unconditional
+        # prior that data assimilation samples from.
         x, c = batch["x"].flatten(0, 1), batch["cond"].flatten(0, 1)
+        c = drop_condition(c, 0.0, self.cond_dropout, rng)
         return edm_loss(model, x, rng, cond=c)
 
     # ---------------------------------------------------------------- inference
@@ -206,6 +231,11 @@ class PDETask:
         g = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
         for nx, path in _files(Path(data_dir), "test").items():
             data = read_pdebench(path)
+            if data.spatial_dims != 1:
+                raise ValueError(
+                    f"{path}: expected 1-D trajectories (N, nt, nx), got {data.u.shape}"
+                )
+            check_grid(cfg, data.u.shape[1], data.u.shape[2], source=str(path))
             u = torch.from_numpy(data.u).float()
             ens = []
             for i in range(0, len(u), cfg["sampling"]["batch"]):
@@ -220,11 +250,42 @@ class PDETask:
                            attrs={"method": "diffusion", "members": ens_t.shape[0]})  # fmt: skip
             with h5py.File(target, "a") as f:
                 f.create_dataset("ensemble", data=ens_t.astype(np.float32), compression="gzip")
+            if cfg.get("assimilation", {}).get("enabled", True):
+                self._assimilate_file(cfg, model, data, out_dir / f"assimilation_nx{nx}.h5",
+                                      scale=scale, generator=g, device=device)  # fmt: skip
+
+    def _assimilate_file(self, cfg, model, data, target: Path, *, scale, generator, device):
+        """Sparse noisy sensors -> ensemble of trajectories (unconditional prior + data)."""
+        a = cfg["assimilation"]
+        u = torch.from_numpy(data.u).float()
+        mask = observation_mask(u.shape[1], u.shape[2], sensor_every=a["sensor_every"],
+                                frame_every=a["frame_every"])  # fmt: skip
+        gobs = torch.Generator().manual_seed(int(cfg["seed"]) + 2)
+        y = mask * (u + a["noise_std"] * torch.randn(u.shape, generator=gobs))
+        members = cfg["sampling"]["members"]
+        ens = []
+        for i in range(0, len(u), cfg["sampling"]["batch"]):
+            yb = y[i : i + cfg["sampling"]["batch"]].repeat(members, 1, 1)
+            cond = torch.zeros_like(encode(yb, scale=scale, wavelet=cfg["model"]["wavelet"],
+                                           level=cfg["model"]["level"]))  # fmt: skip
+            with torch.no_grad():
+                out = assimilate(model, yb.to(device), mask.to(device), cond.to(device), cfg=cfg,
+                                 scale=scale, noise_std=a["noise_std"], generator=generator)  # fmt: skip
+            ens.append(out.cpu().reshape(members, -1, *u.shape[1:]))
+        ens_t = torch.cat(ens, 1).numpy()
+        write_pdebench(target, ens_t.mean(0), x=data.x, t=data.t,
+                       attrs={"method": "diffusion assimilation", "members": members,
+                              "sensor_every": a["sensor_every"], "frame_every": a["frame_every"],
+                              "noise_std": a["noise_std"]})  # fmt: skip
+        with h5py.File(target, "a") as f:
+            f.create_dataset("ensemble", data=ens_t.astype(np.float32), compression="gzip")
+            f.create_dataset("observations", data=y.numpy())
+            f.create_dataset("mask", data=mask.numpy().astype(np.uint8))
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, cfg: Mapping[str, Any], data_dir: Path, pred_dir: Path,
                  fig_dir: Path) -> dict[str, Any]:  # fmt: skip
-        from .metrics import ensemble_scores, frmse_bands, nrmse
+        from .metrics import ensemble_scores, frmse_bands, nrmse  # noqa: F401
         from .plots import plot_forecast, plot_nrmse_per_frame
 
         tables: dict[str, dict[str, dict[str, float]]] = {}
@@ -258,6 +319,18 @@ class PDETask:
                                              preds.get("fno", None) if "fno" in preds else None))  # fmt: skip
             figures.append(plot_nrmse_per_frame(fig_dir / f"nrmse_per_frame_nx{nx}.png", per_frame))
             tables[f"Burgers forecast, nx={nx}"] = rows
+            apath = Path(pred_dir) / f"assimilation_nx{nx}.h5"
+            if apath.is_file():
+                with h5py.File(apath) as f:
+                    aens = torch.from_numpy(f["ensemble"][()])
+                    obs = torch.from_numpy(f["observations"][()])
+                    msk = torch.from_numpy(f["mask"][()]).float()
+                interp = interpolate_observations(obs, msk)
+                da = {"interpolation of sensors": {"nRMSE": float(nrmse(interp, true))},
+                      "diffusion DA (ens. mean)": {"nRMSE": float(nrmse(aens.mean(0), true)),
+                                                   **{k: float(v) for k, v in
+                                                      ensemble_scores(aens, true).items()}}}  # fmt: skip
+                tables[f"Burgers assimilation (sparse noisy sensors), nx={nx}"] = da
         return {
             "tables": tables,
             "lower_is_better": [
@@ -275,6 +348,34 @@ class PDETask:
                 "members": cfg["sampling"]["members"],
             },  # fmt: skip
         }
+
+
+def observation_mask(nt: int, nx: int, *, sensor_every: int, frame_every: int) -> Tensor:
+    """0/1 mask ``(1, nt, nx)``: sensors every ``sensor_every`` points, every ``frame_every``
+    frames (frame 0 included)."""
+    m = torch.zeros(1, nt, nx)
+    m[:, ::frame_every, ::sensor_every] = 1
+    return m
+
+
+def interpolate_observations(obs: Tensor, mask: Tensor) -> Tensor:
+    """Baseline: periodic linear interpolation of the sensors in space, linear in time between
+    observed frames (constant after the last one)."""
+    import numpy as np
+
+    B, nt, nx = obs.shape
+    m = mask.reshape(nt, nx) > 0
+    frames = np.nonzero(m.any(1).numpy())[0]
+    cols = np.nonzero(m[frames[0]].numpy())[0]
+    x = np.arange(nx)
+    o = obs.numpy()
+    space = np.stack([[np.interp(x, cols, o[b, f, cols], period=nx) for f in frames]
+                      for b in range(B)])  # fmt: skip
+    out = np.empty((B, nt, nx), dtype=np.float32)
+    for b in range(B):
+        for j in range(nx):
+            out[b, :, j] = np.interp(np.arange(nt), frames, space[b, :, j])
+    return torch.from_numpy(out)
 
 
 def assimilate(model: nn.Module, y: Tensor, mask: Tensor, cond: Tensor, *, cfg: Mapping[str, Any],

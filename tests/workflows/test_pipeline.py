@@ -32,6 +32,8 @@ def test_pde_pipeline_end_to_end(tmp_path):
     metrics = json.loads((res / "metrics.json").read_text())
     table = metrics["tables"]["Burgers forecast, nx=32"]
     assert {"persistence", "fno", "diffusion (ens. mean)"} <= set(table)
+    da = metrics["tables"]["Burgers assimilation (sparse noisy sensors), nx=32"]
+    assert {"interpolation of sensors", "diffusion DA (ens. mean)"} <= set(da)
     assert metrics["provenance"]["config"]["train"]["steps"] == 30
     assert (res / "report.html").read_text().count("<table>") >= 1
     assert (res / "checkpoints" / "last.pt").is_file()

@@ -1,0 +1,91 @@
+"""PDE quality bar: wavelet diffusion vs FNO vs persistence on Burgers, and multi-resolution.
+
+Runs the generic stages (the same code as the Snakemake rules) twice:
+
+1. ``single``: train on the 64 grid, evaluate on 64: diffusion rollout nRMSE vs FNO's (bar:
+   <= FNO overall and >= 10% lower over the last quarter of frames); both must beat persistence.
+2. ``multires``: train on 32 + 64, evaluate on 64 and 128 (bar: error at 128 <= 1.5x at 64).
+
+Usage: ``python -m benchmarks.pde [--config benchmarks/configs/pde.yaml] [--steps N]``.
+Writes ``benchmarks/results/pde.json``; work files go to ``benchmarks/work/pde`` (ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks._common import write_result
+from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
+from diffsci.core.task import TaskPaths, get_task
+from diffsci.domains.pde.baselines import train_fno
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(cfg: dict, workdir: Path) -> tuple[dict, dict]:
+    task = get_task("pde")
+    paths = TaskPaths(workdir)
+    times = {}
+    for name, fn in (("prepare", run_prepare), ("train", run_train), ("infer", run_infer)):
+        t0 = time.perf_counter()
+        fn(task, cfg, paths, progress=False)
+        times[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_fno(cfg, paths, progress=False)
+    times["fno_train"] = time.perf_counter() - t0
+    run_evaluate(task, cfg, paths)
+    return json.loads(paths.metrics.read_text())["tables"], times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default=str(HERE / "configs" / "pde.yaml"))
+    p.add_argument("--steps", type=int, help="override train.steps (both models)")
+    p.add_argument("--workdir", default=str(HERE / "work" / "pde"))
+    a = p.parse_args()
+    base = yaml.safe_load(Path(a.config).read_text())
+    if a.steps:
+        base["train"]["steps"] = a.steps
+    validate_config(base, get_task("pde").schema_path, source=a.config)
+
+    single = copy.deepcopy(base)
+    multi = copy.deepcopy(base)
+    multi["data"]["train_nx"], multi["data"]["eval_nx"] = [32, 64], [64, 128]
+    tabs_s, t_s = _run(single, Path(a.workdir) / "single")
+    tabs_m, t_m = _run(multi, Path(a.workdir) / "multires")
+
+    f64 = tabs_s["Burgers forecast, nx=64"]
+    d, f, per = f64["diffusion (ens. mean)"], f64["fno"], f64["persistence"]
+    m64 = tabs_m["Burgers forecast, nx=64"]["diffusion (ens. mean)"]["nRMSE"]
+    m128 = tabs_m["Burgers forecast, nx=128"]["diffusion (ens. mean)"]["nRMSE"]
+    fno128 = tabs_m["Burgers forecast, nx=128"]["fno"]["nRMSE"]
+    bars = {
+        "diffusion_nrmse_le_fno": d["nRMSE"] <= f["nRMSE"],
+        "diffusion_last_quarter_10pct_below_fno": d["nRMSE last quarter"]
+        <= 0.9 * f["nRMSE last quarter"],
+        "diffusion_beats_persistence": d["nRMSE"] < per["nRMSE"],
+        "multires_128_le_1.5x_64": m128 <= 1.5 * m64,
+    }
+    results = {
+        "single_grid_64": f64,
+        "multires": {k: v for k, v in tabs_m.items()},
+        "multires_ratio_128_over_64": m128 / m64,
+        "fno_multires_ratio_128_over_64": fno128
+        / tabs_m["Burgers forecast, nx=64"]["fno"]["nRMSE"],
+        "assimilation_64": tabs_s.get("Burgers assimilation (sparse noisy sensors), nx=64"),
+        "bars": bars,
+        "all_bars_met": all(bars.values()),
+        "seconds": {"single": t_s, "multires": t_m},
+    }
+    write_result("pde", results, config={"single": single, "multires": multi}, seed=base["seed"])
+    print(json.dumps(bars, indent=1))
+
+
+if __name__ == "__main__":
+    main()
