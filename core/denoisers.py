@@ -208,13 +208,12 @@ class VPDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         sigma = as_sigma(sigma, x)
         sqrt_ab = _bc((1 + sigma**2).rsqrt(), x)  # sqrt(alpha_bar)
-        sqrt_1mab = _bc(sigma * (1 + sigma**2).rsqrt(), x)
         x_t = x * sqrt_ab
         out = self.net(x_t, self.t_of_sigma(sigma), cond).to(x.dtype)
         if self.prediction == "eps":
-            return x - _bc(sigma, x) * out
+            return torch.addcmul(x, _bc(sigma, x), out, value=-1)
         if self.prediction == "v":
-            return sqrt_ab * x_t - sqrt_1mab * out
+            return sqrt_ab * x_t - _bc(sigma, x) * sqrt_ab * out  # sqrt(1-ab) = sigma sqrt(ab)
         return out
 
 
