@@ -80,7 +80,8 @@ def sample_euler(
     s = _prepare(x, sigmas)
     for i in range(len(s) - 1):
         d = _call(denoiser, x, s[i], cond)
-        x = d if s[i + 1] == 0 else x + (x - d) * ((s[i + 1] - s[i]) / s[i])
+        # x + (x - d) (s' - s)/s as one fused kernel
+        x = d if s[i + 1] == 0 else torch.lerp(x, d, (s[i] - s[i + 1]) / s[i])
         _cb(callback, i, x, s[i], s[i + 1], d)
     return x
 
@@ -150,7 +151,7 @@ def sample_ddim(
         else:
             up = min(sig_next, eta * math.sqrt(sig_next**2 * (sig**2 - sig_next**2) / sig**2))
             down = math.sqrt(sig_next**2 - up**2)
-            x = d + (x - d) * (down / sig)
+            x = torch.lerp(d, x, down / sig)  # d + (x - d) down/sig
             if up > 0:
                 x = x + _noise(x, generator) * up
         _cb(callback, i, x, sig, sig_next, d)
@@ -198,8 +199,8 @@ def sample_dpmpp_2m(
                 d_hat = d
             else:
                 r = h_last / h
-                d_hat = d * (1 + 1 / (2 * r)) - old_d * (1 / (2 * r))
-            x = x * (sig_next / sig) - d_hat * math.expm1(-h)
+                d_hat = torch.lerp(d, old_d, -1 / (2 * r))  # (1 + 1/2r) d - old_d / 2r
+            x = torch.add(x * (sig_next / sig), d_hat, alpha=-math.expm1(-h))
             h_last = h
         old_d = d
         _cb(callback, i, x, sig, sig_next, d)
