@@ -253,6 +253,10 @@ class PDETask:
             if cfg.get("assimilation", {}).get("enabled", True):
                 self._assimilate_file(cfg, model, data, out_dir / f"assimilation_nx{nx}.h5",
                                       scale=scale, generator=g, device=device)  # fmt: skip
+        if cfg.get("events", {}).get("enabled", True):
+            nx = min(_files(Path(data_dir), "test"))
+            ev = event_study(model, cfg, data_dir, nx=nx, scale=scale, device=device)
+            (out_dir / "events.json").write_text(json.dumps(ev, indent=2))
 
     def _assimilate_file(self, cfg, model, data, target: Path, *, scale, generator, device):
         """Sparse noisy sensors -> ensemble of trajectories (unconditional prior + data)."""
@@ -319,6 +323,20 @@ class PDETask:
                                              preds.get("fno", None) if "fno" in preds else None))  # fmt: skip
             figures.append(plot_nrmse_per_frame(fig_dir / f"nrmse_per_frame_nx{nx}.png", per_frame))
             tables[f"Burgers forecast, nx={nx}"] = rows
+            evp = Path(pred_dir) / "events.json"
+            if evp.is_file() and json.loads(evp.read_text())["grid_nx"] == nx:
+                ev = json.loads(evp.read_text())
+                tables[f"Event probability ({ev['event']}), nx={nx}"] = {
+                    "solver Monte Carlo": {
+                        "P(event)": ev["p_solver_monte_carlo"],
+                        "n": ev["n_solver"],
+                    },
+                    "diffusion (unconditional)": {
+                        "P(event)": ev["p_model_unconditional"],
+                        "n": ev["n_model"],
+                    },
+                    "diffusion (event-guided)": {"hit rate": ev["event_conditioned_hit_rate"]},
+                }
             apath = Path(pred_dir) / f"assimilation_nx{nx}.h5"
             if apath.is_file():
                 with h5py.File(apath) as f:
@@ -348,6 +366,90 @@ class PDETask:
                 "members": cfg["sampling"]["members"],
             },  # fmt: skip
         }
+
+
+def _event_stat(u: Tensor) -> Tensor:
+    """Event statistic of trajectories ``(B, nt, nx)``: max |u| over the last quarter."""
+    q = max(1, u.shape[1] // 4)
+    return u[:, -q:].abs().flatten(1).max(1).values
+
+
+def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx: int,
+                scale: float, device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """Probability of the event "max |u| over the last quarter > threshold" under the
+    initial-condition distribution: from the model's unconditional samples vs Monte Carlo with
+    the solver, plus event-conditioned samples (guidance towards the event, DPS-style on a
+    smoothed indicator) and how often they realise it.
+
+    The threshold is the training data's ``events.quantile`` of the statistic, so the event
+    has a known, moderate base rate.
+    """
+    e, d, m, s = cfg["events"], cfg["data"], cfg["model"], cfg["sampling"]
+    train = torch.from_numpy(read_pdebench(_files(Path(data_dir), "train")[max(d["train_nx"])]).u)
+    thr = float(torch.quantile(_event_stat(train.double()), e["quantile"]))
+    # Monte Carlo with the solver (fresh initial conditions, same distribution)
+    fine = max(d["solver_nx"], nx)
+    u0 = random_initial_conditions(e["n_mc"], fine, seed=int(cfg["seed"]) + 20_000, **d["initial"])
+    u_mc, _ = burgers_1d(u0, nu=d["nu"], t_end=d["t_end"], nt=d["nt"], progress=False)
+    hits_mc = (_event_stat(torch.from_numpy(u_mc[..., :: fine // nx])) > thr).double()
+    # Unconditional model samples (null condition, as trained with condition dropout)
+    g = torch.Generator().manual_seed(int(cfg["seed"]) + 3)
+    ch, k = 4 ** m["level"], 2 ** m["level"]
+    shape = (e["n_samples"], ch, d["nt"] // k, nx // k)
+    null = torch.zeros(shape, device=device)
+    sig = karras(s["steps"], s["sigma_min"], s["sigma_max"])
+
+    def run(den) -> Tensor:
+        out = []
+        for i in range(0, shape[0], s["batch"]):
+            b = min(s["batch"], shape[0] - i)
+            x = torch.randn((b, *shape[1:]), generator=g) * float(sig[0])
+            out.append(get_sampler(s["sampler"])(den, x.to(device), sig, cond=null[:b],
+                                                 generator=g).cpu())  # fmt: skip
+        return decode(torch.cat(out), scale=scale, wavelet=m["wavelet"], level=m["level"])
+
+    with torch.no_grad():
+        free = run(model)
+
+    def log_event(x0: Tensor) -> Tensor:
+        # smoothed indicator of the event on the decoded trajectory (temperature tau)
+        u = decode(x0, scale=scale, wavelet=m["wavelet"], level=m["level"])
+        q = max(1, u.shape[1] // 4)
+        smooth_max = torch.logsumexp(u[:, -q:].abs().flatten(1) / 0.01, 1) * 0.01
+        return torch.nn.functional.logsigmoid((smooth_max - thr) / e["tau"])
+
+    guided = run(_EventGuidance(model, log_event, scale=e["guidance_scale"]))
+    hits_model = (_event_stat(free) > thr).double()
+    p_mc, p_model = float(hits_mc.mean()), float(hits_model.mean())
+    se = (p_mc * (1 - p_mc) / len(hits_mc) + p_model * (1 - p_model) / len(hits_model)) ** 0.5
+    return {
+        "event": "max |u| over the last quarter of frames > threshold",
+        "threshold": thr,
+        "quantile_of_training_data": e["quantile"],
+        "grid_nx": nx,
+        "p_solver_monte_carlo": p_mc,
+        "n_solver": len(hits_mc),
+        "p_model_unconditional": p_model,
+        "n_model": len(hits_model),
+        "difference_in_standard_errors": (p_model - p_mc) / se if se > 0 else None,
+        "event_conditioned_hit_rate": float((_event_stat(guided) > thr).double().mean()),
+        "guidance_scale": e["guidance_scale"],
+    }
+
+
+class _EventGuidance(nn.Module):
+    """DPS on an event log-likelihood of the denoised estimate (VJP through the denoiser)."""
+
+    def __init__(self, denoiser: nn.Module, log_event, *, scale: float) -> None:
+        super().__init__()
+        self.denoiser, self.log_event, self.scale = denoiser, log_event, scale
+
+    def forward(self, x: Tensor, sigma: Tensor, cond=None) -> Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            d = self.denoiser(xg, sigma, cond)
+            (grad,) = torch.autograd.grad(self.log_event(d).sum(), xg)
+        return d.detach() + self.scale * sigma.reshape(-1, 1, 1, 1) ** 2 * grad
 
 
 def observation_mask(nt: int, nx: int, *, sensor_every: int, frame_every: int) -> Tensor:

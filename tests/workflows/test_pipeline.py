@@ -34,6 +34,8 @@ def test_pde_pipeline_end_to_end(tmp_path):
     assert {"persistence", "fno", "diffusion (ens. mean)"} <= set(table)
     da = metrics["tables"]["Burgers assimilation (sparse noisy sensors), nx=32"]
     assert {"interpolation of sensors", "diffusion DA (ens. mean)"} <= set(da)
+    ev = json.loads((res / "predictions" / "events.json").read_text())
+    assert 0 <= ev["p_solver_monte_carlo"] <= 1 and ev["n_solver"] == 16 and ev["n_model"] == 4
     assert metrics["provenance"]["config"]["train"]["steps"] == 30
     assert (res / "report.html").read_text().count("<table>") >= 1
     assert (res / "checkpoints" / "last.pt").is_file()
