@@ -31,7 +31,7 @@ from diffsci.core.denoisers import KarrasDenoiser, edm_loss
 from diffsci.core.guidance import drop_condition
 from diffsci.core.networks import UNet
 from diffsci.core.operators import LinearOperator
-from diffsci.core.posterior import DataConsistency, ProximalDataStep
+from diffsci.core.posterior import DPS, DataConsistency, ProximalDataStep
 from diffsci.core.samplers import get_sampler
 from diffsci.core.schedules import karras
 
@@ -483,11 +483,20 @@ def interpolate_observations(obs: Tensor, mask: Tensor) -> Tensor:
 def assimilate(model: nn.Module, y: Tensor, mask: Tensor, cond: Tensor, *, cfg: Mapping[str, Any],
                scale: float, noise_std: float, generator: torch.Generator) -> Tensor:  # fmt: skip
     """Data assimilation: trajectories consistent with sparse noisy observations ``y`` on
-    ``mask`` (physical space, ``(B, nt, nx)``), via the core's proximal data step."""
+    ``mask`` (physical space, ``(B, nt, nx)``) via the core's posterior samplers.
+
+    ``assimilation.method``: ``pigdm`` (DPS with the PiGDM variance: a VJP through the
+    denoiser, so the data inform unobserved points) or ``prox`` (proximal data step; cheaper,
+    but with sensors this sparse it barely moves the unobserved points: measured nRMSE 0.98
+    vs 0.27 for ``pigdm`` on the benchmark config).
+    """
     m, s = cfg["model"], cfg["sampling"]
     op = FrameMask(mask, wavelet=m["wavelet"], level=m["level"])
-    den = ProximalDataStep(model, op, y / scale, noise_std=noise_std / scale, lam=1.0)
+    if cfg["assimilation"]["method"] == "pigdm":
+        den = DPS(model, op, y / scale, noise_std=noise_std / scale, sigma_data=m["sigma_data"])
+    else:
+        den = ProximalDataStep(model, op, y / scale, noise_std=noise_std / scale, lam=1.0)
     sig = karras(s["steps"], s["sigma_min"], s["sigma_max"])
     x = torch.randn(cond.shape, generator=generator, dtype=cond.dtype) * float(sig[0])
-    out = get_sampler(s["sampler"])(den, x, sig, cond=cond, generator=generator)
+    out = get_sampler(s["sampler"])(den, x.to(cond.device), sig, cond=cond, generator=generator)
     return decode(out, scale=scale, wavelet=m["wavelet"], level=m["level"])
