@@ -57,6 +57,9 @@ def main() -> None:
     single = copy.deepcopy(base)
     multi = copy.deepcopy(base)
     multi["data"]["train_nx"], multi["data"]["eval_nx"] = [32, 64], [64, 128]
+    # one chunk per step (a step never mixes grids); same trajectories per step as `single`
+    multi["train_chunk"] = base["train_chunk"] * base["train"]["batch_size"]
+    multi["train"]["batch_size"] = 1
     tabs_s, t_s = _run(single, Path(a.workdir) / "single")
     tabs_m, t_m = _run(multi, Path(a.workdir) / "multires")
 

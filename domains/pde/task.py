@@ -17,6 +17,7 @@ same data for the same number of steps.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,13 @@ class PDETask:
         missing = [g for g in d["train_nx"] if g not in files]
         if missing:
             raise FileNotFoundError(f"{data_dir}: no training data for grids {missing}")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if len(d["train_nx"]) > 1 and cfg["train"]["batch_size"] != world:
+            raise ValueError(
+                f"multi-resolution training (data.train_nx={d['train_nx']}) needs one chunk per "
+                f"process per step so a batch never mixes grids: set train.batch_size to the "
+                f"number of processes ({world}) and put the per-step sample count in train_chunk"
+            )
         trajs = [torch.from_numpy(read_pdebench(files[g]).u).float() for g in d["train_nx"]]
         return TrajectoryChunks(trajs, chunk=cfg["train_chunk"], scale=self._scale(data_dir),
                                 wavelet=m["wavelet"], level=m["level"])  # fmt: skip
