@@ -77,14 +77,21 @@ class KarrasDenoiser(nn.Module):
         Network called as ``net(x, noise_level, cond)``.
     sigma_data
         Standard deviation of the (normalised) data.
+    train_sigma
+        Training-sigma sampler ``(n, rng, device=) -> sigma`` that :func:`edm_loss` uses unless
+        given another; default log-normal(-1.2, 1.2) as EDM. Conditional tasks whose target is
+        nearly determined by the condition gain from more weight on large sigma (where the
+        denoiser learns the conditional mean), e.g. ``LogNormalSigma(0.0, 1.2)``.
     """
 
-    def __init__(self, net: nn.Module, *, sigma_data: float = 0.5) -> None:
+    def __init__(self, net: nn.Module, *, sigma_data: float = 0.5,
+                 train_sigma: Callable | None = None) -> None:  # fmt: skip
         super().__init__()
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
         self.net = net
         self.sigma_data = float(sigma_data)
+        self.train_sigma = train_sigma
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Return ``(c_skip, c_out, c_in, c_noise)`` for a ``(B,)`` sigma."""
@@ -255,13 +262,14 @@ def edm_loss(
     rng
         A :class:`~diffsci.core.rng.ShardedRNG`; all randomness is drawn through it.
     sigma_sampler
-        Callable ``(n, rng, device) -> sigma``; default log-normal(-1.2, 1.2) as EDM.
+        Callable ``(n, rng, device) -> sigma``; default the denoiser's ``train_sigma`` if it
+        has one, else log-normal(-1.2, 1.2) as EDM.
     """
     from .schedules import LogNormalSigma
 
     if not torch.isfinite(x0).all():
         raise ValueError("x0 batch contains NaN or inf")
-    sampler = sigma_sampler or LogNormalSigma()
+    sampler = sigma_sampler or getattr(denoiser, "train_sigma", None) or LogNormalSigma()
     sigma = sampler(x0.shape[0], rng, device=x0.device).to(x0.dtype)
     noise = rng.randn(x0.shape, device=x0.device, dtype=x0.dtype)
     x = x0 + _bc(sigma, x0) * noise

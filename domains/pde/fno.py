@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from diffsci.core.networks import count_parameters
 
-__all__ = ["FNO2d", "SpectralConv2d", "count_parameters"]
+__all__ = ["FNO2d", "FNODenoiserNet", "SpectralConv2d", "count_parameters"]
 
 
 def _positive_int(name: str, value: int) -> int:
@@ -182,3 +182,71 @@ class FNO2d(nn.Module):
                 v = F.gelu(v)
         v = v[..., :h, :w]
         return self.project(v)
+
+
+class FNODenoiserNet(nn.Module):
+    """A noise-conditioned FNO: the core's network convention ``net(x, noise_level, cond)``.
+
+    The :class:`FNO2d` layers, with the noisy field ``x`` and an image condition ``cond``
+    concatenated at the input, and each Fourier layer modulated by the noise level (FiLM:
+    ``v * (1 + a) + b`` with ``(a, b)`` from a sinusoidal embedding and an MLP, as diffusion
+    UNets condition their residual blocks). Like :class:`FNO2d` its parameters do not depend
+    on the grid, so the same denoiser runs at any resolution; used with
+    :class:`~diffsci.core.denoisers.KarrasDenoiser` it is a diffusion model whose backbone
+    matches the FNO baseline, so a comparison isolates diffusion training and sampling from
+    the architecture.
+
+    Parameters
+    ----------
+    in_channels, out_channels
+        Channels of ``x`` and of the output.
+    cond_channels
+        Channels of ``cond`` (``0``: unconditional; ``cond`` must then be ``None``).
+    modes, width, depth, padding, projection_width
+        As :class:`FNO2d`.
+    embed_dim
+        Width of the noise-level embedding.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, cond_channels: int = 0,
+                 modes: tuple[int, int] = (12, 12), width: int = 32, depth: int = 4,
+                 padding: int | tuple[int, int] = 0, projection_width: int = 128,
+                 embed_dim: int = 128) -> None:  # fmt: skip
+        super().__init__()
+        from diffsci.core.networks import SinusoidalEmbedding
+
+        self.cond_channels = int(cond_channels)
+        self.fno = FNO2d(in_channels + self.cond_channels, out_channels, modes=modes,
+                         width=width, depth=depth, padding=padding,
+                         projection_width=projection_width)  # fmt: skip
+        self.embed = SinusoidalEmbedding(embed_dim)
+        self.film = nn.Linear(embed_dim, 2 * width * depth)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: Tensor, noise_level: Tensor, cond: Tensor | None = None) -> Tensor:
+        if self.cond_channels:
+            if cond is None or cond.shape[1] != self.cond_channels or cond.shape[2:] != x.shape[2:]:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(
+                    f"cond must be (B, {self.cond_channels}, {', '.join(map(str, x.shape[2:]))}), "
+                    f"got {got}"
+                )
+            x = torch.cat([x, cond.to(x)], dim=1)
+        elif cond is not None:
+            raise ValueError("this FNODenoiserNet is unconditional (cond_channels=0): cond must be None")
+        f = self.fno
+        noise_level = torch.as_tensor(noise_level, device=x.device, dtype=x.dtype).reshape(-1)
+        emb = F.silu(self.embed(noise_level.expand(x.shape[0])))
+        mod = self.film(emb).reshape(x.shape[0], f.depth, 2, f.width, 1, 1)
+        h, w = x.shape[-2:]
+        v = f.lift(torch.cat([x, f.grid(x)], dim=1))
+        p1, p2 = f.padding
+        if p1 or p2:
+            v = F.pad(v, (0, p2, 0, p1))
+        for i, (k, wconv) in enumerate(zip(f.spectral, f.pointwise, strict=True)):
+            v = k(v) + wconv(v)
+            v = v * (1 + mod[:, i, 0]) + mod[:, i, 1]
+            if i < f.depth - 1:
+                v = F.gelu(v)
+        return f.project(v[..., :h, :w])

@@ -34,7 +34,7 @@ from diffsci.core.networks import UNet
 from diffsci.core.operators import LinearOperator
 from diffsci.core.posterior import DPS, DataConsistency, ProximalDataStep
 from diffsci.core.samplers import get_sampler
-from diffsci.core.schedules import karras
+from diffsci.core.schedules import LogNormalSigma, karras
 
 from .io import read_pdebench, write_pdebench
 from .simulators import burgers_1d, periodic_grid, random_initial_conditions
@@ -114,7 +114,10 @@ class TrajectoryChunks(torch.utils.data.Dataset):
 
 def grid_multiple(cfg: Mapping[str, Any]) -> int:
     """Trajectory sizes (nt and nx) the model can serve are multiples of this number."""
-    return 2 ** (cfg["model"]["level"] + len(cfg["model"]["channels"]) - 1)
+    m = cfg["model"]
+    if m.get("backbone", "unet") == "fno":
+        return 2 ** m["level"]
+    return 2 ** (m["level"] + len(m["channels"]) - 1)
 
 
 def check_grid(cfg: Mapping[str, Any], nt: int, nx: int, *, source: str) -> None:
@@ -123,8 +126,8 @@ def check_grid(cfg: Mapping[str, Any], nt: int, nx: int, *, source: str) -> None
     if nt % k or nx % k:
         raise ValueError(
             f"{source}: grid nt={nt}, nx={nx} cannot be served by this model: with wavelet level "
-            f"{cfg['model']['level']} and {len(cfg['model']['channels'])} UNet levels both must be "
-            f"multiples of {k}"
+            f"{cfg['model']['level']} and backbone {cfg['model'].get('backbone', 'unet')} "
+            f"(model.channels={cfg['model']['channels']}) both must be multiples of {k}"
         )
 
 
@@ -178,10 +181,18 @@ class PDETask:
     def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
         m = cfg["model"]
         ch = 4 ** m["level"]
+        train_sigma = LogNormalSigma(m["p_mean"], m["p_std"])
+        if m.get("backbone", "unet") == "fno":
+            from .fno import FNODenoiserNet
+
+            net = FNODenoiserNet(ch, ch, cond_channels=ch, modes=tuple(m["modes"]),
+                                 width=m["width"], depth=m["depth"],
+                                 padding=(m["time_padding"], 0))  # fmt: skip
+            return KarrasDenoiser(net, sigma_data=m["sigma_data"], train_sigma=train_sigma)
         net = UNet(2, ch, ch, cond_channels=ch, channels=tuple(m["channels"]),
                    attention_levels=tuple(m["attention_levels"]),
                    num_res_blocks=m["num_res_blocks"])  # fmt: skip
-        return KarrasDenoiser(net, sigma_data=m["sigma_data"])
+        return KarrasDenoiser(net, sigma_data=m["sigma_data"], train_sigma=train_sigma)
 
     def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> TrajectoryChunks:
         m, d = cfg["model"], cfg["data"]

@@ -27,7 +27,7 @@ from diffsci.core.denoisers import (
     edm_loss,
 )
 from diffsci.core.rng import ShardedRNG
-from diffsci.core.schedules import LogUniformSigma, ddpm_alphas_cumprod
+from diffsci.core.schedules import LogNormalSigma, LogUniformSigma, ddpm_alphas_cumprod
 
 TOL = 1e-10
 GM = GaussianMixture.example_8d()
@@ -341,6 +341,16 @@ def test_edm_loss_finite_differentiable_deterministic() -> None:
     assert _loss(den, x0, seed=1).item() != loss.item()
     alt = _loss(den, x0, sigma_sampler=LogUniformSigma(0.1, 1.0))
     assert torch.isfinite(alt) and alt.item() != loss.item()
+
+
+def test_edm_loss_uses_the_denoisers_training_sigmas() -> None:
+    x0 = _x0()
+    shifted = KarrasDenoiser(TinyNet(), train_sigma=LogNormalSigma(1.0, 0.5))
+    plain = KarrasDenoiser(TinyNet())
+    plain.load_state_dict(shifted.state_dict())
+    explicit = _loss(plain, x0, sigma_sampler=LogNormalSigma(1.0, 0.5))
+    assert _loss(shifted, x0).item() == explicit.item()
+    assert _loss(plain, x0).item() != explicit.item()
 
 
 def test_edm_loss_is_weighted_mse() -> None:

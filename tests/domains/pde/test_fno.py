@@ -137,3 +137,34 @@ def test_fno_learns_the_heat_solution_operator():
         pred = net(test[:, :, :1].expand_as(test))
     rel = ((pred - test).flatten(1).norm(dim=1) / test.flatten(1).norm(dim=1)).mean()
     assert rel < 0.1, float(rel)
+
+
+def test_denoiser_net_runs_at_two_resolutions_and_depends_on_noise_and_condition():
+    from diffsci.domains.pde.fno import FNODenoiserNet
+
+    torch.manual_seed(0)
+    net = FNODenoiserNet(4, 4, cond_channels=4, modes=(4, 6), width=8, depth=2, padding=(2, 0))
+    # FiLM starts at zero (the net is the plain FNO at init); perturb it so sigma matters
+    torch.nn.init.normal_(net.film.weight, std=0.1)
+    for shape in ((8, 16), (8, 32)):
+        x, c = torch.randn(3, 4, *shape), torch.randn(3, 4, *shape)
+        y = net(x, torch.zeros(3), c)
+        assert y.shape == (3, 4, *shape)
+        assert not torch.allclose(y, net(x, torch.full((3,), 1.5), c))
+        assert not torch.allclose(y, net(x, torch.zeros(3), torch.zeros_like(c)))
+    loss = net(x, torch.zeros(3), c).square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_denoiser_net_names_a_bad_condition():
+    from diffsci.domains.pde.fno import FNODenoiserNet
+
+    net = FNODenoiserNet(4, 4, cond_channels=4, modes=(2, 2), width=4, depth=1)
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"cond must be \(B, 4, 8, 8\), got None"):
+        net(x, torch.zeros(1))
+    with pytest.raises(ValueError, match="cond must be"):
+        net(x, torch.zeros(1), torch.randn(1, 4, 8, 4))
+    with pytest.raises(ValueError, match="unconditional"):
+        FNODenoiserNet(4, 4, modes=(2, 2), width=4, depth=1)(x, torch.zeros(1), x)

@@ -85,3 +85,19 @@ def test_default_configs_validate():
         for g in set(cfg["data"]["train_nx"]) | set(cfg["data"]["eval_nx"]):
             check_grid(cfg, cfg["data"]["nt"], g, source=str(name))
     assert PDETask().name == "pde"
+
+
+def test_fno_backbone_serves_any_even_grid_and_uses_the_training_sigmas():
+    from diffsci.core.schedules import LogNormalSigma
+    from diffsci.domains.pde.fno import FNODenoiserNet
+
+    cfg = _cfg(backbone="fno", modes=[4, 4], width=8, depth=2, p_mean=0.5, p_std=0.7)
+    check_grid(cfg, 8, 36, source="ok")  # only the wavelet level constrains the grid
+    with pytest.raises(ValueError, match="backbone fno"):
+        check_grid(cfg, 8, 35, source="odd.h5")
+    den = PDETask().build_model(cfg)
+    assert isinstance(den.net, FNODenoiserNet)
+    assert isinstance(den.train_sigma, LogNormalSigma)
+    assert (den.train_sigma.p_mean, den.train_sigma.p_std) == (0.5, 0.7)
+    x = torch.randn(2, 4, 4, 18)
+    assert den(x, torch.ones(2), torch.zeros_like(x)).shape == x.shape
