@@ -30,8 +30,14 @@ __all__ = ["build_fno", "train_fno", "main"]
 
 def build_fno(cfg: Mapping[str, Any]) -> nn.Module:
     f = cfg["fno"]
-    return FNO2d(1, 1, modes=tuple(f["modes"]), width=f["width"], depth=f["depth"],
-                 padding=(f.get("time_padding", 8), 0))
+    return FNO2d(
+        1,
+        1,
+        modes=tuple(f["modes"]),
+        width=f["width"],
+        depth=f["depth"],
+        padding=(f.get("time_padding", 8), 0),
+    )
 
 
 class _FNOData(torch.utils.data.Dataset):

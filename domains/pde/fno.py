@@ -234,7 +234,9 @@ class FNODenoiserNet(nn.Module):
                 )
             x = torch.cat([x, cond.to(x)], dim=1)
         elif cond is not None:
-            raise ValueError("this FNODenoiserNet is unconditional (cond_channels=0): cond must be None")
+            raise ValueError(
+                "this FNODenoiserNet is unconditional (cond_channels=0): cond must be None"
+            )
         f = self.fno
         noise_level = torch.as_tensor(noise_level, device=x.device, dtype=x.dtype).reshape(-1)
         emb = F.silu(self.embed(noise_level.expand(x.shape[0])))
