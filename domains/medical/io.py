@@ -1,0 +1,581 @@
+"""Medical file formats: DICOM (files and series), NIfTI, fastMRI HDF5.
+
+Readers return plain numpy arrays plus the geometry needed to write results back; every
+error on a bad file (not DICOM, no pixel data, mixed series, fastMRI file without ``kspace``)
+is a ``ValueError``/``FileNotFoundError`` whose message names the file. Writers are atomic:
+a DICOM series is written to a temporary sibling folder and renamed into place, HDF5/NIfTI
+files are written to a temporary name and renamed, so no half-written output ever looks
+complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "DicomImage",
+    "FastMRIData",
+    "NiftiImage",
+    "read_dicom",
+    "read_dicom_series",
+    "write_dicom_series",
+    "read_nifti",
+    "write_nifti",
+    "read_fastmri",
+    "write_fastmri_like",
+]
+
+PathLike = str | os.PathLike
+
+
+class DicomImage(NamedTuple):
+    """An image or volume read from DICOM.
+
+    Attributes
+    ----------
+    array
+        ``float32`` values after RescaleSlope/Intercept: ``(H, W)`` for a single file
+        (``(frames, H, W)`` for multi-frame), ``(slices, H, W)`` for a series.
+    spacing
+        ``(row, col)`` PixelSpacing in mm for a file; ``(slice, row, col)`` for a series
+        (slice spacing from the positions, else SliceThickness, else 1).
+    meta
+        Geometry and identifiers: ``series_uid``, ``origin`` (ImagePositionPatient of the
+        first slice), ``orientation`` (ImageOrientationPatient), ``files`` (sorted), and
+        ``dataset`` (the first slice's pydicom Dataset without pixel data).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    meta: dict[str, Any]
+
+
+class NiftiImage(NamedTuple):
+    """A NIfTI volume: ``array`` in the file's (i, j, k) order, its 4x4 ``affine`` and voxel
+    ``spacing`` (the affine's column norms)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+
+
+@dataclass
+class FastMRIData:
+    """Contents of a fastMRI HDF5 file.
+
+    Attributes
+    ----------
+    kspace
+        Complex k-space ``(slices, H, W)`` (single coil) or ``(slices, coils, H, W)``.
+    reconstruction_rss, reconstruction_esc
+        Reference reconstructions ``(slices, h, w)`` if present.
+    ismrmrd_header
+        The ISMRMRD XML header (``str``) if present.
+    attrs
+        File attributes (``max``, ``norm``, ``acquisition``, ``patient_id``, ...).
+    path
+        The file read.
+    """
+
+    kspace: np.ndarray
+    reconstruction_rss: np.ndarray | None = None
+    reconstruction_esc: np.ndarray | None = None
+    ismrmrd_header: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def multicoil(self) -> bool:
+        return self.kspace.ndim == 4
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------
+
+
+def _dcmread(path: Path, *, pixels: bool = True):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not path.is_file():
+        raise FileNotFoundError(f"DICOM file not found: {path}")
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except InvalidDicomError as e:
+        raise ValueError(f"{path} is not a DICOM file: {e}") from e
+    except Exception as e:  # truncated/corrupt files raise assorted errors
+        raise ValueError(f"{path} could not be read as DICOM: {e}") from e
+    return ds
+
+
+def _pixels(ds, path: Path) -> np.ndarray:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ValueError(
+            f"{path} has no pixel data (not an image: SOP class {ds.get('SOPClassUID', '?')})"
+        )
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        raise ValueError(f"{path}: pixel data could not be decoded: {e}") from e
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    inter = float(ds.get("RescaleIntercept", 0) or 0)
+    return (arr.astype(np.float64) * slope + inter).astype(np.float32)
+
+
+def read_dicom(path: PathLike) -> DicomImage:
+    """Read one DICOM image file.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    DicomImage
+        ``array`` ``(H, W)`` float32 with RescaleSlope/Intercept applied, ``spacing``
+        ``(row, col)`` from PixelSpacing (``(1, 1)`` if absent), ``meta``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not DICOM, is corrupt, or has no pixel data (message names the file).
+    """
+    p = Path(path)
+    ds = _dcmread(p)
+    arr = _pixels(ds, p)
+    spacing = tuple(float(v) for v in ds.get("PixelSpacing", [1.0, 1.0]))
+    meta = _meta(ds, [p])
+    return DicomImage(arr, spacing, meta)
+
+
+def _meta(ds, files: list[Path]) -> dict[str, Any]:
+    head = ds.copy()
+    for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if tag in head:
+            del head[tag]
+    return {
+        "series_uid": str(ds.get("SeriesInstanceUID", "")),
+        "origin": tuple(float(v) for v in ds.get("ImagePositionPatient", [0.0, 0.0, 0.0])),
+        "orientation": tuple(
+            float(v) for v in ds.get("ImageOrientationPatient", [1.0, 0, 0, 0, 1.0, 0])
+        ),
+        "files": [str(f) for f in files],
+        "dataset": head,
+    }
+
+
+def _slice_key(ds) -> tuple[float, float]:
+    pos = ds.get("ImagePositionPatient")
+    iop = ds.get("ImageOrientationPatient")
+    inst = float(ds.get("InstanceNumber", 0) or 0)
+    if pos is not None and iop is not None:
+        r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+        return float(np.dot(np.cross(r, c), np.asarray(pos, float))), inst
+    return inst, 0.0
+
+
+def read_dicom_series(directory: PathLike) -> DicomImage:
+    """Read a DICOM series from a folder into a volume ``(slices, H, W)``.
+
+    Every regular, non-hidden file in ``directory`` must be a DICOM image of one series.
+    Slices are ordered along the slice normal (``ImagePositionPatient`` projected on the
+    cross product of ``ImageOrientationPatient``), else by ``InstanceNumber``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist or holds no files.
+    ValueError
+        If a file is not a DICOM image, the files belong to different series (the message
+        lists the files of each SeriesInstanceUID), or the slice sizes differ.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"DICOM series folder not found: {d}")
+    files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"no files in DICOM series folder {d}")
+    heads = [_dcmread(f, pixels=False) for f in files]
+    by_series: dict[str, list[str]] = {}
+    for f, ds in zip(files, heads, strict=True):
+        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(f.name)
+    if len(by_series) > 1:
+        parts = "; ".join(f"{uid or '<none>'}: {', '.join(n)}" for uid, n in by_series.items())
+        raise ValueError(f"{d} mixes {len(by_series)} series (SeriesInstanceUID: files): {parts}")
+    order = sorted(range(len(files)), key=lambda i: (_slice_key(heads[i]), files[i].name))
+    files = [files[i] for i in order]
+    slices, first = [], None
+    for f in files:
+        ds = _dcmread(f)
+        arr = _pixels(ds, f)
+        if arr.ndim != 2:
+            raise ValueError(f"{f}: expected a 2-D slice, got pixel array shape {arr.shape}")
+        if slices and arr.shape != slices[0].shape:
+            raise ValueError(f"{f}: slice shape {arr.shape} differs from {slices[0].shape}")
+        slices.append(arr)
+        first = ds if first is None else first
+    vol = np.stack(slices)
+    pix = tuple(float(v) for v in first.get("PixelSpacing", [1.0, 1.0]))
+    keys = [_slice_key(_dcmread(f, pixels=False))[0] for f in files[:2]] if len(files) > 1 else []
+    if (
+        len(keys) == 2
+        and "ImagePositionPatient" in first
+        and "ImageOrientationPatient" in first
+        and keys[1] != keys[0]
+    ):
+        dz = abs(keys[1] - keys[0])
+    else:
+        dz = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
+    return DicomImage(vol, (dz, *pix), _meta(first, files))
+
+
+def _reference_dataset(reference: Any):
+    import pydicom
+
+    if reference is None:
+        return None
+    if isinstance(reference, pydicom.Dataset):
+        return reference
+    p = Path(reference)
+    if p.is_dir():
+        return read_dicom_series(p).meta["dataset"]
+    return _dcmread(p, pixels=False)
+
+
+def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def write_dicom_series(
+    volume: np.ndarray,
+    out_dir: PathLike,
+    *,
+    reference: Any = None,
+    spacing: tuple[float, float, float] | None = None,
+    description: str = "diffsci derived",
+    series_number: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a volume ``(slices, H, W)`` as a new (derived) DICOM series, atomically.
+
+    Each slice is stored as unsigned 16-bit with one RescaleSlope/RescaleIntercept for the
+    whole volume (``slope = (max - min) / 65535``), so float values round-trip to within
+    ``slope / 2``. A new SeriesInstanceUID and new SOPInstanceUIDs are generated
+    (``pydicom.uid.generate_uid``); ImageType is ``DERIVED\\SECONDARY``.
+
+    Parameters
+    ----------
+    volume
+        ``(slices, H, W)`` (or ``(H, W)``) real values.
+    out_dir
+        Folder to create; files ``slice_0000.dcm`` ... are written to a temporary sibling
+        folder first and renamed into place.
+    reference
+        A pydicom Dataset, a DICOM file or a series folder whose patient/study identifiers,
+        Modality, SOP class, FrameOfReferenceUID and geometry (ImagePositionPatient of the
+        first slice, ImageOrientationPatient, PixelSpacing, SliceThickness) are reused.
+        ``None``: a Secondary Capture with identity orientation, origin 0 and unit spacing.
+    spacing
+        ``(slice, row, col)`` in mm; overrides the reference's.
+    description
+        SeriesDescription.
+    series_number
+        SeriesNumber (default: the reference's + 1000, else 1000).
+    overwrite
+        Replace an existing ``out_dir`` (the old one is removed only after the new one is
+        in place).
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    vol = np.asarray(volume, dtype=np.float64)
+    if vol.ndim == 2:
+        vol = vol[None]
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be (slices, H, W), got shape {vol.shape}")
+    if not np.isfinite(vol).all():
+        raise ValueError("volume contains non-finite values")
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    ref = _reference_dataset(reference)
+
+    lo, hi = float(vol.min()), float(vol.max())
+    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    # DS values hold at most 16 characters: quantise with the values actually written
+    slope_s, lo_s = f"{slope:.10g}", f"{lo:.10g}"
+    slope, lo = float(slope_s), float(lo_s)
+    stored = np.round((vol - lo) / slope).clip(0, 65535).astype(np.uint16)
+
+    def rget(name: str, default: Any) -> Any:
+        return ref.get(name, default) if ref is not None else default
+
+    iop = [float(v) for v in rget("ImageOrientationPatient", [1.0, 0.0, 0.0, 0.0, 1.0, 0.0])]
+    origin = np.asarray([float(v) for v in rget("ImagePositionPatient", [0.0, 0.0, 0.0])])
+    pix = [float(v) for v in rget("PixelSpacing", [1.0, 1.0])]
+    dz = float(rget("SpacingBetweenSlices", rget("SliceThickness", 1.0)) or 1.0)
+    if spacing is not None:
+        dz, pix = float(spacing[0]), [float(spacing[1]), float(spacing[2])]
+    normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    sop_class = rget("SOPClassUID", SecondaryCaptureImageStorage)
+    series_uid = generate_uid()
+    study_uid = rget("StudyInstanceUID", None) or generate_uid()
+    for_uid = rget("FrameOfReferenceUID", None) or generate_uid()
+    number = (
+        series_number if series_number is not None else int(rget("SeriesNumber", 0) or 0) + 1000
+    )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for i, sl in enumerate(stored):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = sop_class
+            sop_uid = generate_uid()
+            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = pydicom.Dataset()
+            ds.file_meta = meta
+            for name in (
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "PatientSex",
+                "StudyDate",
+                "StudyTime",
+                "StudyID",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDescription",
+            ):
+                if ref is not None and name in ref:
+                    setattr(ds, name, ref.get(name))
+            ds.SOPClassUID = sop_class
+            ds.SOPInstanceUID = sop_uid
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.FrameOfReferenceUID = for_uid
+            ds.Modality = rget("Modality", "OT")
+            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.SeriesDescription = description
+            ds.SeriesNumber = number
+            ds.InstanceNumber = i + 1
+            ds.ImageOrientationPatient = [f"{v:.6g}" for v in iop]
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in origin + i * dz * normal]
+            ds.PixelSpacing = [f"{v:.6g}" for v in pix]
+            ds.SliceThickness = f"{dz:.6g}"
+            ds.SpacingBetweenSlices = f"{dz:.6g}"
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.Rows, ds.Columns = int(sl.shape[0]), int(sl.shape[1])
+            ds.BitsAllocated = 16
+            ds.BitsStored = 16
+            ds.HighBit = 15
+            ds.PixelRepresentation = 0
+            ds.RescaleSlope = slope_s
+            ds.RescaleIntercept = lo_s
+            ds.PixelData = np.ascontiguousarray(sl).tobytes()
+            ds.save_as(tmp / f"slice_{i:04d}.dcm", enforce_file_format=True)
+        _replace_dir(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI
+# --------------------------------------------------------------------------------------------
+
+
+def read_nifti(path: PathLike) -> NiftiImage:
+    """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel.
+
+    Returns
+    -------
+    NiftiImage
+        ``array`` (float32, the file's axis order, scaling applied), ``affine`` ``(4, 4)``,
+        ``spacing`` per spatial axis.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"NIfTI file not found: {p}")
+    try:
+        img = nib.load(str(p))
+        arr = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as e:
+        raise ValueError(f"{p} could not be read as NIfTI: {e}") from e
+    aff = np.asarray(img.affine, dtype=np.float64)
+    spacing = tuple(float(v) for v in np.linalg.norm(aff[:3, :3], axis=0))
+    return NiftiImage(arr, aff, spacing)
+
+
+def write_nifti(
+    volume: np.ndarray,
+    path: PathLike,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write a volume as NIfTI-1 (float32), atomically (temporary name, then rename).
+
+    Parameters
+    ----------
+    volume
+        2-D or 3-D array, stored in its own axis order (nibabel's ``(i, j, k)``).
+    path
+        ``.nii`` or ``.nii.gz``.
+    spacing
+        Voxel sizes (diagonal affine); ignored if ``affine`` is given.
+    affine
+        ``(4, 4)`` voxel-to-world matrix.
+    """
+    import nibabel as nib
+
+    vol = np.asarray(volume, dtype=np.float32)
+    if affine is None:
+        aff = np.eye(4)
+        if spacing is not None:
+            sp = list(spacing) + [1.0] * (3 - len(spacing))
+            aff[[0, 1, 2], [0, 1, 2]] = sp[:3]
+    else:
+        aff = np.asarray(affine, dtype=np.float64)
+        if aff.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {aff.shape}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        nib.save(nib.Nifti1Image(vol, aff), tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# fastMRI
+# --------------------------------------------------------------------------------------------
+
+
+def read_fastmri(path: PathLike) -> FastMRIData:
+    """Read a fastMRI HDF5 file (``kspace``, optional reconstructions, header, attributes).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not HDF5, or has no ``kspace`` dataset (message names the file).
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"fastMRI file not found: {p}")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise ValueError(f"{p} is not an HDF5 file: {e}") from e
+    with f:
+        if "kspace" not in f:
+            raise ValueError(f"{p} has no 'kspace' dataset (keys: {sorted(f.keys())})")
+        ks = np.asarray(f["kspace"][()])
+        if not np.iscomplexobj(ks):
+            raise ValueError(f"{p}: 'kspace' must be complex, got dtype {ks.dtype}")
+        if ks.ndim not in (3, 4):
+            raise ValueError(f"{p}: 'kspace' must be (slices, [coils,] H, W), got {ks.shape}")
+        rec = {
+            k: np.asarray(f[k][()]) if k in f else None
+            for k in ("reconstruction_rss", "reconstruction_esc")
+        }
+        hdr = None
+        if "ismrmrd_header" in f:
+            raw = f["ismrmrd_header"][()]
+            hdr = raw.decode() if isinstance(raw, bytes | np.bytes_) else str(raw)
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    return FastMRIData(ks, rec["reconstruction_rss"], rec["reconstruction_esc"], hdr, attrs, p)
+
+
+def write_fastmri_like(
+    path: PathLike,
+    kspace: np.ndarray,
+    *,
+    reconstruction_rss: np.ndarray | None = None,
+    reconstruction_esc: np.ndarray | None = None,
+    ismrmrd_header: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a file in fastMRI's layout (for fixtures and simulated data), atomically.
+
+    ``attrs`` default: ``max`` (of the RSS, else ESC reconstruction), ``norm`` (its
+    Frobenius norm) and ``acquisition="SIM"``; given values override them.
+    """
+    import h5py
+
+    ks = np.asarray(kspace)
+    if not np.iscomplexobj(ks) or ks.ndim not in (3, 4):
+        raise ValueError(
+            f"kspace must be complex (slices, [coils,] H, W), got {ks.dtype} {ks.shape}"
+        )
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    ref = reconstruction_rss if reconstruction_rss is not None else reconstruction_esc
+    a: dict[str, Any] = {"acquisition": "SIM"}
+    if ref is not None:
+        a["max"] = float(np.max(ref))
+        a["norm"] = float(np.linalg.norm(np.asarray(ref, dtype=np.float64)))
+    a.update(attrs or {})
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".h5", dir=p.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("kspace", data=ks.astype(np.complex64))
+            if reconstruction_rss is not None:
+                f.create_dataset(
+                    "reconstruction_rss", data=np.asarray(reconstruction_rss, np.float32)
+                )
+            if reconstruction_esc is not None:
+                f.create_dataset(
+                    "reconstruction_esc", data=np.asarray(reconstruction_esc, np.float32)
+                )
+            if ismrmrd_header is not None:
+                f.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header.encode()))
+            for k, v in a.items():
+                f.attrs[k] = v
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

@@ -1,0 +1,112 @@
+"""Reconstruction pieces: the Hermitian-completed MRI operator, CT's CG pseudo-inverse, the
+slice-axis TV step, and posterior sampling that meets the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffsci.core.operators import check_adjoint
+from diffsci.domains.medical import ct, mri
+from diffsci.domains.medical.recon import (
+    AffineData,
+    CGPinv,
+    RealImageMRI,
+    SliceTV,
+    posterior_reconstruct,
+    reflect,
+    tv1d_prox,
+)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (33, 31), (64, 48)])
+def test_real_mri_adjoint_completion_and_projection(shape):
+    m = mri.kspace_mask(shape, acceleration=4, kind="random", seed=1)
+    op = RealImageMRI(m, shape)
+    check_adjoint(op, (2, 1, *shape))
+    # the support is the mask united with its reflection, and is itself symmetric
+    assert torch.equal(op.support, reflect(op.support))
+    assert op.support.sum() >= op.measured.sum()
+    x = torch.rand(3, 1, *shape, generator=torch.Generator().manual_seed(0))
+    k = mri.fft2c(x)
+    y = op.complete(op.measured * k)
+    torch.testing.assert_close(y, op.support * k, atol=1e-5, rtol=0)
+    d = torch.rand(3, 1, *shape, generator=torch.Generator().manual_seed(1))
+    proj = d + op.pinv(y - op.forward(d))
+    assert proj.dtype == torch.float32
+    assert float(op.measured_residual(proj, k).max()) < 1e-5
+    # a projection: applying it twice changes nothing
+    again = proj + op.pinv(y - op.forward(proj))
+    torch.testing.assert_close(again, proj, atol=1e-5, rtol=0)
+
+
+def test_mask_must_be_binary():
+    with pytest.raises(ValueError, match="0 and 1"):
+        RealImageMRI(torch.full((8,), 0.5), (8, 8))
+
+
+def test_cg_pinv_projects_onto_ct_data():
+    n = 24
+    radon = ct.ParallelBeamRadon(n, ct.sparse_view_angles(6))
+    op = CGPinv(radon, iters=200)
+    x = torch.rand(2, 1, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = radon.forward(x)
+    d = torch.zeros_like(x)
+    proj = d + op.pinv(y - radon.forward(d))
+    rel = (radon.forward(proj) - y).norm() / y.norm()
+    assert float(rel) < 1e-4
+
+
+def test_tv1d_prox_limits_and_optimality():
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    assert torch.equal(tv1d_prox(u, 0.0), u)
+    # huge weight -> the mean along the axis
+    torch.testing.assert_close(tv1d_prox(u, 1e3, iters=3000), u.mean(0, keepdim=True).expand_as(u),
+                               atol=1e-3, rtol=0)  # fmt: skip
+
+    def obj(v, lam=0.3):
+        return 0.5 * ((v - u) ** 2).sum() + lam * (v[1:] - v[:-1]).abs().sum()
+
+    v = tv1d_prox(u, 0.3, iters=2000)
+    for _ in range(50):  # no random perturbation does better
+        w = v + 1e-3 * torch.randn(v.shape, generator=g, dtype=v.dtype)
+        assert obj(w) >= obj(v) - 1e-9
+    assert obj(v) < obj(u)
+
+
+def test_posterior_samples_meet_mri_data_exactly():
+    shape = (16, 16)
+
+    class Flat(torch.nn.Module):  # exact denoiser of an isotropic Gaussian prior (std 0.5)
+        def forward(self, x, sigma, cond=None):
+            return x * 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    m = mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0)
+    op = RealImageMRI(m, shape)
+    x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
+    k = mri.fft2c(x)
+    y = op.complete(op.measured * k)
+    s = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), samples=3, steps=10,
+                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert s.shape == (3, 2, 1, *shape)
+    assert float(op.measured_residual(s.flatten(0, 1), k.repeat(3, 1, 1, 1)).max()) < 1e-5
+    assert float(s.std(0).mean()) > 1e-3  # the samples differ off the data
+
+
+def test_slice_tv_smooths_along_slices_only():
+    den = SliceTV(lambda x, s, c=None: x, 10.0, iters=500)
+    x = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = den(x, torch.ones(6))
+    assert float((out[1:] - out[:-1]).abs().sum()) < 0.05 * float((x[1:] - x[:-1]).abs().sum())
+    torch.testing.assert_close(out.mean(0), x.mean(0), atol=1e-4, rtol=0)
+
+
+def test_affine_data_maps_measurements_to_the_prior_variable():
+    op = RealImageMRI(np.ones(8, dtype=np.float32), (8, 8))
+    x = torch.rand(1, 1, 8, 8)
+    z = AffineData.to_model(x)
+    torch.testing.assert_close(op.forward(z), AffineData.data(op, op.forward(x), (1, 1, 8, 8)),
+                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(AffineData.to_image(z), x)
