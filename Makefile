@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CONSTRAINTS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install install-test demo test test-heavy lint bench clean
+.PHONY: install install-test demo test test-heavy test-slurm lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: install-test
 
 test-heavy: install-test
 	$(BIN)/python -m pytest -m heavy -n $(PYTEST_WORKERS)
+
+## test-slurm: the pipeline through a real local SLURM (needs root: installs slurm-wlm/munge,
+## starts and stops the daemons itself; skipped with the reason printed otherwise)
+test-slurm: install-test
+	$(BIN)/python -m pytest -m slurm -p no:xdist --durations=5 tests/workflows/test_slurm.py
 
 lint: install-test
 	$(BIN)/ruff check core domains tests benchmarks

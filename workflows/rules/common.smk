@@ -13,6 +13,52 @@ from diffsci.core.task import config_path, list_tasks, schema_path
 DOMAINS = config.get("domains", list_tasks())
 EXTRA_EVAL_INPUTS = {}
 
+# Resources a rule or profile may set: Snakemake's own and those the SLURM executor plugin
+# reads. Anything else (a typo such as `gpus` or `mem_gb`) would be silently ignored by the
+# scheduler, so it is refused here with a message naming it.
+KNOWN_RESOURCES = {
+    "_cores", "_nodes", "threads", "tmpdir", "mem", "mem_mb", "mem_mib", "disk", "disk_mb",
+    "disk_mib", "runtime", "gpu", "gpu_model", "gres", "cpus_per_gpu", "cpus_per_task",
+    "tasks", "tasks_per_gpu", "tasks_per_node", "nodes", "mpi", "mem_mb_per_cpu",
+    "slurm_partition", "slurm_account", "slurm_extra", "slurm_cluster", "cluster",
+    "clusters", "constraint", "qos",
+}  # fmt: skip
+
+
+# (Helpers are lambdas: `snakemake --lint` flags `def` functions next to rules.)
+_unknown = lambda names: sorted(set(names) - KNOWN_RESOURCES)
+_settings = workflow.resource_settings
+for _where, _names in [
+    ("default-resources", (_settings.default_resources or {}).keys()),
+    *((f"set-resources for rule {r!r}", m.keys()) for r, m in _settings.overwrite_resources.items()),
+]:
+    if _unknown(_names):
+        raise ValueError(
+            f"{_where}: unknown resource(s) {', '.join(map(repr, _unknown(_names)))} (check "
+            "the spelling in your profile); known: "
+            f"{', '.join(sorted(n for n in KNOWN_RESOURCES if not n.startswith('_')))}"
+        )
+
+# The rule's `gpu` resource as an int (0 when unset).
+n_gpus = lambda resources: int(getattr(resources, "gpu", 0) or 0)
+# `diffsci` for 0-1 GPUs; `torchrun --standalone --nproc-per-node=N` for N > 1 (DDP ranks).
+train_launcher = lambda resources: (
+    "diffsci"
+    if n_gpus(resources) <= 1
+    else f"torchrun --standalone --nproc-per-node={n_gpus(resources)} --no-python diffsci"
+)
+# With gpu >= 1, fail at once with a message naming the resource when torch sees fewer CUDA
+# devices (a GPU profile on a machine without GPUs); `true` (nothing to check) for gpu=0.
+_GPU_CHECK = (
+    "import socket, sys, torch; n = torch.cuda.device_count(); "
+    "sys.exit(0 if n >= {want} else f'diffsci train: resource gpu={want} (resources.gpu of "
+    "rule train) but torch sees {{n}} CUDA device(s) on host {{socket.gethostname()}}; run "
+    "on a GPU node, or set gpu: 0 for train in your profile (set-resources) to train on CPU')"
+)
+gpu_check = lambda resources: (
+    f'python -c "{_GPU_CHECK.format(want=n_gpus(resources))}"' if n_gpus(resources) > 0 else "true"
+)
+
 
 # Validate every config with its domain's schema before any job runs.
 for _d in DOMAINS:
@@ -56,13 +102,17 @@ rule train:
         "benchmarks/snakemake/{domain}/train.tsv"
     params:
         workdir=lambda wc, output: os.path.dirname(output[0]),
+        # torchrun when the rule's `gpu` resource is > 1 (set in the slurm profile).
+        launcher=lambda wc, resources: train_launcher(resources),
+        gpu_check=lambda wc, resources: gpu_check(resources),
     conda:
         "../../environment.yml"
     resources:
         mem_mb=8000,
         runtime=lambda wc, attempt: 120 * attempt,
     shell:
-        "diffsci train --domain {wildcards.domain} --config {input.config} "
+        "{params.gpu_check} 2>&1 | tee {log} >&2 && "
+        "{params.launcher} train --domain {wildcards.domain} --config {input.config} "
         "--workdir {params.workdir} --quiet > {log} 2>&1"
 
 
