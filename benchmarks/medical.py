@@ -56,7 +56,9 @@ def main() -> None:
     bars = {
         "mri_ge_zero_filled_plus_8dB": d_mri[key] >= mri["zero-filled"][key] + 8,
         "mri_ge_pocs_tv_plus_1dB": d_mri[key] >= mri["POCS-TV"][key] + 1,
-        "ct_ge_fbp_plus_10dB": d_ct[key] >= ctt["FBP"][key] + 10,
+        # against the stronger of raw and clipped FBP
+        "ct_ge_fbp_plus_10dB": d_ct[key]
+        >= max(ctt["FBP"][key], ctt["FBP (clipped to [0, 1])"][key]) + 10,
         "ct_ge_tv_iterative": d_ct[key] >= ctt["TV-iterative"][key],
         "mri_kspace_residual_le_1e-5": d_mri["kspace_residual_max"] <= 1e-5,
     }
@@ -66,6 +68,7 @@ def main() -> None:
             "mri_vs_zero_filled": d_mri[key] - mri["zero-filled"][key],
             "mri_vs_pocs_tv": d_mri[key] - mri["POCS-TV"][key],
             "ct_vs_fbp": d_ct[key] - ctt["FBP"][key],
+            "ct_vs_fbp_clipped": d_ct[key] - ctt["FBP (clipped to [0, 1])"][key],
             "ct_vs_tv_iterative": d_ct[key] - ctt["TV-iterative"][key],
         },
         "bars": bars,

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from diffsci.core.operators import LinearOperator
-from diffsci.core.posterior import DataConsistency
+from diffsci.core.posterior import DPS, DataConsistency, ProximalDataStep
 from diffsci.core.samplers import get_sampler
 from diffsci.core.schedules import karras
 
@@ -184,22 +184,41 @@ def posterior_reconstruct(
     eta: float = 0.85,
     generator: torch.Generator,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    method: str = "hard_dc",
+    noise_std: float = 0.0,
+    sigma_data: float = 0.5,
 ) -> Tensor:
-    """Posterior samples ``(samples, *shape)`` in image space for noiseless ``y = A x``.
+    """Posterior samples ``(samples, *shape)`` in image space for ``y = A x + n``.
 
-    ``y`` is batched like ``shape`` (one observation per item). Every reverse step projects the
-    prior's denoised estimate onto the data (:class:`DataConsistency`), and the sampler's last
-    step returns that projection, so each sample fits the data to solver precision.
-    ``wrap`` modifies the prior before the projection (e.g. :class:`SliceTV`).
+    ``y`` is batched like ``shape`` (one observation per item). ``method``:
+
+    - ``"hard_dc"`` (noiseless data): every reverse step projects the prior's denoised
+      estimate onto the data (:class:`DataConsistency`); the sampler's last step returns that
+      projection, so each sample fits the data to solver precision.
+    - ``"dps"``: likelihood gradient through the denoiser with the PiGDM variance
+      (:class:`DPS`), for noisy data of std ``noise_std`` (image units).
+    - ``"prox"``: proximal data step on the denoised estimate (:class:`ProximalDataStep`).
+
+    ``wrap`` modifies the prior before the data step (e.g. :class:`SliceTV`).
     """
+    if method not in ("hard_dc", "dps", "prox"):
+        raise ValueError(f"method must be 'hard_dc', 'dps' or 'prox', got {method!r}")
+    if method != "hard_dc" and noise_std <= 0:
+        raise ValueError(f"method {method!r} needs noise_std > 0 (noiseless data: 'hard_dc')")
     dev = y.device
     y_model = AffineData.data(op, y, shape)
     den = prior if wrap is None else wrap(prior)
     sig = karras(steps, sigma_min, sigma_max)
     opts = {"eta": eta} if sampler in ("ddim", "euler_ancestral") else {}
+    s_model = 2 * noise_std  # z = 2 x - 1 doubles the noise
     out = []
     for _ in range(samples):
-        dc = DataConsistency(den, op, y_model)
+        if method == "hard_dc":
+            dc = DataConsistency(den, op, y_model)
+        elif method == "dps":
+            dc = DPS(den, op, y_model, noise_std=s_model, sigma_data=sigma_data)
+        else:
+            dc = ProximalDataStep(den, op, y_model, noise_std=s_model)
         x = torch.randn(shape, generator=generator, dtype=torch.float32).to(dev) * float(sig[0])
         z = get_sampler(sampler)(dc, x, sig, generator=generator, **opts)
         out.append(AffineData.to_image(z))

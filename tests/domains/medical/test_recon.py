@@ -110,3 +110,37 @@ def test_affine_data_maps_measurements_to_the_prior_variable():
     torch.testing.assert_close(op.forward(z), AffineData.data(op, op.forward(x), (1, 1, 8, 8)),
                                atol=1e-5, rtol=0)  # fmt: skip
     torch.testing.assert_close(AffineData.to_image(z), x)
+
+
+@pytest.mark.parametrize("method", ["dps", "prox"])
+def test_noisy_data_methods_fit_to_the_noise_level(method):
+    class Flat(torch.nn.Module):  # exact denoiser of an isotropic Gaussian prior (std 0.5)
+        def forward(self, x, sigma, cond=None):
+            return x * 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    shape = (16, 16)
+    op = RealImageMRI(mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0), shape)
+    x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
+    k = mri.fft2c(x)
+    y = op.complete(op.measured * k)
+    s = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), samples=2, steps=20,
+                              method=method, noise_std=0.05,
+                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.isfinite(s).all()
+    # the data pull the samples far closer than the prior mean (0.5) alone would be
+    prior_only = float(op.measured_residual(torch.full_like(x, 0.5), k).mean())
+    assert (
+        float(op.measured_residual(s.flatten(0, 1), k.repeat(2, 1, 1, 1)).mean()) < 0.5 * prior_only
+    )
+
+
+def test_method_and_noise_are_checked():
+    op = RealImageMRI(torch.ones(8), (8, 8))
+    y = torch.zeros(1, 1, 8, 8, dtype=torch.complex64)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="noise_std > 0"):
+        posterior_reconstruct(lambda x, s, c=None: x, op, y, (1, 1, 8, 8), samples=1,
+                              method="dps", generator=g)  # fmt: skip
+    with pytest.raises(ValueError, match="method must be"):
+        posterior_reconstruct(lambda x, s, c=None: x, op, y, (1, 1, 8, 8), samples=1,
+                              method="tv", generator=g)  # fmt: skip

@@ -55,7 +55,9 @@ def test_pipeline_writes_native_formats_and_metrics(run):
             "NMSE", "coverage 90%", "seconds per slice"} <= set(row)  # fmt: skip
     assert 0 <= row["coverage 90%"] <= 1
     ctt = next(v for k, v in m["tables"].items() if k.startswith("CT"))
-    assert {"FBP", "TV-iterative", "diffusion (posterior mean)"} == set(ctt)
+    assert {"FBP", "FBP (clipped to [0, 1])", "TV-iterative", "diffusion (posterior mean)"} == set(
+        ctt
+    )
     assert all(np.isfinite(v["PSNR median (dB)"]) for v in ctt.values())
 
 
@@ -90,3 +92,16 @@ def test_missing_training_data_is_a_clear_error(tmp_path):
     task = get_task("medical")
     with pytest.raises(FileNotFoundError, match="train.h5"):
         task.train_dataset(TINY, tmp_path)
+
+
+def test_hard_dc_with_noisy_data_is_refused(run, tmp_path):
+    from diffsci.core.stages import load_model
+
+    task, cfg, paths = run
+    noisy = json.loads(json.dumps(cfg))
+    noisy["mri"]["noise_std"] = 0.05
+    out = tmp_path / "pred"
+    out.mkdir()
+    with pytest.raises(ValueError, match="mri.method hard_dc"):
+        task.infer(noisy, load_model(task, cfg, paths.model), paths.data, out, device="cpu",
+                   progress=False)  # fmt: skip
