@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from diffsci.core.fileio import atomic_path
+
 __all__ = [
     "DicomImage",
     "FastMRIData",
@@ -473,14 +475,8 @@ def write_nifti(
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p, suffix=suffix) as tmp:
         nib.save(nib.Nifti1Image(vol, aff), tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p
 
 
@@ -557,25 +553,14 @@ def write_fastmri_like(
         a["max"] = float(np.max(ref))
         a["norm"] = float(np.linalg.norm(np.asarray(ref, dtype=np.float64)))
     a.update(attrs or {})
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".h5", dir=p.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("kspace", data=ks.astype(np.complex64))
-            if reconstruction_rss is not None:
-                f.create_dataset(
-                    "reconstruction_rss", data=np.asarray(reconstruction_rss, np.float32)
-                )
-            if reconstruction_esc is not None:
-                f.create_dataset(
-                    "reconstruction_esc", data=np.asarray(reconstruction_esc, np.float32)
-                )
-            if ismrmrd_header is not None:
-                f.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header.encode()))
-            for k, v in a.items():
-                f.attrs[k] = v
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("kspace", data=ks.astype(np.complex64))
+        if reconstruction_rss is not None:
+            f.create_dataset("reconstruction_rss", data=np.asarray(reconstruction_rss, np.float32))
+        if reconstruction_esc is not None:
+            f.create_dataset("reconstruction_esc", data=np.asarray(reconstruction_esc, np.float32))
+        if ismrmrd_header is not None:
+            f.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header.encode()))
+        for k, v in a.items():
+            f.attrs[k] = v
     return p

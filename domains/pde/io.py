@@ -18,7 +18,6 @@ CFD files with ``density``/``Vx``/``pressure``) are not read: :func:`read_pdeben
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from diffsci.core.fileio import atomic_path
 
 __all__ = ["PDEData", "read_pdebench", "write_pdebench"]
 
@@ -127,25 +128,17 @@ def write_pdebench(
         if value is None or isinstance(value, Mapping):
             raise ValueError(f"attrs[{key!r}] = {value!r} cannot be stored as an HDF5 attribute")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset(TENSOR, data=arr, chunks=(1, *arr.shape[1:]))
-            for key, value in coords.items():
-                f.create_dataset(key, data=value)
-            for key, value in attrs.items():
-                try:
-                    f.attrs[key] = value
-                except (TypeError, ValueError) as err:
-                    raise ValueError(
-                        f"attrs[{key!r}] = {value!r} cannot be stored as an HDF5 attribute"
-                    ) from err
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".tmp") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset(TENSOR, data=arr, chunks=(1, *arr.shape[1:]))
+        for key, value in coords.items():
+            f.create_dataset(key, data=value)
+        for key, value in attrs.items():
+            try:
+                f.attrs[key] = value
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"attrs[{key!r}] = {value!r} cannot be stored as an HDF5 attribute"
+                ) from err
     return path
 
 
