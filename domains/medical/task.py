@@ -290,7 +290,12 @@ class MedicalTask:
                                                 samples.std(0), title=f"{title} {label}"))  # fmt: skip
         return {
             "tables": tables,
-            "lower_is_better": ["NMSE", "seconds per slice"],
+            "lower_is_better": [
+                "NMSE",
+                "seconds per slice",
+                "kspace_residual_max",
+                "sinogram_residual_max",
+            ],
             "figures": [str(Path("figures") / Path(f).name) for f in figures if f],
             "summary": {
                 "slices": int(truth.shape[0]),
