@@ -36,6 +36,7 @@ _EXPORTS = {
     "tv_iterative": "baselines",
     # phantoms
     "random_ellipse_phantoms": "phantoms",
+    "random_ellipsoid_volume": "phantoms",
     "smooth_noise": "phantoms",
     "pydicom_examples": "phantoms",
     # io

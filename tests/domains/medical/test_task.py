@@ -21,6 +21,7 @@ TINY = {
     "sampling": {"steps": 4, "samples": 2, "batch": 3, "cg_iters": 5},
     "mri": {"acceleration": 4, "center_fraction": 0.08, "pocs_tv": {"iters": 5}},
     "ct": {"n_views": 6, "tv": {"iters": 10}},
+    "volume": {"slices": 4},
 }
 
 
@@ -59,6 +60,10 @@ def test_pipeline_writes_native_formats_and_metrics(run):
         ctt
     )
     assert all(np.isfinite(v["PSNR median (dB)"]) for v in ctt.values())
+    vol = next(v for k, v in m["tables"].items() if k.startswith("MRI 3-D volume (4 slices)"))
+    assert set(vol) == {"diffusion 2-D slice-wise", "diffusion + slice-axis TV", "POCS-TV",
+                        "zero-filled"}  # fmt: skip
+    assert read_volume_nifti(pred / "mri_volume_mean.nii.gz").shape == (4, 16, 16)
 
 
 def test_derived_dicom_has_new_uids(run):
