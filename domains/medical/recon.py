@@ -158,7 +158,12 @@ def tv1d_prox(u: Tensor, weight: float, *, dim: int = 0, iters: int = 30) -> Ten
 
 class SliceTV(nn.Module):
     """A 3-D prior from a 2-D one (DiffusionMBIR): denoise the slices of one volume as a batch,
-    then a TV proximal step along the slice axis (weight ``weight * sigma``-independent)."""
+    then a TV proximal step of fixed ``weight`` along the slice axis (the batch dimension).
+
+    DiffusionMBIR solves the z-TV step by ADMM inside each reverse step; a proximal step on
+    the denoised estimate (then the data projection, when wrapped by
+    :class:`~diffsci.core.posterior.DataConsistency`) is the same idea at one inner iteration.
+    """
 
     def __init__(self, denoiser: nn.Module, weight: float, *, iters: int = 30) -> None:
         super().__init__()
