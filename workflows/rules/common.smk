@@ -111,9 +111,10 @@ rule train:
         mem_mb=8000,
         runtime=lambda wc, attempt: 120 * attempt,
     shell:
-        # SLURM's --signal=USR1 reaches every process of the job step: the wrapping shell
-        # ignores it (its default action would end the step mid-checkpoint) while training,
-        # which installs its own handler, checkpoints and exits 75 for Snakemake's retry.
+        # SLURM's --signal=USR1 reaches every process of the job step: this shell ignores it,
+        # training (own handler) checkpoints and exits 75. Observed with the SLURM plugin:
+        # the jobstep's own snakemake process also gets it and dies, the job FAILS and the
+        # retry resumes from the checkpoints (see issue 7's note: not yet a clean exit).
         "trap '' USR1; "
         "{params.gpu_check} 2>&1 | tee {log} >&2 && "
         "{params.launcher} train --domain {wildcards.domain} --config {input.config} "
