@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffsci.core.operators import LinearOperator
+from diffsci.core.operators import LinearOperator, Mask
 
 __all__ = [
     "fft2c",
@@ -189,25 +189,15 @@ class SingleCoilMRI(LinearOperator):
 
     def __init__(self, mask: Tensor | np.ndarray) -> None:
         self.mask = _check_mask(mask)
-
-    def _m(self, x: Tensor) -> Tensor:
-        try:
-            torch.broadcast_shapes(self.mask.shape, x.shape)
-        except RuntimeError as e:
-            raise ValueError(
-                f"mask shape {tuple(self.mask.shape)} does not broadcast to {tuple(x.shape)}"
-            ) from e
-        return self.mask.to(device=x.device, dtype=x.real.dtype)
+        self.sampling = Mask(self.mask)  # the core's k-space sampling step (shape-checked)
 
     def forward(self, x: Tensor) -> Tensor:
         """Masked k-space ``M F x`` (complex, shape of ``x``)."""
-        k = fft2c(x)
-        return k * self._m(k)
+        return self.sampling.forward(fft2c(x))
 
     def adjoint(self, y: Tensor) -> Tensor:
         """Zero-filled reconstruction ``F^H M y`` (complex image)."""
-        y = _complex(y)
-        return ifft2c(y * self._m(y))
+        return ifft2c(self.sampling.forward(_complex(y)))
 
     def pinv(self, y: Tensor, **_: Any) -> Tensor:
         """``A^+ y = A^H y`` (``A A^H = M`` is a projector)."""
@@ -228,15 +218,13 @@ class SingleCoilMRI(LinearOperator):
     ) -> Tensor:
         """``argmin_x |A x - y|^2 / (2 s^2) + rho / 2 |x - z|^2`` in closed form.
 
-        In k-space: sampled entries become ``(y / s^2 + rho F z) / (1 / s^2 + rho)``, the
+        The FFT is unitary, so this is the core :class:`~diffsci.core.operators.Mask`'s prox
+        in k-space: sampled entries become ``(y / s^2 + rho F z) / (1 / s^2 + rho)``, the
         others keep ``F z``. ``rho`` may be a tensor broadcastable to ``z``.
         """
-        a = 1.0 / noise_std**2
         kz = fft2c(z)
-        m = self._m(kz)
-        y = _complex(y).to(kz.dtype)
-        kd = m * (a * y + rho * kz) / (a + rho) + (1 - m) * kz
-        return ifft2c(kd)
+        k = self.sampling.prox_l2(kz, _complex(y).to(kz.dtype), rho, noise_std=noise_std)
+        return ifft2c(k)
 
     def data_consistency(self, x: Tensor, y: Tensor) -> Tensor:
         """Hard projection onto ``{x : A x = y}``: replace the sampled k-space by ``y``."""
@@ -263,6 +251,7 @@ class MultiCoilMRI(LinearOperator):
 
     def __init__(self, mask: Tensor | np.ndarray, sens_maps: Tensor) -> None:
         self.mask = _check_mask(mask)
+        self.sampling = Mask(self.mask)
         s = torch.as_tensor(sens_maps)
         if s.dim() == 3:
             s = s.unsqueeze(0)
@@ -282,15 +271,14 @@ class MultiCoilMRI(LinearOperator):
         x = _complex(x)
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected an image (B, 1, H, W), got {tuple(x.shape)}")
-        k = fft2c(self._s(x) * x)
-        return k * self.mask.to(device=k.device, dtype=k.real.dtype)
+        return self.sampling.forward(fft2c(self._s(x) * x))
 
     def adjoint(self, y: Tensor) -> Tensor:
         """Coil combination ``sum_c conj(S_c) F^H (M y_c)``, ``(B, C, H, W)`` -> ``(B, 1, H, W)``."""
         y = _complex(y)
         if y.dim() != 4:
             raise ValueError(f"expected coil k-space (B, C, H, W), got {tuple(y.shape)}")
-        img = ifft2c(y * self.mask.to(device=y.device, dtype=y.real.dtype))
+        img = ifft2c(self.sampling.forward(y))
         return (self._s(img).conj() * img).sum(dim=1, keepdim=True)
 
 
