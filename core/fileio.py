@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "open_hdf5"]
 
 
 @contextmanager
@@ -39,3 +39,24 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def open_hdf5(path: str | os.PathLike, *, what: str = "HDF5 file"):
+    """Open ``path`` read-only with h5py; a missing or non-HDF5 file is an error naming it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If it is not a readable HDF5 file.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such {what}")
+    try:
+        return h5py.File(p, "r")
+    except OSError as e:
+        raise ValueError(f"{p}: not a readable HDF5 file ({e})") from e

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from diffsci.core.fileio import atomic_path
+from diffsci.core.fileio import atomic_path, open_hdf5
 
 __all__ = [
     "DicomImage",
@@ -495,16 +495,9 @@ def read_fastmri(path: PathLike) -> FastMRIData:
     ValueError
         If it is not HDF5, or has no ``kspace`` dataset (message names the file).
     """
-    import h5py
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"fastMRI file not found: {p}")
-    try:
-        f = h5py.File(p, "r")
-    except OSError as e:
-        raise ValueError(f"{p} is not an HDF5 file: {e}") from e
-    with f:
+    with open_hdf5(p, what="fastMRI file") as f:
         if "kspace" not in f:
             raise ValueError(f"{p} has no 'kspace' dataset (keys: {sorted(f.keys())})")
         ks = np.asarray(f["kspace"][()])

@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from diffsci.core.fileio import atomic_path
+from diffsci.core.fileio import atomic_path, open_hdf5
 
 __all__ = ["PDEData", "read_pdebench", "write_pdebench"]
 
@@ -174,15 +174,9 @@ def read_pdebench(path: str | os.PathLike, *, max_samples: int | None = None) ->
         length, or non-finite trajectories; the message names the file, key and samples.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
     if max_samples is not None and (int(max_samples) != max_samples or max_samples < 1):
         raise ValueError(f"max_samples must be a positive integer, got {max_samples}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from err
-    with f:
+    with open_hdf5(path, what="PDEBench file") as f:
         keys = sorted(f.keys())
         if TENSOR not in f or not isinstance(f[TENSOR], h5py.Dataset):
             hint = ""

@@ -25,3 +25,19 @@ def test_failure_keeps_the_old_target_and_leaves_no_temporary(tmp_path):
         raise RuntimeError("writer failed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_open_hdf5_names_missing_and_non_hdf5_files(tmp_path):
+    import h5py
+
+    from diffsci.core.fileio import open_hdf5
+
+    with pytest.raises(FileNotFoundError, match="absent.h5: no such fastMRI file"):
+        open_hdf5(tmp_path / "absent.h5", what="fastMRI file")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="text.h5: not a readable HDF5 file"):
+        open_hdf5(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "ok.h5", "w") as f:
+        f["x"] = 1
+    with open_hdf5(tmp_path / "ok.h5") as f:
+        assert f["x"][()] == 1
