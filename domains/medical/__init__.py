@@ -9,8 +9,7 @@ pydicom's bundled images), :mod:`.io` (DICOM, NIfTI, fastMRI HDF5) and :mod:`.me
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from diffsci.core.lazy import lazy_getattr
 
 _EXPORTS = {
     # mri
@@ -59,8 +58,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ Submodules: :mod:`.simulators` (Burgers, advection, 2-D Navier-Stokes) and :mod:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from diffsci.core.lazy import lazy_getattr
 
 _EXPORTS = {
     "advection_1d": "simulators",
@@ -23,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
