@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffsci.core.denoisers import KarrasDenoiser, edm_loss
+from diffsci.core.fileio import open_hdf5
 from diffsci.core.metrics import interval_coverage, nmse, psnr, ssim
 from diffsci.core.networks import UNet
 
@@ -40,9 +41,7 @@ SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
 
 def _read_images(path: Path, key: str = "images") -> Tensor:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (run the prepare stage)")
-    with h5py.File(path) as f:
+    with open_hdf5(path, what="file (run the prepare stage)") as f:
         if key not in f:
             raise KeyError(f"{path}: no dataset {key!r}")
         return torch.from_numpy(f[key][()]).float()
@@ -217,7 +216,7 @@ class MedicalTask:
             if (data_dir / "mri_volume.h5").is_file():
                 self._infer_volume(cfg, model, data_dir, out_dir, device=device, generator=g)
         if cfg["ct"]["enabled"]:
-            with h5py.File(data_dir / "ct_test.h5") as f:
+            with open_hdf5(data_dir / "ct_test.h5", what="CT file (run the prepare stage)") as f:
                 sino = torch.from_numpy(f["sinogram"][()]).float()
                 angles = f["angles_deg"][()]
                 n_img = int(f.attrs["image_size"])
