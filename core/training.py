@@ -24,6 +24,7 @@ rank so resume stays bit-identical, but it differs between single-process and DD
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -443,12 +444,21 @@ class _SignalFlag:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+def _destroy_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _setup_distributed(device) -> tuple[int, int, bool, torch.device]:
     """(rank, world_size, created_group, device); inits the group when launched by torchrun."""
     created = False
     if dist.is_available() and not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # Kept for the life of the process: destroying it after train() and initialising
+            # it again on torchrun's store hung intermittently (seen in CI and in a clean-clone
+            # run), so a later train() call in the same process reuses this group.
+            atexit.register(_destroy_group)
             created = True
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -528,15 +538,11 @@ def train(
         If ``batch_size`` does not split evenly across DDP ranks.
     """
     cfg = config
-    rank, world, created_group, device = _setup_distributed(device)
-    try:
-        return _train(
-            model, loss_fn, data, cfg, rank=rank, world=world, device=device,
-            resume=resume, metrics_path=metrics_path,
-        )  # fmt: skip
-    finally:
-        if created_group and dist.is_initialized():
-            dist.destroy_process_group()
+    rank, world, _, device = _setup_distributed(device)
+    return _train(
+        model, loss_fn, data, cfg, rank=rank, world=world, device=device,
+        resume=resume, metrics_path=metrics_path,
+    )  # fmt: skip
 
 
 def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resume, metrics_path):

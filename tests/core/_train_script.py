@@ -61,7 +61,7 @@ def main() -> None:
     res = run(a.steps, ckpt_dir=a.ckpt_dir, sleep=a.sleep)
     if a.then is not None:
         res = run(a.then, ckpt_dir=a.ckpt_dir)
-    if int(os.environ.get("RANK", "0")) == 0:  # train() closed the process group it opened
+    if int(os.environ.get("RANK", "0")) == 0:
         out = {"model": res.model.state_dict(), "ema": res.ema.state_dict(), "step": res.step}
         torch.save({**out, "history": res.history}, a.out)
     print("DONE", res.step, flush=True)
