@@ -1,0 +1,1 @@
+"""Precipitation downscaling domain (work in progress)."""
