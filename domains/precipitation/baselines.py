@@ -1,0 +1,49 @@
+"""Baselines: bilinear and bicubic interpolation of the coarse precipitation, and the
+regression UNet (CorrDiff's deterministic mean).
+
+Interpolation uses :func:`torch.nn.functional.interpolate` (``align_corners=False``: coarse
+cell centres map to block centres) from the coarse grid (the block means of the ``tp``
+input) to the fine grid; bicubic overshoots below zero near dry areas, so both are clamped at
+0 mm h-1. Neither conserves the block means exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models import DownscalingModel
+from .synthetic import block_mean
+from .transforms import Normaliser
+
+__all__ = ["coarse_precipitation", "interpolate", "regression_mean"]
+
+
+def coarse_precipitation(inputs_tp: np.ndarray, factor: int) -> np.ndarray:
+    """Coarse grid ``(N, H/f, W/f)`` from the block-constant ``tp`` input ``(N, H, W)``."""
+    return block_mean(np.asarray(inputs_tp, dtype=np.float64), factor).astype(np.float32)
+
+
+def interpolate(coarse: np.ndarray, factor: int, *, mode: str = "bicubic") -> np.ndarray:
+    """Upsample ``(N, h, w)`` by ``factor`` with ``mode`` ("bilinear" or "bicubic"), >= 0."""
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"mode must be 'bilinear' or 'bicubic', got {mode!r}")
+    x = torch.from_numpy(np.asarray(coarse, dtype=np.float32))[:, None]
+    y = F.interpolate(x, scale_factor=factor, mode=mode, align_corners=False)
+    return y[:, 0].clamp_min(0).numpy()
+
+
+@torch.no_grad()
+def regression_mean(model: DownscalingModel, norm: Normaliser, inputs: np.ndarray,
+                    invariant: np.ndarray | None, *, batch: int = 16) -> np.ndarray:  # fmt: skip
+    """The regression UNet's prediction in mm h-1, ``(N, H, W)``."""
+    if model.regression is None:
+        raise ValueError("the model has no regression UNet (model.residual is false)")
+    out = []
+    inv = None if invariant is None else torch.from_numpy(np.asarray(invariant, np.float32))
+    for i in range(0, len(inputs), batch):
+        cond = norm.encode_condition(torch.from_numpy(np.asarray(inputs[i : i + batch], np.float32)),
+                                     inv)  # fmt: skip
+        out.append(norm.decode_target(model.regression(cond))[:, 0].numpy())
+    return np.concatenate(out)

@@ -1,0 +1,184 @@
+"""Precipitation downscaling metrics, each as the field defines it.
+
+Arrays are numpy or torch; fields are ``(N, H, W)`` (cases) and ensembles ``(M, N, H, W)``.
+
+- CRPS: the ensemble CRPS ``mean|x_i - y| - 1/(2 M^2) sum |x_i - x_j|`` (not the fair
+  variant), per pixel, averaged (:func:`diffsci.core.metrics.crps_ensemble`).
+- MAE / RMSE / bias of the ensemble mean (bias = mean(pred - obs)).
+- CSI at a threshold: ``hits / (hits + misses + false alarms)`` with events ``>= threshold``
+  over all pixels; for an ensemble, the mean over members.
+- FSS (Roberts & Lean 2008): fractions of pixels ``>= threshold`` in ``n x n`` neighbourhoods
+  (zero outside the domain), ``FSS = 1 - sum (Pf - Po)^2 / (sum Pf^2 + sum Po^2)`` summed over
+  all cases; for an ensemble, the mean over members.
+- pixel EMD: 1-D Wasserstein-1 distance between the pooled pixel values of prediction (all
+  members) and truth (``scipy.stats.wasserstein_distance``).
+- 99.9th-percentile error: ``|q99.9(pred) - q99.9(obs)|`` over all pooled pixels (members
+  pooled), numpy's linear quantile.
+- radially averaged PSD: ``|FFT|^2 / (H W)`` averaged over annuli of integer wavenumber
+  ``round(|k|)`` (cycles per domain), ``k = 1 .. min(H, W)/2``, mean over cases/members; the
+  high-wavenumber error is the max ``|log10 PSD_pred - log10 PSD_obs|`` (dex) over
+  ``k > min(H, W) / (2 factor)`` (scales finer than the coarse grid resolves).
+- adjusted spread-skill ``sqrt((M+1)/M) * spread / RMSE`` and the rank histogram from the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.stats import wasserstein_distance
+
+from diffsci.core import metrics as cm
+
+__all__ = [
+    "crps",
+    "mae",
+    "rmse",
+    "bias",
+    "csi",
+    "fss",
+    "pixel_emd",
+    "percentile_error",
+    "radial_psd",
+    "psd_dex_error",
+    "spread_skill",
+    "rank_histogram",
+    "evaluate_fields",
+]
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def crps(ens, obs) -> float:
+    """Mean ensemble CRPS (members on axis 0)."""
+    return float(cm.crps_ensemble(torch.as_tensor(_np(ens), dtype=torch.float64),
+                                  torch.as_tensor(_np(obs), dtype=torch.float64)))  # fmt: skip
+
+
+def mae(pred, obs) -> float:
+    return float(np.abs(_np(pred).astype(np.float64) - _np(obs)).mean())
+
+
+def rmse(pred, obs) -> float:
+    return float(np.sqrt(((_np(pred).astype(np.float64) - _np(obs)) ** 2).mean()))
+
+
+def bias(pred, obs) -> float:
+    return float((_np(pred).astype(np.float64) - _np(obs)).mean())
+
+
+def _csi_one(pred: np.ndarray, obs: np.ndarray, thr: float) -> float:
+    f, o = pred >= thr, obs >= thr
+    hits = np.sum(f & o)
+    denom = hits + np.sum(~f & o) + np.sum(f & ~o)
+    return float(hits / denom) if denom else float("nan")
+
+
+def csi(pred, obs, threshold: float, *, ensemble: bool = False) -> float:
+    """Critical success index; with ``ensemble=True`` the mean over members (axis 0)."""
+    p, o = _np(pred), _np(obs)
+    if ensemble:
+        return float(np.nanmean([_csi_one(m, o, threshold) for m in p]))
+    return _csi_one(p, o, threshold)
+
+
+def _fractions(binary: np.ndarray, n: int) -> np.ndarray:
+    # uniform_filter over the two spatial axes only, zero padding outside the domain
+    return ndimage.uniform_filter(binary.astype(np.float64), size=(1, n, n), mode="constant")
+
+
+def _fss_one(pred: np.ndarray, obs: np.ndarray, thr: float, n: int) -> float:
+    pf, po = _fractions(pred >= thr, n), _fractions(obs >= thr, n)
+    ref = np.sum(pf**2) + np.sum(po**2)
+    return float(1 - np.sum((pf - po) ** 2) / ref) if ref > 0 else float("nan")
+
+
+def fss(pred, obs, threshold: float, scale: int, *, ensemble: bool = False) -> float:
+    """Fractions skill score over ``(N, H, W)`` cases at ``threshold`` and window ``scale``."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    p, o = _np(pred), _np(obs)
+    if ensemble:
+        return float(np.nanmean([_fss_one(m, o, threshold, scale) for m in p]))
+    return _fss_one(p, o, threshold, scale)
+
+
+def pixel_emd(pred, obs) -> float:
+    """Wasserstein-1 distance between the pooled pixel values of ``pred`` and ``obs``."""
+    return float(wasserstein_distance(_np(pred).ravel(), _np(obs).ravel()))
+
+
+def percentile_error(pred, obs, q: float = 99.9) -> float:
+    """``|percentile_q(pred) - percentile_q(obs)|`` over pooled pixels."""
+    return float(abs(np.percentile(_np(pred), q) - np.percentile(_np(obs), q)))
+
+
+def radial_psd(fields) -> tuple[np.ndarray, np.ndarray]:
+    """Radially averaged power spectral density of ``(..., H, W)`` fields (mean over leading
+    axes): ``(k, psd)`` with ``k = 1 .. min(H, W)//2`` in cycles per domain."""
+    f = _np(fields).astype(np.float64)
+    h, w = f.shape[-2:]
+    f = f.reshape(-1, h, w)
+    power = (np.abs(np.fft.fft2(f)) ** 2 / (h * w)).mean(axis=0)
+    ky = np.fft.fftfreq(h, d=1.0 / h)[:, None]
+    kx = np.fft.fftfreq(w, d=1.0 / w)[None, :]
+    kr = np.rint(np.sqrt(ky**2 + kx**2)).astype(int)
+    kmax = min(h, w) // 2
+    sums = np.bincount(kr.ravel(), weights=power.ravel(), minlength=kmax + 1)
+    counts = np.bincount(kr.ravel(), minlength=kmax + 1)
+    k = np.arange(1, kmax + 1)
+    return k, sums[1 : kmax + 1] / counts[1 : kmax + 1]
+
+
+def psd_dex_error(pred, obs, *, factor: int) -> dict[str, float]:
+    """Max and mean ``|log10 PSD_pred - log10 PSD_obs|`` over ``k > min(H, W)/(2 factor)``."""
+    k, pp = radial_psd(pred)
+    _, po = radial_psd(obs)
+    band = k > min(_np(obs).shape[-2:]) / (2 * factor)
+    d = np.abs(np.log10(np.maximum(pp[band], 1e-30)) - np.log10(np.maximum(po[band], 1e-30)))
+    return {"max": float(d.max()), "mean": float(d.mean()),
+            "signed_mean": float((np.log10(np.maximum(pp[band], 1e-30))
+                                  - np.log10(np.maximum(po[band], 1e-30))).mean())}  # fmt: skip
+
+
+def spread_skill(ens, obs) -> float:
+    """Adjusted spread-skill ratio ``sqrt((M+1)/M) spread / RMSE`` (1 = calibrated)."""
+    return float(cm.spread_skill(torch.as_tensor(_np(ens), dtype=torch.float64),
+                                 torch.as_tensor(_np(obs), dtype=torch.float64), adjusted=True))  # fmt: skip
+
+
+def rank_histogram(ens, obs, *, seed: int = 0) -> np.ndarray:
+    """Rank histogram counts ``(M + 1,)`` (ties broken at random, seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    return cm.rank_histogram(torch.as_tensor(_np(ens)), torch.as_tensor(_np(obs)),
+                             generator=g).numpy()  # fmt: skip
+
+
+def evaluate_fields(pred, obs, *, factor: int, thresholds: Sequence[float],
+                    fss_scales: Sequence[int], ensemble: bool) -> dict[str, Any]:  # fmt: skip
+    """All scores of one method on ``(N, H, W)`` truth; ``pred`` is ``(M, N, H, W)`` when
+    ``ensemble`` (CRPS, spread-skill and member-averaged CSI/FSS) else ``(N, H, W)``."""
+    p, o = _np(pred).astype(np.float32), _np(obs).astype(np.float32)
+    det = p.mean(0) if ensemble else p
+    row: dict[str, Any] = {}
+    row["CRPS"] = crps(p, o) if ensemble else mae(p, o)  # CRPS of a point forecast = MAE
+    row["MAE"] = mae(det, o)
+    row["RMSE"] = rmse(det, o)
+    row["bias"] = bias(det, o)
+    for t in thresholds:
+        row[f"CSI@{t:g}"] = csi(p, o, t, ensemble=ensemble)
+        for n in fss_scales:
+            row[f"FSS@{t:g},{n}px"] = fss(p, o, t, n, ensemble=ensemble)
+    row["EMD"] = pixel_emd(p, o)
+    row["p99.9 error"] = percentile_error(p, o, 99.9)
+    dex = psd_dex_error(p, o, factor=factor)
+    row["PSD high-k max |dex|"] = dex["max"]
+    row["PSD high-k mean dex"] = dex["signed_mean"]
+    if ensemble and p.shape[0] >= 2:
+        row["spread-skill (adj.)"] = spread_skill(p, o)
+    return row
