@@ -1,0 +1,291 @@
+"""The two diffusion models of the domain, built on the core's denoisers and networks.
+
+Population diffusion (PerturbDiff-style)
+----------------------------------------
+One sample is a whole population: a set of ``N`` cells in a PCA latent ``(N, d)``. The
+denoiser :class:`PopulationNet` is a transformer over three kinds of tokens: one summary token
+(noise level + perturbation embedding + the control population's mean and spread), the ``M``
+control cells of the same cell type (the condition: a set encoding the model can read for a
+cell type it never saw perturbed) and the ``N`` noisy perturbed cells. Every cell attends to
+every other, so a population-level hidden factor (a batch effect shared by all cells of a
+population) can be represented: each sampled population is one draw of it. The diffused
+variable is the perturbed population *relative to the control mean* (translation-equivariant
+in the latent), and the network sees the absolute control mean only through the summary
+token.
+
+Lineage diffusion (HDTree-style)
+--------------------------------
+HDTree (Zang et al. 2023) learns a hierarchical (tree-structured) codebook in the latent
+space of a diffusion model; each cell is assigned to a codebook entry and the tree of entries
+is the cell hierarchy. :class:`LineageDiffusion` keeps that structure with the diffusion model
+as the decoder of the codes: a tree of ``sum_l b^l`` nodes, each node ``v`` with a learned
+vector ``e_v``; a cell's latent is a node ``v`` and a position ``tau`` in ``[0, 1]`` along it,
+embedded as ``code(v, tau) = [sum_{u on root..v} e_u, phi(tau)]`` (children share their
+ancestors' vectors, which is what makes the codebook a tree). The denoiser
+``D(x, sigma | code)`` is the core's Karras-preconditioned MLP. Assignment (the E-step, the
+analogue of HDTree's nearest-codeword lookup) picks the ``(v, tau)`` on a grid with the lowest
+EDM denoising loss, i.e. the highest diffusion (ELBO-style) likelihood, with common random
+numbers across candidates. Training alternates the two inside the core's loop (hard EM):
+after ``em_after`` steps on initial latents (divisive 2-means over the distance from the
+root cell, the classical top-down hierarchical clustering), every batch is re-assigned under
+the current model before its gradient step. Branch = node, pseudotime = ``(depth(v) +
+tau) / (max depth + 1)``, hierarchy = the codebook tree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diffsci.core.denoisers import KarrasDenoiser, edm_loss
+from diffsci.core.networks import MLPDenoiser, SinusoidalEmbedding
+
+__all__ = [
+    "PopulationNet",
+    "TreeCodebook",
+    "LineageDiffusion",
+    "SingleCellModel",
+    "tree_init",
+]
+
+
+class PopulationNet(nn.Module):
+    """Transformer denoiser of a perturbed population given its control population.
+
+    ``net(x, noise_level, cond)`` with ``x`` ``(B, N, dim)`` (perturbed cells minus the control
+    mean), ``cond = {"control": (B, M, dim), "perturbation": (B,) long}``; returns
+    ``(B, N, dim)``. The output layer is zero-initialised.
+    """
+
+    def __init__(self, dim: int, *, n_perturbations: int, width: int = 128, depth: int = 3,
+                 heads: int = 4, embed_dim: int = 64) -> None:  # fmt: skip
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"heads={heads} must divide width={width}")
+        self.dim, self.n_perturbations = int(dim), int(n_perturbations)
+        self.noise = SinusoidalEmbedding(width, embed_dim=embed_dim)
+        self.pert = nn.Embedding(n_perturbations, width)
+        self.summary = nn.Sequential(nn.Linear(2 * dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.ctrl_in = nn.Linear(dim, width)
+        self.x_in = nn.Linear(dim, width)
+        self.kind = nn.Parameter(torch.randn(2, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, noise_level: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        if not isinstance(cond, Mapping) or {"control", "perturbation"} - set(cond):
+            raise ValueError("PopulationNet needs cond={'control': (B,M,d), 'perturbation': (B,)}")
+        c, p = cond["control"].to(x.dtype), cond["perturbation"].long()
+        if x.dim() != 3 or x.shape[2] != self.dim or c.shape[0] != x.shape[0]:
+            raise ValueError(f"PopulationNet: x {tuple(x.shape)} / control {tuple(c.shape)}")
+        if p.min() < 0 or p.max() >= self.n_perturbations:
+            raise ValueError(f"perturbation index out of range [0, {self.n_perturbations})")
+        b = x.shape[0]
+        nl = noise_level.reshape(-1).expand(b) if noise_level.numel() == 1 else noise_level
+        mu = c.mean(1)
+        emb = self.noise(nl) + self.pert(p) + self.summary(torch.cat([mu, c.std(1)], -1))
+        ctrl = self.ctrl_in(c - mu[:, None]) + self.kind[0] + emb[:, None]
+        h = self.x_in(x) + self.kind[1] + emb[:, None]
+        tokens = torch.cat([emb[:, None], ctrl, h], 1)
+        out = self.encoder(tokens)[:, 1 + c.shape[1] :]
+        return self.out(self.out_norm(out))
+
+
+def tree_init(x: np.ndarray, root: int, parent: list[int], *, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Initial latents for :class:`LineageDiffusion`: divisive 2-means along the distance from
+    the root cell.
+
+    ``tau0`` is the euclidean distance from cell ``root`` scaled to [0, 1]; depth ``l`` of a
+    tree with ``L + 1`` levels holds the cells with ``tau0`` in ``[l/(L+1), (l+1)/(L+1))``
+    (depth ``L`` takes the rest); the cells of each node's subtree are split among its
+    children by k-means (sklearn) on the expression. Returns ``(node0, tau0)``, ``tau0`` as
+    the position within the node's depth band.
+    """
+    from sklearn.cluster import KMeans
+
+    parent = list(parent)
+    depth = _depths(parent)
+    levels = max(depth) + 1
+    d = np.linalg.norm(x - x[root], axis=1)
+    t = d / max(d.max(), 1e-12)
+    lvl = np.minimum((t * levels).astype(int), levels - 1)
+    node = np.zeros(len(x), dtype=int)
+    children = {v: [c for c in range(len(parent)) if parent[c] == v] for v in range(len(parent))}
+
+    def split(v: int, idx: np.ndarray) -> None:
+        kids = children[v]
+        deeper = idx[lvl[idx] > depth[v]]
+        node[idx[lvl[idx] <= depth[v]]] = v
+        if not kids or len(deeper) == 0:
+            node[deeper] = v
+            return
+        k = min(len(kids), len(deeper))
+        lab = KMeans(k, n_init=10, random_state=seed).fit_predict(x[deeper]) if k > 1 else (
+            np.zeros(len(deeper), dtype=int))  # fmt: skip
+        for j in range(k):
+            split(kids[j], deeper[lab == j])
+
+    split(0, np.arange(len(x)))
+    tau = t * levels - np.array([depth[v] for v in node])
+    return node, np.clip(tau, 0.0, 1.0)
+
+
+def _depths(parent: list[int]) -> list[int]:
+    out = []
+    for v in range(len(parent)):
+        k, a = 0, parent[v]
+        while a >= 0:
+            k, a = k + 1, parent[a]
+        out.append(k)
+    return out
+
+
+class TreeCodebook(nn.Module):
+    """A complete tree (``branching`` children per node, ``depth`` levels below the root) of
+    learned vectors; ``code(v, tau)`` = sum of the vectors on the root..v path, plus ``tau``
+    features ``[tau, sin(pi k tau), cos(pi k tau)]_{k=1..4}``."""
+
+    n_tau_features = 9
+
+    def __init__(self, *, depth: int = 2, branching: int = 2, dim: int = 32) -> None:
+        super().__init__()
+        parent = [-1]
+        frontier = [0]
+        for _ in range(depth):
+            nxt = []
+            for v in frontier:
+                for _ in range(branching):
+                    parent.append(v)
+                    nxt.append(len(parent) - 1)
+            frontier = nxt
+        self.parent = parent
+        self.depth = _depths(parent)
+        k = len(parent)
+        path = torch.zeros(k, k)
+        for v in range(k):
+            a = v
+            while a >= 0:
+                path[v, a] = 1.0
+                a = parent[a]
+        self.register_buffer("path", path)
+        self.register_buffer("node_depth", torch.tensor(self.depth, dtype=torch.float32))
+        self.vectors = nn.Parameter(torch.randn(k, dim) * 0.5)
+        self.dim = dim
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.parent)
+
+    @property
+    def cond_dim(self) -> int:
+        return self.dim + self.n_tau_features
+
+    def code(self, node: Tensor, tau: Tensor) -> Tensor:
+        v = self.path[node] @ self.vectors
+        k = torch.arange(1, 5, device=tau.device, dtype=tau.dtype)
+        a = math.pi * tau[:, None] * k
+        return torch.cat([v, tau[:, None], a.sin(), a.cos()], -1)
+
+
+class LineageDiffusion(nn.Module):
+    """Diffusion model of cells conditioned on a tree codebook latent (module docstring)."""
+
+    def __init__(self, n_genes: int, *, depth: int = 2, branching: int = 2, code_dim: int = 32,
+                 hidden: int = 128, layers: int = 3, sigma_data: float = 0.5, tau_grid: int = 11,
+                 em_sigmas: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8), em_after: int = 100
+                 ) -> None:  # fmt: skip
+        super().__init__()
+        self.codebook = TreeCodebook(depth=depth, branching=branching, dim=code_dim)
+        net = MLPDenoiser(n_genes, hidden=hidden, depth=layers, cond_dim=self.codebook.cond_dim)
+        self.denoiser = KarrasDenoiser(net, sigma_data=sigma_data)
+        self.n_genes, self.tau_grid, self.em_after = n_genes, int(tau_grid), int(em_after)
+        self.register_buffer("em_sigmas", torch.tensor(em_sigmas, dtype=torch.float32))
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def candidate_losses(self, x: Tensor, noise: Tensor, nodes: Tensor, taus: Tensor) -> Tensor:
+        """Weighted EDM loss of every cell under every candidate latent ``(nodes[j], taus[j])``.
+
+        ``noise`` is ``(n, S, genes)``, one standard normal draw per sigma in ``em_sigmas``,
+        shared by all candidates (common random numbers). Returns ``(n, C)``.
+        """
+        n, s = x.shape[0], len(self.em_sigmas)
+        cands = len(nodes)
+        code = self.codebook.code(nodes, taus)  # (C, cdim)
+        sig = self.em_sigmas.to(x)
+        xn = x[:, None] + sig[None, :, None] * noise  # (n, S, g)
+        xb = xn[:, None].expand(n, cands, s, -1).reshape(-1, self.n_genes)
+        cb = code[None, :, None].expand(n, cands, s, -1).reshape(-1, code.shape[-1])
+        sb = sig[None, None].expand(n, cands, s).reshape(-1)
+        d = self.denoiser(xb, sb, cb).reshape(n, cands, s, -1)
+        w = self.denoiser.loss_weight(sig)
+        err = ((d - x[:, None, None]) ** 2).mean(-1) * w
+        return err.mean(-1)
+
+    def grid(self, tau_grid: int | None = None, device=None) -> tuple[Tensor, Tensor]:
+        t = torch.linspace(0, 1, tau_grid or self.tau_grid, device=device)
+        k = self.codebook.n_nodes
+        nodes = torch.arange(k, device=device).repeat_interleave(len(t))
+        return nodes, t.repeat(k)
+
+    @torch.no_grad()
+    def assign(self, x: Tensor, *, noise: Tensor, tau_grid: int | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """E-step: the ``(node, tau)`` of every cell with the lowest candidate loss, and that
+        loss. ``noise`` as in :meth:`candidate_losses` (average several calls to reduce
+        variance)."""
+        nodes, taus = self.grid(tau_grid, device=x.device)
+        losses = self.candidate_losses(x, noise, nodes, taus)
+        best = losses.argmin(1)
+        return nodes[best], taus[best], losses.gather(1, best[:, None])[:, 0]
+
+    def pseudotime(self, node: Tensor, tau: Tensor) -> Tensor:
+        """``(depth(node) + tau) / (max depth + 1)``."""
+        d = self.codebook.node_depth[node]
+        return (d + tau) / (self.codebook.node_depth.max() + 1)
+
+    def loss(self, x: Tensor, node0: Tensor, tau0: Tensor, rng) -> Tensor:
+        """One hard-EM step: re-assign the batch (after ``em_after`` steps), then the EDM loss."""
+        if int(self.steps_seen) >= self.em_after:
+            noise = rng.randn((x.shape[0], len(self.em_sigmas), self.n_genes), device=x.device)
+            node, tau, _ = self.assign(x, noise=noise)
+        else:
+            node, tau = node0.long(), tau0.to(x.dtype)
+        if self.training:
+            self.steps_seen += 1
+        return edm_loss(self.denoiser, x, rng, cond=self.codebook.code(node, tau))
+
+
+class SingleCellModel(nn.Module):
+    """Both models in one module for the core's training loop (one forward = the joint loss).
+
+    ``forward(batch, rng)`` returns ``{"loss", "loss_perturbation", "loss_lineage"}``; the
+    batch is what :class:`~diffsci.domains.singlecell.task.SingleCellTask.train_dataset`
+    yields.
+    """
+
+    def __init__(self, perturbation: KarrasDenoiser, lineage: LineageDiffusion, *,
+                 lineage_weight: float = 1.0) -> None:  # fmt: skip
+        super().__init__()
+        self.perturbation = perturbation
+        self.lineage = lineage
+        self.lineage_weight = float(lineage_weight)
+
+    def forward(self, batch: Mapping[str, Tensor], rng: Any) -> dict[str, Tensor]:
+        lp = edm_loss(self.perturbation, batch["population"], rng,
+                      cond={"control": batch["control"], "perturbation": batch["perturbation"]})  # fmt: skip
+        cells = batch["cells"].flatten(0, 1)
+        ll = self.lineage.loss(cells, batch["node0"].flatten(), batch["tau0"].flatten(), rng)
+        return {"loss": lp + self.lineage_weight * ll, "loss_perturbation": lp.detach(),
+                "loss_lineage": ll.detach()}  # fmt: skip
