@@ -31,6 +31,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -421,6 +422,20 @@ def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _log_event(ckpt_dir: str | None, event: str, step: int, **extra: Any) -> None:
+    """Append one line to ``<ckpt_dir>/events.jsonl``: the run's interruptions and resumes.
+
+    It lives beside the checkpoints because a workflow manager may discard a failed job's log
+    (Snakemake does, before the retry), while the story of a preempted run should survive.
+    """
+    if not ckpt_dir:
+        return
+    rec = {"event": event, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), **extra}  # fmt: skip
+    with open(Path(ckpt_dir) / "events.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
 class _SignalFlag:
     """SIGTERM/SIGUSR1 -> set a flag (handlers only installed from the main thread)."""
 
@@ -603,6 +618,10 @@ def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resum
             )
         _load_state(ckpt_path, base, ckpt["model"])
         step = int(ckpt["step"])
+        if rank == 0 and step < cfg.steps:  # the log and events.jsonl say a run was resumed
+            print(f"resuming from checkpoint {ckpt_path} at step {step} of {cfg.steps}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            _log_event(cfg.ckpt_dir, "resumed", step)
         if step >= cfg.steps:
             history = _read_metrics(mpath, step) if mpath else []
             return _result(base, was_training, ckpt["ema"], named, step, history)
@@ -760,6 +779,9 @@ def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resum
                     msg = f"training interrupted by a signal at step {step}; saved {where}"
                     if rank == 0:
                         print(msg, file=sys.stderr, flush=True)
+                        _log_event(cfg.ckpt_dir, "interrupted", step,
+                                   signal=(signal.Signals(sigflag.signum).name
+                                           if sigflag.signum else "on another rank"))  # fmt: skip
                     raise TrainingInterrupted(msg, step=step, signum=sigflag.signum)
     finally:
         if pbar is not None:

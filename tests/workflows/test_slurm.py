@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,63 @@ def _numbers(obj):
     elif isinstance(obj, list):
         for v in obj:
             yield from _numbers(v)
+
+
+def _running_jobs() -> list[str]:
+    r = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True,
+                       text=True, timeout=30)  # fmt: skip
+    return r.stdout.split()
+
+
+def test_train_preempted_by_usr1_resumes_through_slurm(slurm, tmp_path):
+    """What the profile's `--signal=USR1@600` does before a time limit, sent by hand mid-run:
+    training checkpoints at a step boundary and exits non-zero, the job fails, Snakemake's
+    retry submits a new SLURM job that resumes from that checkpoint and finishes."""
+    steps = 1500
+    cfg = yaml.safe_load(TINY.read_text())
+    # No periodic checkpoint before the end: the only mid-run checkpoint is the signal's.
+    cfg["train"].update(steps=steps, ckpt_every=100_000, log_every=10)
+    cfg_path = tmp_path / "pde_long.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    profile = _test_profile(tmp_path / "profile")
+    work = tmp_path / "work"
+    work.mkdir()
+    metrics = work / "results" / "pde" / "checkpoints" / "metrics.jsonl"
+    proc = subprocess.Popen(
+        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--workflow-profile", str(profile),
+         "results/pde/model.pt", "--config", f"pde_config={cfg_path}", "domains=[pde]"],
+        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        signalled = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            jobs = _running_jobs()
+            if len(lines) >= 5 and len(jobs) == 1:  # train is the only job running by now
+                subprocess.run(["scancel", "--signal=USR1", jobs[0]], check=True, timeout=30)
+                signalled = jobs[0]
+                break
+            time.sleep(1)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert signalled is not None, "the train job was never seen running with progress"
+    assert proc.returncode == 0, out[-6000:]
+    # The retry ran as a new SLURM job and resumed where the signal stopped the first one.
+    log = (work / "logs" / "pde" / "train.log").read_text()
+    retry = re.search(r"== train started .* \(SLURM job (\d+)\)", log)
+    assert retry and retry.group(1) != signalled, log[-3000:]
+    resume = re.search(rf"resuming from checkpoint \S+ at step (\d+) of {steps}", log)
+    assert resume, log[-3000:]
+    events = [json.loads(ln) for ln in (metrics.parent / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["interrupted", "resumed"], events
+    assert events[0]["signal"] == "SIGUSR1" and events[0]["slurm_job_id"] == signalled
+    assert events[1]["slurm_job_id"] == retry.group(1)
+    assert 0 < events[0]["step"] == events[1]["step"] == int(resume.group(1)) < steps
+    import torch
+
+    ckpt = torch.load(work / "results" / "pde" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["step"] == steps
+    assert (work / "results" / "pde" / "model.pt").is_file()

@@ -4,6 +4,7 @@
 # Checkpoints live in results/{domain}/checkpoints (a param, not an output), so a failed or
 # preempted train job never loses them and a retry resumes.
 import os
+import signal
 
 import yaml
 from snakemake.utils import validate
@@ -60,6 +61,17 @@ gpu_check = lambda resources: (
 )
 
 
+# Inside a SLURM job step (the SLURM executor's inner snakemake, which srun starts to run one
+# rule), SLURM's `--signal=USR1@T` reaches every process of the step. Snakemake has no USR1
+# handler, so it would die at once, ending the step and killing training before its
+# checkpoint is written. Ignored here, the signal is ignored by the rule's shell too (the
+# disposition is inherited across exec), while training installs its own handler: it saves a
+# checkpoint, exits 75, this snakemake reports the job failed and the retry resumes. SIGTERM
+# (preemption, time limit, scancel) needs nothing: snakemake waits for running jobs on it.
+if os.environ.get("SLURM_STEP_ID") is not None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 # Validate every config with its domain's schema before any job runs.
 for _d in DOMAINS:
     with open(config_path(_d, config)) as _f:
@@ -111,14 +123,17 @@ rule train:
         mem_mb=8000,
         runtime=lambda wc, attempt: 120 * attempt,
     shell:
-        # SLURM's --signal=USR1 reaches every process of the job step: this shell ignores it,
-        # training (own handler) checkpoints and exits 75. Observed with the SLURM plugin:
-        # the jobstep's own snakemake process also gets it and dies, the job FAILS and the
-        # retry resumes from the checkpoints (see issue 7's note: not yet a clean exit).
+        # SLURM's --signal=USR1 reaches every process of the job step: the shell ignores it
+        # (see the SIGUSR1 note at the top), training checkpoints at the next step boundary and
+        # exits 75, and Snakemake's retry resumes. Snakemake discards a failed job's log
+        # before the retry; the run's interruptions and resumes stay in
+        # results/{domain}/checkpoints/events.jsonl.
         "trap '' USR1; "
-        "{params.gpu_check} 2>&1 | tee {log} >&2 && "
+        'echo "== train started $(date -Is) on $(hostname)'
+        ' (SLURM job ${{SLURM_JOB_ID:-none}})" > {log}; '
+        "{params.gpu_check} 2>&1 | tee -a {log} >&2 && "
         "{params.launcher} train --domain {wildcards.domain} --config {input.config} "
-        "--workdir {params.workdir} --quiet > {log} 2>&1"
+        "--workdir {params.workdir} --quiet >> {log} 2>&1"
 
 
 rule infer:
