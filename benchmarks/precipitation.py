@@ -99,7 +99,9 @@ def _scale(model_dir: Path, work: Path, size: int, opts: dict) -> dict:
                        env=env)  # fmt: skip
     if r.returncode != 0:
         raise RuntimeError(f"scale downscaling failed:\n{r.stderr[-3000:]}")
-    lines = dict(ln.split(" ", 1) for ln in r.stdout.splitlines() if ln.startswith(("SECONDS", "MAXRSS")))
+    lines = dict(
+        ln.split(" ", 1) for ln in r.stdout.splitlines() if ln.startswith(("SECONDS", "MAXRSS"))
+    )
     rss_gb = int(lines["MAXRSS_KB"]) / 1024**2
     ds = xr.open_zarr(out)
     p = ds["precip"]
@@ -118,8 +120,9 @@ def _scale(model_dir: Path, work: Path, size: int, opts: dict) -> dict:
         "output_chunks": [c[0] for c in p.chunks],
         "generation_seconds": round(gen_s, 1),
         "downscale_seconds": round(float(lines["SECONDS"]), 1),
-        "megapixels_per_second": round(size * size * opts["members"] / float(lines["SECONDS"]) / 1e6,
-                                       4),  # fmt: skip
+        "megapixels_per_second": round(
+            size * size * opts["members"] / float(lines["SECONDS"]) / 1e6, 4
+        ),  # fmt: skip
         "peak_rss_gb": round(rss_gb, 3),
         "options": opts,
         "corner_block_mass_error_max": float(np.abs(block_mean(blk, 8) - block_mean(cin, 8)).max()),
@@ -188,7 +191,9 @@ def main() -> None:
                 "mass_consistency": True}  # fmt: skip
         sc = _scale(work / "sw_on", work, a.scale_size, opts)
         results["scale"] = sc
-        bars["scale_ge_8192_peak_rss_lt_4GB"] = a.scale_size >= 8192 and sc["peak_rss_gb"] < LIMIT_GB
+        bars["scale_ge_8192_peak_rss_lt_4GB"] = (
+            a.scale_size >= 8192 and sc["peak_rss_gb"] < LIMIT_GB
+        )
     results["all_bars_met"] = all(bars.values())
     print(json.dumps(bars, indent=1))
     write_result("precipitation", results, config=base, seed=int(base.get("seed", 0)))

@@ -181,8 +181,10 @@ def tiled_map(
     dict
         ``{"tiles": tiles computed, "blocks": blocks written}``; every tile is computed once.
     """
-    shape = tuple(int(s) for s in np.shape(source)) if not hasattr(source, "shape") else tuple(
-        int(s) for s in source.shape
+    shape = (
+        tuple(int(s) for s in np.shape(source))
+        if not hasattr(source, "shape")
+        else tuple(int(s) for s in source.shape)
     )
     if len(shape) != 3:
         raise ValueError(f"source must be (C, H, W), got shape {shape}")

@@ -147,7 +147,9 @@ def open_dataset(path: str | os.PathLike, *, chunks: Mapping[str, int] | str | N
         else:
             ds = xr.open_dataset(p, engine="h5netcdf", chunks=chunks)
     except Exception as e:  # noqa: BLE001 - any reader failure means an unreadable file
-        raise ValueError(f"{p}: not a readable netCDF/zarr dataset ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{p}: not a readable netCDF/zarr dataset ({type(e).__name__}: {e})"
+        ) from e
     validate_dataset(ds, source=str(p), require_output=require_output,
                      required_inputs=required_inputs)  # fmt: skip
     if values:
@@ -209,7 +211,11 @@ def validate_dataset(ds, *, source: str = "dataset", require_output: bool = True
     if ny % int(factor) or nx % int(factor):
         raise ValueError(f"{source}: grid {ny}x{nx} not divisible by downscaling_factor={factor}")
     lat = np.asarray(ds["lat"].values)
-    if lat.ndim == 1 and lat.size > 1 and not (np.all(np.diff(lat) > 0) or np.all(np.diff(lat) < 0)):
+    if (
+        lat.ndim == 1
+        and lat.size > 1
+        and not (np.all(np.diff(lat) > 0) or np.all(np.diff(lat) < 0))
+    ):
         raise ValueError(f"{source}: coordinate 'lat' is not monotonic")
 
 

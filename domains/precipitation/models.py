@@ -54,10 +54,14 @@ class DownscalingModel(nn.Module):
         self.residual = bool(residual)
         self.cond_channels = int(cond_channels)
         self.regression = (
-            RegressionUNet(cond_channels, channels=regression_channels or channels,
-                           attention_levels=[False] * len(regression_channels or channels),
-                           num_res_blocks=num_res_blocks)  # fmt: skip
-            if residual else None
+            RegressionUNet(
+                cond_channels,
+                channels=regression_channels or channels,
+                attention_levels=[False] * len(regression_channels or channels),
+                num_res_blocks=num_res_blocks,
+            )  # fmt: skip
+            if residual
+            else None
         )
         net = UNet(2, 1, 1, channels=tuple(channels), attention_levels=tuple(attention_levels),
                    num_res_blocks=num_res_blocks,

@@ -65,7 +65,9 @@ class Normaliser:
     def _apply(x: torch.Tensor, s: Mapping[str, Any]) -> torch.Tensor:
         return (forward_transform(x, s["transform"]) - s["mean"]) / s["std"]
 
-    def encode_condition(self, inputs: torch.Tensor, invariant: torch.Tensor | None) -> torch.Tensor:
+    def encode_condition(
+        self, inputs: torch.Tensor, invariant: torch.Tensor | None
+    ) -> torch.Tensor:
         """``inputs (B, C_in, H, W)`` and ``invariant (C_inv, H, W)`` (or per case
         ``(B, C_inv, H, W)``) -> ``(B, C_cond, H, W)``."""
         chans = [self._apply(inputs[:, i], self.stats["input"][n])

@@ -67,8 +67,8 @@ def test_interpolation_baselines():
 def test_regression_baseline_shape():
     n = Normaliser(STATS, ["tp", "tcwv"], ["orography"])
     m = DownscalingModel(3, residual=True, channels=[8, 16], attention_levels=[False, False])
-    out = baselines.regression_mean(m, n, np.random.rand(3, 2, 16, 16).astype(np.float32),
-                                    np.random.rand(1, 16, 16).astype(np.float32), batch=2)  # fmt: skip
+    out = baselines.regression_mean(m, n, np.random.default_rng(0).random((3, 2, 16, 16)).astype(np.float32),
+                                    np.random.default_rng(1).random((1, 16, 16)).astype(np.float32), batch=2)  # fmt: skip
     assert out.shape == (3, 16, 16) and (out >= 0).all()
     with pytest.raises(ValueError, match="no regression"):
         baselines.regression_mean(DownscalingModel(3, residual=False, channels=[8, 16],

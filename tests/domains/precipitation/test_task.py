@@ -1,0 +1,104 @@
+"""The precipitation task end to end through the CLI (all five stages, tiny config), its
+outputs in native formats, and bad input at the stage level."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+TINY = {
+    "seed": 0,
+    "device": "cpu",
+    "data": {"size": 32, "factor": 8, "n_train": 32, "n_test": 2},
+    "model": {"channels": [8, 16], "attention_levels": [False, False]},
+    "loss": {"sw_weight": 0.2},
+    "train": {"steps": 4, "batch_size": 8, "ckpt_every": 2, "log_every": 2},
+    "sampling": {"members": 3, "sampler": "euler", "steps": 2, "sigma_max": 10.0},
+    "evaluate": {"thresholds": [0.5, 2.0], "fss_scales": [1, 5]},
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "diffsci.core.cli", *args], capture_output=True,
+                          text=True, timeout=600, env=ENV)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("precip")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    work = root / "work"
+    for stage in ("prepare", "train", "infer", "evaluate", "report"):
+        r = _cli(stage, "--domain", "precipitation", "--config", str(cfg), "--workdir", str(work),
+                 "--quiet")  # fmt: skip
+        assert r.returncode == 0, f"{stage}: {r.stderr[-3000:]}"
+    return cfg, work
+
+
+def test_outputs_native_and_metrics(run):
+    xr = pytest.importorskip("xarray")
+    _, work = run
+    data = work / "data"
+    assert (data / "train.nc").is_file() and (data / "test.zarr" / ".zmetadata").is_file()
+    assert {"input", "output", "invariant"} <= set(json.loads((data / "stats.json").read_text()))
+    for name in ("predictions.zarr", "predictions.nc"):
+        p = work / "predictions" / name
+        ds = xr.open_zarr(p) if name.endswith(".zarr") else xr.open_dataset(p, engine="h5netcdf")
+        assert ds["precip"].dims == ("ensemble", "time", "y", "x")
+        assert ds["precip"].shape == (3, 2, 32, 32)
+        assert ds["precip"].attrs["units"] == "mm h-1"
+        assert {"ensemble_mean", "bicubic", "bilinear", "regression"} <= set(ds.data_vars)
+        assert float(ds["precip"].min()) >= 0
+        ds.close()
+    m = json.loads((work / "metrics.json").read_text())
+    table = next(iter(m["tables"].values()))
+    assert {"diffusion ensemble (3 members)", "regression UNet", "bicubic", "bilinear"} == set(
+        table
+    )
+    row = table["diffusion ensemble (3 members)"]
+    assert {"CRPS", "MAE", "RMSE", "bias", "CSI@2", "FSS@2,5px", "EMD", "p99.9 error",
+            "PSD high-k max |dex|", "spread-skill (adj.)"} <= set(row)  # fmt: skip
+    assert all(np.isfinite(v) for v in table["bicubic"].values())
+    assert len(m["summary"]["rank histogram"]) == 4
+    assert {Path(f).name for f in m["figures"]} == {"psd.png", "rank_histogram.png",
+                                                   "example_fields.png"}  # fmt: skip
+    html = (work / "report.html").read_text()
+    assert html.count("<table>") >= 1 and html.count("<img") == 3
+    assert (work / "checkpoints" / "last.pt").is_file()
+
+
+def test_bad_test_data_fails_infer_without_outputs(run, tmp_path):
+    xr = pytest.importorskip("xarray")
+    from diffsci.domains.precipitation import io
+
+    cfg, work = run
+    bad = tmp_path / "work"
+    (bad / "data").mkdir(parents=True)
+    for f in ("stats.json", "train.nc"):
+        (bad / "data" / f).write_bytes((work / "data" / f).read_bytes())
+    (bad / "model.pt").write_bytes((work / "model.pt").read_bytes())
+    ds = xr.open_zarr(work / "data" / "test.zarr").load()
+    ds = ds.assign_coords(input_units=("input_variable", ["m", "kg m-2", "K"]))
+    io.write_dataset(ds, bad / "data" / "test.zarr")
+    r = _cli("infer", "--domain", "precipitation", "--config", str(cfg), "--workdir", str(bad))
+    assert r.returncode != 0
+    assert "test.zarr: input variable 'tp' has units 'm'" in r.stderr
+    assert not (bad / "predictions").exists()
+
+
+def test_bad_config_is_rejected(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "sampling": {"sampler": "euler_ancestral"}}))
+    r = _cli("prepare", "--domain", "precipitation", "--config", str(cfg), "--workdir",
+             str(tmp_path / "w"))  # fmt: skip
+    assert r.returncode != 0 and "sampling/sampler" in r.stderr
+    assert not (tmp_path / "w" / "data").exists()
