@@ -93,6 +93,4 @@ def require_obs_value(adata: AnnData, key: str, value: str, *, what: str = "adat
         raise KeyError(f"{what}: no obs column {key!r} (columns: {', '.join(adata.obs)})")
     present = set(map(str, adata.obs[key].unique()))
     if str(value) not in present:
-        raise KeyError(
-            f"{what}: unknown {key} {value!r}; present: {', '.join(sorted(present))}"
-        )
+        raise KeyError(f"{what}: unknown {key} {value!r}; present: {', '.join(sorted(present))}")

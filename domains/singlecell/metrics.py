@@ -138,14 +138,16 @@ def dendrogram_purity(labels: Sequence, node_of_cell: Sequence[int],
                       parent: Sequence[int]) -> float:  # fmt: skip
     """Dendrogram purity (Heller & Ghahramani 2005) of a tree whose leaves are the cells.
 
-    The tree has nodes ``0..K-1`` with ``parent[k]`` (-1 for the root) and each cell hangs
-    from node ``node_of_cell[i]``. For every pair of distinct cells of the same class, take the
-    smallest subtree holding both (rooted at the lowest common ancestor of their nodes) and the
-    fraction of its cells that have that class; the purity is the mean over all such pairs.
-    A flat clustering is a root with one child per cluster.
+    The tree has nodes ``0..K-1`` with ``parent[k]`` (-1 for the root) and each cell belongs to
+    node ``node_of_cell[i]``. As a dendrogram with the cells as leaves, the cells of node ``v``
+    form one cluster hanging from ``v`` (next to ``v``'s child subtrees). For every pair of
+    distinct cells of the same class, take the smallest subtree holding both (that cluster if
+    both belong to ``v``, else the subtree of the lowest common ancestor of their nodes) and
+    the fraction of its cells that have that class; the purity is the mean over all such
+    pairs. A flat clustering is a root with one child per cluster.
 
-    Computed by counting: the same-class pairs whose LCA is node ``v`` are the pairs inside
-    ``v``'s subtree minus those inside one child's subtree.
+    Computed by counting: pairs inside ``v``'s own cluster, and pairs whose LCA is ``v`` (inside
+    ``v``'s subtree but neither in one child's subtree nor in ``v``'s own cluster).
     """
     labels = np.asarray(labels).astype(str)
     node = np.asarray(node_of_cell, dtype=int)
@@ -168,11 +170,13 @@ def dendrogram_purity(labels: Sequence, node_of_cell: Sequence[int],
     num = den = 0.0
     for v in range(k):
         kids = np.flatnonzero(parent == v)
-        lca_pairs = pairs(sub[v]) - pairs(sub[kids]).sum(0)
-        total = sub[v].sum()
-        if total > 0:
-            num += float((lca_pairs * sub[v] / total).sum())
-        den += float(lca_pairs.sum())
+        within = pairs(own[v])
+        across = pairs(sub[v]) - pairs(sub[kids]).sum(0) - within
+        if own[v].sum() > 0:
+            num += float((within * own[v] / own[v].sum()).sum())
+        if sub[v].sum() > 0:
+            num += float((across * sub[v] / sub[v].sum()).sum())
+        den += float(within.sum() + across.sum())
     if den == 0:
         raise ValueError("dendrogram purity needs at least one pair of cells of the same class")
     return num / den

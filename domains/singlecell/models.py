@@ -26,8 +26,9 @@ ancestors' vectors, which is what makes the codebook a tree). The denoiser
 analogue of HDTree's nearest-codeword lookup) picks the ``(v, tau)`` on a grid with the lowest
 EDM denoising loss, i.e. the highest diffusion (ELBO-style) likelihood, with common random
 numbers across candidates. Training alternates the two inside the core's loop (hard EM):
-after ``em_after`` steps on initial latents (divisive 2-means over the distance from the
-root cell, the classical top-down hierarchical clustering), every batch is re-assigned under
+after ``em_after`` steps on initial latents (:func:`tree_init`: bands of scanpy's DPT
+pseudotime split top-down by k-means, the classical divisive hierarchical clustering), every
+batch is re-assigned under
 the current model before its gradient step. Branch = node, pseudotime = ``(depth(v) +
 tau) / (max depth + 1)``, hierarchy = the codebook tree.
 """
@@ -101,24 +102,23 @@ class PopulationNet(nn.Module):
         return self.out(self.out_norm(out))
 
 
-def tree_init(x: np.ndarray, root: int, parent: list[int], *, seed: int = 0
+def tree_init(x: np.ndarray, time: np.ndarray, parent: list[int], *, seed: int = 0
               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Initial latents for :class:`LineageDiffusion`: divisive 2-means along the distance from
-    the root cell.
+    """Initial latents for :class:`LineageDiffusion`: depth bands of an initial pseudotime,
+    split top-down by k-means (divisive hierarchical clustering).
 
-    ``tau0`` is the euclidean distance from cell ``root`` scaled to [0, 1]; depth ``l`` of a
-    tree with ``L + 1`` levels holds the cells with ``tau0`` in ``[l/(L+1), (l+1)/(L+1))``
-    (depth ``L`` takes the rest); the cells of each node's subtree are split among its
-    children by k-means (sklearn) on the expression. Returns ``(node0, tau0)``, ``tau0`` as
-    the position within the node's depth band.
+    ``time`` (e.g. scanpy's DPT pseudotime) is rank-normalised to [0, 1]; depth ``l`` of a
+    tree with ``L + 1`` levels holds the cells with rank time in ``[l/(L+1), (l+1)/(L+1))``;
+    the deeper cells of each node's subtree are split among its children by k-means (sklearn)
+    on the expression. Returns ``(node0, tau0)``, ``tau0`` the position within the node's band.
     """
+    from scipy.stats import rankdata
     from sklearn.cluster import KMeans
 
     parent = list(parent)
     depth = _depths(parent)
     levels = max(depth) + 1
-    d = np.linalg.norm(x - x[root], axis=1)
-    t = d / max(d.max(), 1e-12)
+    t = (rankdata(np.asarray(time, np.float64)) - 1) / max(len(time) - 1, 1)
     lvl = np.minimum((t * levels).astype(int), levels - 1)
     node = np.zeros(len(x), dtype=int)
     children = {v: [c for c in range(len(parent)) if parent[c] == v] for v in range(len(parent))}

@@ -83,8 +83,8 @@ class PerturbationSimulator:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_adata(cls, adata: AnnData, *, n_perturbations: int = 3, n_up: int = 30,
-                   n_down: int = 20, n_responders: int = 10, cell_type_key: str = "cell_type",
+    def from_adata(cls, adata: AnnData, *, n_perturbations: int = 3, n_up: int = 40,
+                   n_down: int = 30, n_responders: int = 10, cell_type_key: str = "cell_type",
                    seed: int = 0, **kwargs: Any) -> PerturbationSimulator:  # fmt: skip
         """Draw ``n_perturbations`` disjoint programs from the genes of ``adata`` (log-norm X).
 
@@ -105,6 +105,7 @@ class PerturbationSimulator:
         used: set[int] = set()
         programs = {}
         for k in range(n_perturbations):
+
             def pick(pool, n):
                 cand = [g for g in pool if g not in used]
                 if len(cand) < n:
@@ -175,22 +176,42 @@ class PerturbationSimulator:
 
 
 # ---------------------------------------------------------------------- data sets
-def load_pbmc(*, min_cells: int = 30, cell_type_key: str = "bulk_labels") -> AnnData:
-    """``pbmc68k_reduced``'s ``.raw`` (log-normalised, 765 genes) as a dense AnnData.
+def load_pbmc(path: str | None = None, *, min_cells: int = 30,
+              cell_type_key: str = "bulk_labels") -> AnnData:  # fmt: skip
+    """Log-normalised expression with a cell type per cell, as a dense AnnData.
 
-    ``obs["cell_type"]`` holds ``bulk_labels``; cell types with fewer than ``min_cells`` cells
-    are dropped (too few to split into control and perturbed pools).
+    Default: scanpy's bundled ``pbmc68k_reduced``, its ``.raw`` (765 genes). ``path``: an
+    ``.h5ad`` whose ``.raw`` holds log-normalised expression (as pbmc68k_reduced), or 10x
+    counts (``.h5`` / mtx directory, then normalised to 1e4 per cell and ``log1p``-ed with
+    scanpy). ``obs["cell_type"]`` holds ``obs[cell_type_key]``; cell types with fewer than
+    ``min_cells`` cells are dropped (too few to split into control and perturbed pools).
+    The input file is only read.
     """
     import scanpy as sc
 
-    src = sc.datasets.pbmc68k_reduced()
-    if src.raw is None:
-        raise ValueError("pbmc68k_reduced has no .raw (scanpy's bundled file changed?)")
-    raw = src.raw.to_adata()
+    from .io import check_finite, read, require_raw
+
+    if path is None:
+        src = sc.datasets.pbmc68k_reduced()
+        what = "scanpy's pbmc68k_reduced"
+    else:
+        src = read(path)
+        what = str(path)
+    if path is None or str(path).endswith(".h5ad"):
+        raw = require_raw(src, what=what)
+    else:
+        raw = src.copy()
+        sc.pp.normalize_total(raw, target_sum=1e4)
+        sc.pp.log1p(raw)
+    check_finite(raw, what=what)
+    if cell_type_key not in src.obs:
+        raise KeyError(f"{what}: no obs column {cell_type_key!r} with cell types")
     ad = AnnData(
         X=dense(raw.X).astype(np.float32),
-        obs=pd.DataFrame({"cell_type": src.obs[cell_type_key].astype(str).values},
-                         index=[f"cell{i}" for i in range(src.n_obs)]),  # fmt: skip
+        obs=pd.DataFrame(
+            {"cell_type": src.obs[cell_type_key].astype(str).values},
+            index=[f"cell{i}" for i in range(src.n_obs)],
+        ),  # fmt: skip
         var=pd.DataFrame(index=list(map(str, raw.var_names))),
     )
     counts = ad.obs["cell_type"].value_counts()
@@ -264,10 +285,14 @@ def load_krumsiek11() -> AnnData:
     ends = [fate[(k + 1) * length - 1] for k in range(n // length)]
     ad = AnnData(
         X=dense(src.X).astype(np.float32),
-        obs=pd.DataFrame({"fate": pd.Categorical(fate),
-                          "trajectory": pd.Categorical([ends[k] for k in traj_id]),
-                          "true_time": pos / (length - 1)},
-                         index=[f"cell{i}" for i in range(n)]),  # fmt: skip
+        obs=pd.DataFrame(
+            {
+                "fate": pd.Categorical(fate),
+                "trajectory": pd.Categorical([ends[k] for k in traj_id]),
+                "true_time": pos / (length - 1),
+            },
+            index=[f"cell{i}" for i in range(n)],
+        ),  # fmt: skip
         var=pd.DataFrame(index=list(map(str, src.var_names))),
     )
     ad.uns["iroot"] = int(src.uns["iroot"])

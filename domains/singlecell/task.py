@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -144,9 +143,11 @@ class SingleCellTask:
     def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
         c, seed = cfg["perturbation"], int(cfg["seed"])
         data_dir = Path(data_dir)
-        pbmc = simulate.load_pbmc(min_cells=c["min_cells"])
+        pbmc = simulate.load_pbmc(c["input"], min_cells=c["min_cells"],
+                                  cell_type_key=c["cell_type_key"])  # fmt: skip
         held = c["held_out_cell_type"]
-        io.require_obs_value(pbmc, "cell_type", held, what="pbmc68k_reduced (min_cells filter)")
+        io.require_obs_value(pbmc, "cell_type", held,
+                             what=f"{c['input'] or 'pbmc68k_reduced'} (after the min_cells filter)")  # fmt: skip
         sim = simulate.PerturbationSimulator.from_adata(
             pbmc, n_perturbations=c["n_perturbations"], n_up=c["n_up"], n_down=c["n_down"],
             n_responders=c["n_responders"], seed=seed, effect_size=c["effect_size"],
@@ -214,7 +215,9 @@ class SingleCellTask:
         kr = _read(data_dir / "krumsiek11.h5ad")
         x = io.dense(kr.X)
         parent = self.build_model(cfg).lineage.codebook.parent
-        node0, tau0 = tree_init(x, int(kr.uns["iroot"]), parent, seed=seed)
+        lineage_baselines(kr, n_neighbors=cfg["lineage"]["n_neighbors"],
+                          resolution=cfg["lineage"]["leiden_resolution"], seed=seed)  # fmt: skip
+        node0, tau0 = tree_init(x, kr.obs["dpt_pseudotime"].values, parent, seed=seed)
         n, per = len(pops), cfg["lineage"]["cells_per_item"]
         cell_idx = (np.arange(n * per) % len(x)).reshape(n, per)
         cell_idx = np.random.default_rng(seed + 4).permutation(len(x))[cell_idx]
@@ -250,7 +253,9 @@ class SingleCellTask:
             bases.append(tl.mean_shift_baseline(control, train, cell_type=held, perturbation=q))
         for p in preds:
             del p.uns["predict_perturbation"]
-        io.write_h5ad(ad.concat(preds, index_unique="-", merge="same"), out_dir / "perturbation.h5ad")
+        io.write_h5ad(
+            ad.concat(preds, index_unique="-", merge="same"), out_dir / "perturbation.h5ad"
+        )
         io.write_h5ad(ad.concat(bases, index_unique="-"), out_dir / "baselines.h5ad")
         kr = _read(data_dir / "krumsiek11.h5ad")
         lin = cfg["lineage"]
@@ -293,7 +298,9 @@ class SingleCellTask:
             per_pert[q] = table
             tables[f"Perturbation {q}, held-out cell type {held}"] = table
             pl.populations(extra["coords"], ax=axes[0, j], title=f"{q}: eval PCA")
-            pl.de_scatter(t, preds, extra["de_genes"], ax=axes[1, j], title=f"{q}: top-{c['n_de']} DE")
+            pl.de_scatter(
+                t, preds, extra["de_genes"], ax=axes[1, j], title=f"{q}: top-{c['n_de']} DE"
+            )
         fig.tight_layout()
         fig.savefig(fig_dir / "perturbation.png", dpi=90)
         plt.close(fig)

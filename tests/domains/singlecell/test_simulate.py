@@ -1,0 +1,88 @@
+"""The perturbation simulator and the lineage data: ground truth as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffsci.domains.singlecell import simulate
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    return simulate.load_pbmc(min_cells=30)
+
+
+@pytest.fixture(scope="module")
+def sim(pbmc):
+    return simulate.PerturbationSimulator.from_adata(pbmc, n_perturbations=3, seed=0)
+
+
+def test_pbmc_is_log_normalised_raw(pbmc):
+    assert pbmc.n_vars == 765 and (pbmc.obs["cell_type"].value_counts() >= 30).all()
+    assert pbmc.X.min() >= 0 and np.isfinite(pbmc.X).all()
+
+
+def test_programs_are_disjoint_and_roundtrip(sim):
+    genes = [g for p in sim.programs.values() for g in p.up + p.down + p.responders]
+    assert len(genes) == len(set(genes))
+    back = simulate.PerturbationSimulator.from_json(sim.to_json())
+    assert back.programs == sim.programs and back.genes == sim.genes
+
+
+def test_effects_follow_the_model(pbmc, sim):
+    x = np.asarray(pbmc.X[:200], np.float64)
+    p = sim.programs["P1"]
+    sim_nonoise = simulate.PerturbationSimulator(sim.genes, sim.programs, noise=0.0)
+    y = sim_nonoise.apply(x, "P1", hidden=1.3, rng=np.random.default_rng(0))
+    up = [sim.genes.index(g) for g in p.up]
+    down = [sim.genes.index(g) for g in p.down]
+    other = sorted(set(range(len(sim.genes))) - set(up) - set(down))
+    np.testing.assert_array_equal(y[:, other], x[:, other])
+    gain = sim.gain(x, "P1")
+    exp_up = x[:, up] + 1.3 * gain[:, None] * sim.effect_size * np.asarray(p.up_weight)
+    np.testing.assert_allclose(y[:, up], exp_up)
+    np.testing.assert_allclose(
+        y[:, down], x[:, down] * (1 - np.minimum(0.95, 1.3 * np.asarray(p.down_frac)))
+    )
+    assert (0.5 <= gain).all() and (gain <= 1.5).all()
+
+
+def test_gain_depends_on_cell_type(pbmc, sim):
+    x = np.asarray(pbmc.X, np.float64)
+    t = pbmc.obs["cell_type"].values
+    means = [sim.gain(x[t == c], "P1").mean() for c in np.unique(t)]
+    assert max(means) - min(means) > 0.3
+
+
+def test_unknown_perturbation_is_an_error(pbmc, sim):
+    with pytest.raises(KeyError, match="unknown perturbation 'KO'"):
+        sim.apply(np.asarray(pbmc.X[:3]), "KO", hidden=1.0, rng=np.random.default_rng(0))
+
+
+def test_populations_share_a_hidden_factor_and_pools_are_disjoint(pbmc, sim):
+    ctrl, pool = simulate.split_pools(pbmc, seed=0)
+    assert not set(ctrl.obs_names) & set(pool.obs_names)
+    assert ctrl.n_obs + pool.n_obs == pbmc.n_obs
+    pops = simulate.simulate_populations(sim, pool, cell_type="CD19+ B", perturbation="P2",
+                                         n_populations=5, n_cells=20,
+                                         rng=np.random.default_rng(0))  # fmt: skip
+    assert pops.n_obs == 100
+    h = pops.obs.groupby("population")["hidden_factor"].nunique()
+    assert (h == 1).all() and pops.obs["hidden_factor"].nunique() == 5
+    with pytest.raises(KeyError, match="no cells of cell type"):
+        simulate.simulate_populations(sim, pool, cell_type="Neuron", perturbation="P2",
+                                      n_populations=1, n_cells=2, rng=np.random.default_rng(0))  # fmt: skip
+
+
+def test_hidden_factor_is_lognormal(sim):
+    h = sim.draw_hidden(np.random.default_rng(0), 20000)
+    assert abs(np.log(h).mean()) < 0.01 and abs(np.log(h).std() - sim.hidden_sd) < 0.01
+
+
+def test_krumsiek11_ground_truth():
+    k = simulate.load_krumsiek11()
+    assert k.shape == (640, 11) and k.uns["iroot"] == 0
+    assert set(k.obs["trajectory"]) == {"Mo", "Ery", "Mk", "Neu"}
+    assert (k.obs["fate"][k.obs["true_time"] < 0.49] == "progenitor").all()
+    assert k.obs["true_time"].min() == 0 and k.obs["true_time"].max() == 1
