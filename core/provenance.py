@@ -75,9 +75,9 @@ def provenance(*, config: dict[str, Any] | None = None, seed: int | None = None)
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    from .fileio import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return path

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import copy
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from .fileio import atomic_path
 from .provenance import provenance, write_json_atomic
 from .task import Task, TaskPaths, get_task
 from .training import TrainConfig, train
@@ -61,14 +63,18 @@ def validate_config(cfg: dict[str, Any], schema_path: Path, *, source: str = "co
         raise ValueError(f"{source} fails the schema {schema_path.name}:\n" + "\n".join(lines))
 
 
-def _fresh_dir(target: Path) -> Path:
+@contextmanager
+def _staged_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty ``.<name>.partial`` folder beside ``target``; on success it replaces
+    ``target``, on any error it is removed (no half-built output, the old one kept)."""
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    return tmp
-
-
-def _commit_dir(tmp: Path, target: Path) -> None:
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
@@ -84,10 +90,9 @@ def _device(cfg: Mapping[str, Any]) -> torch.device:
 
 
 def run_prepare(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
-    tmp = _fresh_dir(paths.data)
-    task.prepare(cfg, tmp)
-    write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
-    _commit_dir(tmp, paths.data)
+    with _staged_dir(paths.data) as tmp:
+        task.prepare(cfg, tmp)
+        write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
 
 
 def run_train(task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bool = True,
@@ -101,10 +106,8 @@ def run_train(task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bo
     net = result.ema if result.ema is not None else result.model
     payload = {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                "step": result.step, "provenance": provenance(config=cfg, seed=cfg.get("seed"))}  # fmt: skip
-    paths.root.mkdir(parents=True, exist_ok=True)
-    tmp = paths.model.with_name(f".{paths.model.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(paths.model)
+    with atomic_path(paths.model) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_model(task: Task, cfg: Mapping[str, Any], path: Path) -> torch.nn.Module:
@@ -124,16 +127,14 @@ def run_infer(task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bo
               **_: Any) -> None:  # fmt: skip
     device = _device(cfg)
     model = load_model(task, cfg, paths.model).to(device)
-    tmp = _fresh_dir(paths.predictions)
-    task.infer(cfg, model, paths.data, tmp, device=device, progress=progress)
-    write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
-    _commit_dir(tmp, paths.predictions)
+    with _staged_dir(paths.predictions) as tmp:
+        task.infer(cfg, model, paths.data, tmp, device=device, progress=progress)
+        write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
 
 
 def run_evaluate(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
-    tmp = _fresh_dir(paths.figures)
-    result = task.evaluate(cfg, paths.data, paths.predictions, tmp)
-    _commit_dir(tmp, paths.figures)
+    with _staged_dir(paths.figures) as tmp:
+        result = task.evaluate(cfg, paths.data, paths.predictions, tmp)
     result["provenance"] = provenance(config=cfg, seed=cfg.get("seed"))
     result["domain"] = task.name
     write_json_atomic(paths.metrics, result)

@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from .fileio import atomic_path
 from .rng import ShardedRNG
 
 __all__ = [
@@ -416,10 +417,8 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _log_event(ckpt_dir: str | None, event: str, step: int, **extra: Any) -> None:

@@ -85,6 +85,9 @@ class FastMRIData:
         File attributes (``max``, ``norm``, ``acquisition``, ``patient_id``, ...).
     path
         The file read.
+    mask
+        The sampled phase-encode lines ``(W,)`` (bool) if the file has a ``mask`` dataset
+        (fastMRI's test and challenge files do).
     """
 
     kspace: np.ndarray
@@ -93,6 +96,7 @@ class FastMRIData:
     ismrmrd_header: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    mask: np.ndarray | None = None
 
     @property
     def multicoil(self) -> bool:
@@ -514,7 +518,12 @@ def read_fastmri(path: PathLike) -> FastMRIData:
             raw = f["ismrmrd_header"][()]
             hdr = raw.decode() if isinstance(raw, bytes | np.bytes_) else str(raw)
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    return FastMRIData(ks, rec["reconstruction_rss"], rec["reconstruction_esc"], hdr, attrs, p)
+        mask = np.asarray(f["mask"][()]).astype(bool) if "mask" in f else None
+    if mask is not None and mask.shape != (ks.shape[-1],):
+        raise ValueError(f"{p}: 'mask' must be ({ks.shape[-1]},) for kspace {ks.shape}, "
+                         f"got {mask.shape}")  # fmt: skip
+    return FastMRIData(ks, rec["reconstruction_rss"], rec["reconstruction_esc"], hdr, attrs, p,
+                       mask)  # fmt: skip
 
 
 def write_fastmri_like(
@@ -524,9 +533,12 @@ def write_fastmri_like(
     reconstruction_rss: np.ndarray | None = None,
     reconstruction_esc: np.ndarray | None = None,
     ismrmrd_header: str | None = None,
+    mask: np.ndarray | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a file in fastMRI's layout (for fixtures and simulated data), atomically.
+
+    ``mask`` (``(W,)``, the sampled phase-encode lines) is stored as fastMRI's test files do.
 
     ``attrs`` default: ``max`` (of the RSS, else ESC reconstruction), ``norm`` (its
     Frobenius norm) and ``acquisition="SIM"``; given values override them.
@@ -554,6 +566,8 @@ def write_fastmri_like(
             f.create_dataset("reconstruction_esc", data=np.asarray(reconstruction_esc, np.float32))
         if ismrmrd_header is not None:
             f.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header.encode()))
+        if mask is not None:
+            f.create_dataset("mask", data=np.asarray(mask).astype(bool))
         for k, v in a.items():
             f.attrs[k] = v
     return p

@@ -83,6 +83,17 @@ def read_volume_nifti(path: Path) -> np.ndarray:
     return np.moveaxis(arr, -1, 0)
 
 
+def _kspace_and_mask(path: Path) -> tuple[Tensor, Tensor]:
+    """Single-coil k-space ``(slices, H, W)`` and its ``(W,)`` line mask from a fastMRI file."""
+    data = io.read_fastmri(path)
+    if data.mask is None:
+        raise KeyError(f"{path}: no 'mask' dataset (the sampled phase-encode lines)")
+    if data.kspace.ndim != 3:
+        raise ValueError(f"{path}: expected single-coil kspace (slices, H, W), got "
+                         f"{data.kspace.shape}")  # fmt: skip
+    return torch.as_tensor(data.kspace), torch.from_numpy(data.mask.astype(np.float32))
+
+
 class MedicalTask:
     """Undersampled MRI and sparse-view CT with one diffusion prior."""
 
@@ -115,21 +126,18 @@ class MedicalTask:
                 g = torch.Generator().manual_seed(seed + 20_000)
                 re, im = torch.randn((2, *kspace.shape), generator=g) * m["noise_std"] / 2**0.5
                 kspace = kspace + torch.complex(re, im)
-            path = io.write_fastmri_like(data_dir / "mri_test.h5", kspace.numpy(),
-                                         reconstruction_esc=test)  # fmt: skip
-            with h5py.File(path, "a") as f:  # as fastMRI's test files: the mask and its factors
-                f.create_dataset("mask", data=mask.numpy().astype(bool))
-                f.attrs["acceleration"] = m["acceleration"]
-                f.attrs["num_low_frequency"] = int(round(n * m["center_fraction"]))
+            # as fastMRI's test files: the mask and its factors
+            io.write_fastmri_like(data_dir / "mri_test.h5", kspace.numpy(),
+                                  reconstruction_esc=test, mask=mask.numpy(),
+                                  attrs={"acceleration": m["acceleration"],
+                                         "num_low_frequency": int(round(n * m["center_fraction"]))})  # fmt: skip
             if cfg["volume"]["enabled"]:
                 vol = phantoms.random_ellipsoid_volume(cfg["volume"]["slices"], n,
                                                        seed=seed + 40_000)  # fmt: skip
                 write_volume_nifti(vol, data_dir / "volume_ground_truth.nii.gz")
                 kv = mri.fft2c(torch.from_numpy(vol).to(torch.complex64))
-                path = io.write_fastmri_like(data_dir / "mri_volume.h5", kv.numpy(),
-                                             reconstruction_esc=vol)  # fmt: skip
-                with h5py.File(path, "a") as f:
-                    f.create_dataset("mask", data=mask.numpy().astype(bool))
+                io.write_fastmri_like(data_dir / "mri_volume.h5", kv.numpy(),
+                                      reconstruction_esc=vol, mask=mask.numpy())  # fmt: skip
         if cfg["ct"]["enabled"]:
             angles = ct_angles(cfg)
             op = ct.ParallelBeamRadon(n, angles)
@@ -187,14 +195,7 @@ class MedicalTask:
         ref = data_dir / "test_dicom"
         if cfg["mri"]["enabled"]:
             path = data_dir / "mri_test.h5"
-            k = torch.as_tensor(io.read_fastmri(path).kspace)
-            with h5py.File(path) as f:
-                if "mask" not in f:
-                    raise KeyError(f"{path}: no 'mask' dataset (the sampled phase-encode lines)")
-                mask = torch.from_numpy(f["mask"][()].astype(np.float32))
-            if k.dim() != 3 or mask.shape != (k.shape[-1],):
-                raise ValueError(f"{path}: expected single-coil kspace (slices, H, W) and a (W,) "
-                                 f"mask, got {tuple(k.shape)} and {tuple(mask.shape)}")  # fmt: skip
+            k, mask = _kspace_and_mask(path)
             n, h, w = k.shape
             op = RealImageMRI(mask, (h, w))
             y = op.complete((op.measured * k)[:, None])
@@ -247,9 +248,7 @@ class MedicalTask:
     def _infer_volume(self, cfg, model, data_dir: Path, out_dir: Path, *, device, generator):
         """3-D MRI from the 2-D prior: slice-wise vs slice-axis TV (DiffusionMBIR-style)."""
         path = data_dir / "mri_volume.h5"
-        k = torch.as_tensor(io.read_fastmri(path).kspace)
-        with h5py.File(path) as f:
-            mask = torch.from_numpy(f["mask"][()].astype(np.float32))
+        k, mask = _kspace_and_mask(path)
         z, h, w = k.shape
         op = RealImageMRI(mask, (h, w))
         y = op.complete((op.measured * k)[:, None]).to(device)

@@ -60,7 +60,8 @@ def _test_profile(folder: Path) -> Path:
     override it, and profiles replace whole top-level keys (set-resources) anyway."""
     prof = yaml.safe_load(PROFILE.read_text())
     gpu_keys = {"gpu", "gpu_model", "cpus_per_gpu", "tasks_per_gpu"}
-    tiny = {"mem_mb": 1000, "runtime": "10*attempt", "cpus_per_task": 1}
+    # runtime above the profile's --signal=USR1@600 lead, which would otherwise fire at once
+    tiny = {"mem_mb": 1000, "runtime": "20*attempt", "cpus_per_task": 1}
     prof["set-resources"] = {
         rule: {**{k: v for k, v in res.items() if k not in gpu_keys}, **tiny}
         for rule, res in prof["set-resources"].items()
@@ -169,6 +170,10 @@ def test_train_preempted_by_usr1_resumes_through_slurm(slurm, tmp_path):
     assert retry and retry.group(1) != signalled, log[-3000:]
     resume = re.search(rf"resuming from checkpoint \S+ at step (\d+) of {steps}", log)
     assert resume, log[-3000:]
+    # The signalled job's inner snakemake survived the signal (it ignores SIGUSR1) and failed
+    # the job because training exited 75, instead of dying of the signal itself.
+    first = (work / "logs" / "slurm" / "rule_train" / "pde" / f"{signalled}.log").read_text()
+    assert "Error in rule train" in first and "User defined signal 1" not in first, first[-3000:]
     events = [json.loads(ln) for ln in (metrics.parent / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["interrupted", "resumed"], events
     assert events[0]["signal"] == "SIGUSR1" and events[0]["slurm_job_id"] == signalled

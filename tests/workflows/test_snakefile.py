@@ -35,3 +35,12 @@ def test_lint_clean():
     r = _run("--lint")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Lints for" not in r.stdout, r.stdout
+
+
+def test_signal_lead_longer_than_runtime_is_refused():
+    """A profile whose --signal lead time exceeds the train runtime would signal at once."""
+    r = _run("--dry-run", "--cores", "1", "results/pde/model.pt",
+             "--set-resources", "train:runtime=5", "train:slurm_extra='--signal=USR1@600'",
+             "--config", "domains=[pde]")  # fmt: skip
+    assert r.returncode != 0
+    assert "rule train: runtime=5 min" in r.stdout + r.stderr

@@ -10,6 +10,7 @@ import yaml
 from snakemake.utils import validate
 
 from diffsci.core.task import config_path, list_tasks, schema_path
+from diffsci.core.workflow import signal_lead_check
 
 DOMAINS = config.get("domains", list_tasks())
 EXTRA_EVAL_INPUTS = {}
@@ -117,6 +118,8 @@ rule train:
         # torchrun when the rule's `gpu` resource is > 1 (set in the slurm profile).
         launcher=lambda wc, resources: train_launcher(resources),
         gpu_check=lambda wc, resources: gpu_check(resources),
+        # refuses a `--signal=USR1@T` that would fire as the job starts (runtime <= T)
+        signal_check=lambda wc, resources: signal_lead_check(resources),
     conda:
         "../../environment.yml"
     resources:

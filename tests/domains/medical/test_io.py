@@ -166,3 +166,14 @@ def test_fastmri_round_trip_and_errors(tmp_path):
     txt.write_text("not hdf5")
     with pytest.raises(ValueError, match="text.h5"):
         read_fastmri(txt)
+
+
+def test_fastmri_mask_roundtrip_and_shape_checked(tmp_path):
+    ks = (np.random.default_rng(0).standard_normal((2, 8, 6)) + 0j).astype(np.complex64)
+    mask = np.array([1, 0, 1, 1, 0, 1], bool)
+    p = write_fastmri_like(tmp_path / "m.h5", ks, mask=mask)
+    np.testing.assert_array_equal(read_fastmri(p).mask, mask)
+    assert read_fastmri(write_fastmri_like(tmp_path / "n.h5", ks)).mask is None
+    bad = write_fastmri_like(tmp_path / "bad.h5", ks, mask=mask[:4])
+    with pytest.raises(ValueError, match=r"bad\.h5: 'mask' must be \(6,\)"):
+        read_fastmri(bad)

@@ -1,0 +1,39 @@
+"""Checks the Snakemake rules run when a job is scheduled (kept out of the ``.smk`` files,
+which Snakemake's linter wants free of function definitions)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["signal_lead_check"]
+
+# sbatch's --signal=[{R|B}:]<sig_num>[@sig_time] (sig_time in seconds, default 60)
+_SIGNAL = re.compile(r"--signal[= ]['\"]?(?:[RB]+:)?(\w+)(?:@(\d+))?")
+
+
+def signal_lead_check(resources: Any, *, rule: str = "train") -> str:
+    """Refuse a job whose ``slurm_extra`` asks for a signal at least as early as its runtime.
+
+    ``--signal=USR1@T`` makes SLURM send the signal ``T`` seconds before the time limit; with a
+    ``runtime`` (minutes) of ``T`` seconds or less it fires as the job starts, training
+    checkpoints at once and exits, and every retry does the same. Returns ``""`` when fine.
+
+    Raises
+    ------
+    ValueError
+        Naming the rule, its ``runtime`` and the ``--signal`` option.
+    """
+    extra = str(getattr(resources, "slurm_extra", "") or "")
+    runtime = getattr(resources, "runtime", None)
+    m = _SIGNAL.search(extra)
+    if m is None or not isinstance(runtime, int | float):
+        return ""
+    lead = int(m.group(2) or 60)
+    if runtime * 60 <= lead:
+        raise ValueError(
+            f"rule {rule}: runtime={runtime} min but slurm_extra {extra.strip()!r} asks for "
+            f"{m.group(1)} {lead} s before the time limit, i.e. as soon as the job starts: give "
+            f"the rule a runtime above {lead / 60:g} min or a smaller @seconds in --signal"
+        )
+    return ""

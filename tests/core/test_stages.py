@@ -1,0 +1,40 @@
+"""The generic stages' output handling: a failing stage leaves neither a half-built output nor
+its temporary folder, and keeps the previous output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffsci.core.stages import _staged_dir, run_prepare
+from diffsci.core.task import TaskPaths
+
+
+class _FailingTask:
+    name = "failing"
+
+    def prepare(self, cfg, data_dir: Path) -> None:
+        (data_dir / "half.h5").write_text("partial")
+        raise RuntimeError("simulator blew up")
+
+
+def test_failed_prepare_keeps_old_output_and_leaves_no_partial(tmp_path):
+    paths = TaskPaths(tmp_path)
+    paths.data.mkdir()
+    (paths.data / "old.h5").write_text("complete")
+    with pytest.raises(RuntimeError, match="simulator blew up"):
+        run_prepare(_FailingTask(), {"seed": 0}, paths)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert [p.name for p in paths.data.iterdir()] == ["old.h5"]
+
+
+def test_staged_dir_replaces_target_on_success(tmp_path):
+    target = tmp_path / "predictions"
+    target.mkdir()
+    (target / "stale.h5").write_text("old")
+    with _staged_dir(target) as tmp:
+        assert tmp.is_dir() and tmp.name == ".predictions.partial" and not any(tmp.iterdir())
+        (tmp / "new.h5").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions"]
