@@ -31,7 +31,14 @@ from .models import DownscalingModel, sample_ensemble
 from .synthetic import block_mean, upsample_nearest
 from .transforms import Normaliser
 
-__all__ = ["enforce_mass", "DownscaleOptions", "downscale_arrays", "downscale_store", "main"]
+__all__ = [
+    "enforce_mass",
+    "DownscaleOptions",
+    "downscale_arrays",
+    "downscale_store",
+    "load_trained",
+    "main",
+]
 
 
 def enforce_mass(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:

@@ -81,3 +81,12 @@ def test_make_dataset_schema_and_coarse_inputs():
     assert not np.allclose(ds2["output"].values[0], ds["output"].values[0])
     with pytest.raises(ValueError, match="divisible"):
         make_dataset(1, 30, factor=8)
+
+
+def test_package_exports_resolve():
+    import diffsci.domains.precipitation as pkg
+
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None
+    with pytest.raises(AttributeError):
+        pkg.not_a_name  # noqa: B018
