@@ -29,7 +29,7 @@ def interpolate(coarse: np.ndarray, factor: int, *, mode: str = "bicubic") -> np
     """Upsample ``(N, h, w)`` by ``factor`` with ``mode`` ("bilinear" or "bicubic"), >= 0."""
     if mode not in ("bilinear", "bicubic"):
         raise ValueError(f"mode must be 'bilinear' or 'bicubic', got {mode!r}")
-    x = torch.from_numpy(np.asarray(coarse, dtype=np.float32))[:, None]
+    x = torch.from_numpy(np.array(coarse, dtype=np.float32))[:, None]
     y = F.interpolate(x, scale_factor=factor, mode=mode, align_corners=False)
     return y[:, 0].clamp_min(0).numpy()
 
