@@ -33,6 +33,7 @@ Neu). The ground truth is the fate label and the position in the trajectory.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -236,29 +237,39 @@ def split_pools(adata: AnnData, *, seed: int = 0) -> tuple[AnnData, AnnData]:
     return c, p
 
 
-def simulate_populations(sim: PerturbationSimulator, pool: AnnData, *, cell_type: str,
-                         perturbation: str, n_populations: int, n_cells: int,
-                         rng: np.random.Generator, prefix: str = "pop") -> AnnData:  # fmt: skip
+def simulate_populations(sim: PerturbationSimulator, pool: AnnData, *,
+                         cell_type: str | Sequence[str], perturbation: str, n_populations: int,
+                         n_cells: int, rng: np.random.Generator, prefix: str = "pop",
+                         mixture: bool = False) -> AnnData:  # fmt: skip
     """``n_populations`` perturbed populations of ``n_cells`` cells of ``cell_type``.
 
     Each population resamples the pool's cells of that type (with replacement), draws its own
-    hidden factor and applies the perturbation. ``obs`` holds ``cell_type``, ``perturbation``,
+    hidden factor and applies the perturbation. With a list of cell types and
+    ``mixture=True``, each population mixes them with proportions drawn from a flat
+    Dirichlet (training augmentation: cell compositions between the cell types, each cell
+    responding by its own state). ``obs`` holds each cell's ``cell_type``, ``perturbation``,
     ``condition``, ``population`` and the ground-truth ``hidden_factor``.
     """
-    idx = np.flatnonzero(pool.obs["cell_type"].values == cell_type)
-    if len(idx) == 0:
-        raise KeyError(f"no cells of cell type {cell_type!r} in the pool")
+    types = [cell_type] if isinstance(cell_type, str) else list(cell_type)
+    idx = {t: np.flatnonzero(pool.obs["cell_type"].values == t) for t in types}
+    for t, i in idx.items():
+        if len(i) == 0:
+            raise KeyError(f"no cells of cell type {t!r} in the pool")
     sim.program(perturbation)
     xs, obs = [], []
     x_pool = dense(pool.X)
     for k in range(n_populations):
         h = float(sim.draw_hidden(rng))
-        take = rng.choice(idx, size=n_cells, replace=True)
+        w = rng.dirichlet(np.ones(len(types))) if mixture else np.eye(len(types))[0]
+        counts = rng.multinomial(n_cells, w)
+        take = np.concatenate([rng.choice(idx[t], size=c, replace=True)
+                               for t, c in zip(types, counts, strict=True)])  # fmt: skip
         xs.append(sim.apply(x_pool[take], perturbation, hidden=h, rng=rng))
-        pid = f"{prefix}:{cell_type}:{perturbation}:{k}"
-        obs.append(pd.DataFrame({"cell_type": cell_type, "perturbation": perturbation,
-                                 "condition": "perturbed", "population": pid,
-                                 "hidden_factor": h}, index=range(n_cells)))  # fmt: skip
+        name = "+".join(t for t, c in zip(types, counts, strict=True) if c) if mixture else types[0]
+        pid = f"{prefix}:{name}:{perturbation}:{k}"
+        obs.append(pd.DataFrame({"cell_type": pool.obs["cell_type"].values[take],
+                                 "perturbation": perturbation, "condition": "perturbed",
+                                 "population": pid, "hidden_factor": h}, index=range(n_cells)))  # fmt: skip
     o = pd.concat(obs, ignore_index=True)
     o.index = [f"{prefix}{i}" for i in range(len(o))]
     return AnnData(X=np.concatenate(xs).astype(np.float32), obs=o,

@@ -106,14 +106,18 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
                          cell_type: str, cell_type_key: str = "cell_type",
                          reference: AnnData | None = None, key: str = "perturbation_latent",
                          n_samples: int = 8, n_cells: int = 64, n_control: int = 64,
-                         steps: int = 30, sampler: str = "heun", seed: int = 0,
+                         steps: int = 30, sampler: str = "heun",
+                         start_sigma: float | None = None, seed: int = 0,
                          device: str | torch.device = "cpu", progress: bool = False
                          ) -> AnnData:  # fmt: skip
     """Sample ``n_samples`` perturbed populations of ``cell_type`` under ``perturbation``.
 
     The condition is ``n_control`` control cells of that cell type drawn (with replacement,
     fresh for every sample) from ``adata``; ``reference`` holds the latent basis and the
-    perturbation vocabulary (default ``adata`` itself). Latent samples are decoded to genes
+    perturbation vocabulary (default ``adata`` itself). ``start_sigma``: SDEdit-style warm start
+    (:func:`diffsci.core.posterior.start_from`) from ``n_cells`` other control cells of the
+    cell type noised to ``start_sigma``, so cell-level structure below that noise level comes
+    from real control cells; ``None`` samples from pure noise. Latent samples are decoded to genes
     with the control mean's PCA residual added back (the part of the cell type's baseline the
     latent does not hold; the model predicts changes within the latent).
 
@@ -141,9 +145,18 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
     g = torch.Generator().manual_seed(seed)
     cond = {"control": torch.as_tensor(cond_c, dtype=torch.float32, device=device),
             "perturbation": torch.full((n_samples,), perts.index(perturbation), device=device)}  # fmt: skip
+    shape = (n_samples, n_cells, zc.shape[1])
     with torch.no_grad():
-        rel = sample(den, (n_samples, n_cells, zc.shape[1]), karras(steps), sampler=sampler,
-                     cond=cond, generator=g, device=device, progress=progress)  # fmt: skip
+        if start_sigma is None:
+            rel = sample(den, shape, karras(steps), sampler=sampler, cond=cond, generator=g,
+                         device=device, progress=progress)  # fmt: skip
+        else:
+            from diffsci.core.posterior import start_from
+
+            init = np.stack([zc[gen.choice(len(zc), n_cells)] for _ in range(n_samples)]) - mu
+            x0 = torch.as_tensor(init, dtype=torch.float32, device=device)
+            rel = start_from(den, x0, karras(steps), sigma_start=float(start_sigma),
+                             sampler=sampler, cond=cond, generator=g)  # fmt: skip
     z = rel.cpu().double().numpy() + mu
     pcs, mean, scale, genes = _basis(reference, key)
     cmean = _genes_of(ctrl, genes, "control adata").mean(0)
@@ -158,7 +171,8 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
     out.obsm["X_latent"] = z.reshape(-1, z.shape[-1]).astype(np.float32)
     out.uns["predict_perturbation"] = {"perturbation": perturbation, "cell_type": str(cell_type),
                                        "n_samples": n_samples, "n_cells": n_cells,
-                                       "steps": steps, "sampler": sampler, "seed": seed}  # fmt: skip
+                                       "steps": steps, "sampler": sampler, "seed": seed,
+                                       "start_sigma": start_sigma}  # fmt: skip
     return out
 
 

@@ -86,3 +86,15 @@ def test_krumsiek11_ground_truth():
     assert set(k.obs["trajectory"]) == {"Mo", "Ery", "Mk", "Neu"}
     assert (k.obs["fate"][k.obs["true_time"] < 0.49] == "progenitor").all()
     assert k.obs["true_time"].min() == 0 and k.obs["true_time"].max() == 1
+
+
+def test_mixture_populations_mix_cell_types(pbmc, sim):
+    _, pool = simulate.split_pools(pbmc, seed=0)
+    types = ["CD19+ B", "CD14+ Monocyte", "Dendritic"]
+    pops = simulate.simulate_populations(sim, pool, cell_type=types, perturbation="P1",
+                                         n_populations=6, n_cells=30, mixture=True,
+                                         rng=np.random.default_rng(1))  # fmt: skip
+    comp = pops.obs.groupby("population")["cell_type"].nunique()
+    assert comp.max() >= 2 and set(pops.obs["cell_type"]) <= set(types)
+    frac_b = pops.obs.assign(b=pops.obs["cell_type"] == "CD19+ B").groupby("population")["b"].mean()
+    assert frac_b.std() > 0.05  # proportions differ between populations

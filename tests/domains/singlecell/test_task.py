@@ -21,7 +21,7 @@ TINY = {
     "seed": 0,
     "device": "cpu",
     "perturbation": {"n_perturbations": 2, "n_cells": 8, "n_control": 8,
-                     "train_populations": 2, "test_draws": 4, "n_pcs": 8, "eval_pcs": 8,
+                     "train_populations": 2, "mixture_populations": 2, "test_draws": 4, "n_pcs": 8, "eval_pcs": 8,
                      "n_de": 20},
     "model": {"width": 16, "depth": 1, "heads": 2, "lineage_hidden": 16, "lineage_layers": 1,
               "lineage_code_dim": 4, "em_after": 3},
