@@ -108,17 +108,22 @@ def test_control_file_that_is_not_anndata_fails_cleanly(run, tmp_path):
 
 
 def test_unknown_held_out_cell_type_and_missing_raw(tmp_path):
-    cfg = json.loads(json.dumps(TINY))
-    cfg["perturbation"]["held_out_cell_type"] = "Neuron"
-    p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    r = _cli("prepare", p, tmp_path / "w")
-    assert r.returncode != 0 and "unknown cell_type 'Neuron'" in r.stderr
-    assert not (tmp_path / "w" / "data").exists()
-    # an .h5ad input without .raw
+    """In process (the CLI's exit code on bad input is checked above): errors name the cell
+    type and the file, nothing is written, the input is untouched."""
     import pandas as pd
     from anndata import AnnData
 
+    from diffsci.core.stages import run_prepare
+    from diffsci.core.task import TaskPaths
+
+    task = get_task("singlecell")
+    cfg = json.loads(json.dumps(TINY))
+    cfg["perturbation"]["held_out_cell_type"] = "Neuron"
+    validate_config(cfg, task.schema_path)
+    paths = TaskPaths(tmp_path / "w")
+    with pytest.raises(KeyError, match="unknown cell_type 'Neuron'"):
+        run_prepare(task, cfg, paths)
+    assert not paths.data.exists()
     src = tmp_path / "noraw.h5ad"
     AnnData(
         np.ones((4, 3), np.float32),
@@ -126,7 +131,6 @@ def test_unknown_held_out_cell_type_and_missing_raw(tmp_path):
     ).write_h5ad(src)
     before = src.read_bytes()
     cfg["perturbation"]["input"] = str(src)
-    p.write_text(yaml.safe_dump(cfg))
-    r = _cli("prepare", p, tmp_path / "w")
-    assert r.returncode != 0 and "noraw.h5ad has no .raw" in r.stderr
-    assert src.read_bytes() == before
+    with pytest.raises(ValueError, match="noraw.h5ad has no .raw"):
+        run_prepare(task, cfg, paths)
+    assert src.read_bytes() == before and not paths.data.exists()

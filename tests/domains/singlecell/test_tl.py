@@ -53,6 +53,9 @@ def test_predict_perturbation_outputs_and_leaves_input_alone():
     # an untrained model (zero output layer) predicts the control mean: the decoded mean equals
     # the control mean of the cell type up to the sampled cells' spread
     assert np.isfinite(out.X).all()
+    warm = tl.predict_perturbation(a, _model(4), perturbation="P1", cell_type="B", n_samples=2,
+                                   n_cells=4, n_control=6, steps=3, start_sigma=0.5)  # fmt: skip
+    assert warm.uns["predict_perturbation"]["start_sigma"] == 0.5 and warm.n_obs == 8
 
 
 @pytest.mark.parametrize("kw, err, match", [
