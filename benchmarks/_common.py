@@ -71,3 +71,27 @@ def write_result(name: str, results: dict[str, Any], *, config: dict[str, Any], 
     os.replace(tmp, path)
     print(f"wrote {path}")
     return path
+
+
+def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
+               reuse_model: bool = False, progress: bool = False) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
+    """Run a task's prepare, train, infer and evaluate stages in ``workdir``.
+
+    ``reuse_model`` skips train when ``model.pt`` exists (prepare is seeded, so it is always
+    rerun). Returns the metrics mapping evaluate wrote and the seconds of each stage.
+    """
+    from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train
+    from diffsci.core.task import TaskPaths
+
+    paths = TaskPaths(workdir)
+    stages = [("prepare", run_prepare), ("train", run_train), ("infer", run_infer),
+              ("evaluate", run_evaluate)]  # fmt: skip
+    if reuse_model and paths.model.is_file():
+        stages.pop(1)
+    times: dict[str, float] = {}
+    for name, fn in stages:
+        t0 = time.perf_counter()
+        fn(task, cfg, paths, progress=progress)
+        times[name] = round(time.perf_counter() - t0, 1)
+        print(f"{Path(workdir).name}: {name} {times[name]} s", flush=True)
+    return json.loads(paths.metrics.read_text()), times

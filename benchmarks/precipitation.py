@@ -35,9 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import write_result
-from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
-from diffsci.core.task import TaskPaths, get_task
+from benchmarks._common import run_stages, write_result
+from diffsci.core.stages import validate_config
+from diffsci.core.task import get_task
 
 HERE = Path(__file__).resolve().parent
 LIMIT_GB = 4.0
@@ -63,21 +63,6 @@ print("SECONDS", time.perf_counter() - t0)
 print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(rc)
 """
-
-
-def _run_domain(task, cfg, workdir: Path, *, reuse: bool) -> tuple[dict, dict]:
-    paths = TaskPaths(workdir)
-    times = {}
-    stages = [("prepare", run_prepare), ("train", run_train), ("infer", run_infer),
-              ("evaluate", run_evaluate)]  # fmt: skip
-    if reuse and paths.model.is_file():
-        stages.pop(1)
-    for name, fn in stages:
-        t0 = time.perf_counter()
-        fn(task, cfg, paths, progress=False)
-        times[name] = round(time.perf_counter() - t0, 1)
-        print(f"{workdir.name}: {name} {times[name]} s", flush=True)
-    return json.loads(paths.metrics.read_text()), times
 
 
 def _scale(model_dir: Path, work: Path, size: int, opts: dict) -> dict:
@@ -159,7 +144,7 @@ def main() -> None:
         cfg = copy.deepcopy(base)
         cfg["loss"]["sw_weight"] = w
         validate_config(cfg, task.schema_path, source=a.config)
-        runs[name], times[name] = _run_domain(task, cfg, work / name, reuse=a.reuse_model)
+        runs[name], times[name] = run_stages(task, cfg, work / name, reuse_model=a.reuse_model)
         if name == "sw_on" and not a.skip_scale:
             # the scale run needs only the regulariser-on model: its child processes run
             # while the regulariser-off model trains (this thread only waits on them)

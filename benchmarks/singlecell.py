@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from benchmarks._common import write_result
-from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
-from diffsci.core.task import TaskPaths, get_task
+from benchmarks._common import run_stages, write_result
+from diffsci.core.stages import validate_config
+from diffsci.core.task import get_task
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,19 +58,7 @@ def main() -> None:
         cfg["train"]["steps"] = a.steps
     task = get_task("singlecell")
     validate_config(cfg, task.schema_path, source=a.config)
-    paths = TaskPaths(a.workdir)
-    times = {}
-    stages = [("prepare", run_prepare), ("train", run_train), ("infer", run_infer)]
-    if a.reuse_model and paths.model.is_file():
-        stages.pop(1)
-    for name, fn in stages:
-        t0 = time.perf_counter()
-        fn(task, cfg, paths, progress=True)
-        times[name] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run_evaluate(task, cfg, paths)
-    times["evaluate"] = time.perf_counter() - t0
-    m = json.loads(paths.metrics.read_text())
+    m, times = run_stages(task, cfg, a.workdir, reuse_model=a.reuse_model, progress=True)
     tables, summary = m["tables"], m["summary"]
     mean = next(v for k, v in tables.items() if k.startswith("Perturbation, mean"))
     lin = next(v for k, v in tables.items() if k.startswith("Lineage"))
