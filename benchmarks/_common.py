@@ -77,9 +77,13 @@ def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
                reuse_model: bool = False, progress: bool = False) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
     """Run a task's prepare, train, infer and evaluate stages in ``workdir``.
 
-    ``reuse_model`` skips train when ``model.pt`` exists (prepare is seeded, so it is always
-    rerun). Returns the metrics mapping evaluate wrote and the seconds of each stage.
+    ``reuse_model`` skips train when ``model.pt`` exists and was trained with exactly this
+    config (its provenance record says so; otherwise it retrains, so a result never pairs a
+    config with another config's model). prepare is seeded, so it is always rerun. Returns the
+    metrics mapping evaluate wrote and the seconds of each stage.
     """
+    import torch
+
     from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train
     from diffsci.core.task import TaskPaths
 
@@ -87,7 +91,11 @@ def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
     stages = [("prepare", run_prepare), ("train", run_train), ("infer", run_infer),
               ("evaluate", run_evaluate)]  # fmt: skip
     if reuse_model and paths.model.is_file():
-        stages.pop(1)
+        payload = torch.load(paths.model, map_location="cpu", weights_only=False)
+        if payload.get("provenance", {}).get("config") == cfg:
+            stages.pop(1)
+        else:
+            print(f"--reuse-model: {paths.model} was trained with another config; retraining")
     times: dict[str, float] = {}
     for name, fn in stages:
         t0 = time.perf_counter()

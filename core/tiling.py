@@ -3,8 +3,9 @@
 A model that maps a window of input channels ``(C, th, tw)`` to output channels
 ``(*lead, th, tw)`` is run on overlapping tiles that cover a large field ``(C, H, W)``; the
 tile outputs are blended with a smooth window (raised-cosine ramps over the overlap, a flat
-top elsewhere, no taper at the field's borders) so the weights form a partition of unity and
-no seams appear. The output is produced one *block* at a time (blocks are the chunks of the
+top elsewhere, no taper at the field's borders) and divided by the summed weights, so no seams
+appear. Where tiles sit on the regular stride the complementary ramps sum to exactly 1; the
+last tile, shifted back to end at the border, overlaps more and the division normalises it. The output is produced one *block* at a time (blocks are the chunks of the
 target, e.g. a zarr array): the input window a block needs is read once (lazily, e.g. from a
 dask/xarray array: only the chunks it touches are loaded), every tile touching the block is
 computed once and kept only until the last block it touches is written. Peak memory is

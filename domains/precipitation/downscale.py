@@ -83,6 +83,8 @@ def _tile_fn(model: DownscalingModel, norm: Normaliser, n_in: int, opt: Mapping[
     def fn(x: np.ndarray, origins: Sequence[tuple[int, int]]) -> np.ndarray:
         check_block(x[:, :n_in], name="input", source=source, precip=False)
         check_block(x[:, tp_idx], name="input 'tp'", source=source, precip=True)
+        if x.shape[1] > n_in:  # NaN orography would make NaN rain in a complete-looking store
+            check_block(x[:, n_in:], name="invariant", source=source, precip=False)
         xt = torch.from_numpy(x)
         cond = norm.encode_condition(xt[:, :n_in], xt[:, n_in:] if xt.shape[1] > n_in else None)
         th, tw = x.shape[-2:]
@@ -171,13 +173,15 @@ def _source(ds, t: int, n_in: int, has_inv: bool):
 @torch.no_grad()
 def downscale_store(model: DownscalingModel, norm: Normaliser, input_path: str | Path,
                     output_path: str | Path, *, block: int = 512, device: str = "cpu",
-                    progress: bool = True, **options: Any) -> Path:  # fmt: skip
+                    progress: bool = True, factor: int | None = None,
+                    **options: Any) -> Path:  # fmt: skip
     """Downscale every time step of a netCDF/zarr dataset into a zarr store, block by block.
 
     The output ``precip(ensemble, time, y, x)`` (mm h-1, CF attributes) is written chunk by
     chunk (chunks ``(members, 1, block, block)``) into a temporary store renamed into place
     when complete (:func:`.io.atomic_zarr`); a failure (bad values found in some block, an
     interrupt) leaves no store at ``output_path``. Input values are checked per tile.
+    ``factor``: the model's downscaling factor; the dataset's must match it.
     """
     import dask.array as da
     import xarray as xr
@@ -196,6 +200,11 @@ def downscale_store(model: DownscalingModel, norm: Normaliser, input_path: str |
     if has_inv and "invariant" not in ds.variables:
         raise KeyError(f"{input_path}: missing variable 'invariant' (the model needs "
                        f"{norm.invariant_variables})")  # fmt: skip
+    if "downscaling_factor" not in ds.attrs:
+        raise KeyError(f"{input_path}: no 'downscaling_factor' attribute")
+    if factor is not None and int(ds.attrs["downscaling_factor"]) != int(factor):
+        raise ValueError(f"{input_path}: downscaling_factor {ds.attrs['downscaling_factor']} "
+                         f"but the model was trained for x{factor}")  # fmt: skip
     factor = int(ds.attrs["downscaling_factor"])
     nt, h, w = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     m = int(opt["members"])
@@ -233,18 +242,28 @@ def load_trained(model_path: str | Path, stats_path: str | Path):
     """``(model, normaliser, cfg)`` from a ``model.pt`` written by the train stage."""
     from .io import read_stats
     from .models import build_model
+    from .task import INVARIANTS
 
     p = Path(model_path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such model file (run the train stage)")
-    payload = torch.load(p, map_location="cpu", weights_only=False)
-    cfg = payload.get("provenance", {}).get("config")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise ValueError(f"{p}: cannot read the model ({type(e).__name__}: {e})") from e
+    cfg = payload.get("provenance", {}).get("config") if isinstance(payload, dict) else None
     if not cfg:
         raise KeyError(f"{p}: no provenance config (not written by the train stage?)")
-    stats = read_stats(stats_path)
-    norm = Normaliser(stats, list(stats["input"]), list(stats.get("invariant", {})))
+    # channel order is the trained config's, never the stats file's key order
+    inputs = list(cfg["data"]["input_variables"])
+    stats = read_stats(stats_path, names={"input": inputs, "output": ["tp"],
+                                          "invariant": list(INVARIANTS)})  # fmt: skip
+    norm = Normaliser(stats, inputs, list(INVARIANTS))
     model = build_model(cfg, norm.cond_channels)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError) as e:
+        raise ValueError(f"{p}: weights do not fit the model its config describes ({e})") from e
     return model.eval(), norm, cfg
 
 
@@ -270,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         downscale_store(model, norm, a.input, a.output, block=a.block, members=a.members,
                         steps=a.steps, sampler=a.sampler, tile=a.tile or cfg["data"]["size"],
                         overlap=a.overlap, batch=a.batch, seed=a.seed,
-                        mass_consistency=a.mass_consistency, progress=not a.no_progress)  # fmt: skip
+                        mass_consistency=a.mass_consistency, progress=not a.no_progress,
+                        factor=int(cfg["data"]["factor"]))  # fmt: skip
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

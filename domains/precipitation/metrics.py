@@ -18,7 +18,12 @@ Arrays are numpy or torch; fields are ``(N, H, W)`` (cases) and ensembles ``(M, 
   ``round(|k|)`` (cycles per domain), ``k = 1 .. min(H, W)/2``, mean over cases/members; the
   high-wavenumber error is the max ``|log10 PSD_pred - log10 PSD_obs|`` (dex) over
   ``k > min(H, W) / (2 factor)`` (scales finer than the coarse grid resolves).
-- adjusted spread-skill ``sqrt((M+1)/M) * spread / RMSE`` and the rank histogram from the core.
+- adjusted spread-skill ``sqrt((M+1)/M) * spread / RMSE`` (the core's): ``spread`` is the
+  square root of the mean unbiased ensemble variance, the form for which a calibrated ensemble
+  scores 1 (Fortin et al. 2014). The literal "mean ensemble std" form (WassDiff-style wording)
+  is reported beside it, labelled "mean-std form": by Jensen it is lower wherever the spread
+  varies from pixel to pixel, so it reads a calibrated ensemble as under-dispersed.
+- rank histogram from the core.
 """
 
 from __future__ import annotations
@@ -146,8 +151,19 @@ def psd_dex_error(pred, obs, *, factor: int) -> dict[str, float]:
                                   - np.log10(np.maximum(po[band], 1e-30))).mean())}  # fmt: skip
 
 
-def spread_skill(ens, obs) -> float:
-    """Adjusted spread-skill ratio ``sqrt((M+1)/M) spread / RMSE`` (1 = calibrated)."""
+def spread_skill(ens, obs, *, spread: str = "rms") -> float:
+    """Adjusted spread-skill ratio ``sqrt((M+1)/M) spread / RMSE`` (1 = calibrated).
+
+    ``spread="rms"``: ``sqrt(mean ensemble variance)`` (the core's, calibrated = 1);
+    ``"mean_std"``: the mean of the per-pixel ensemble standard deviations.
+    """
+    if spread == "mean_std":
+        e, y = _np(ens).astype(np.float64), _np(obs).astype(np.float64)
+        m = e.shape[0]
+        rmse_ = np.sqrt(np.mean((e.mean(0) - y) ** 2))
+        return float(np.sqrt((m + 1) / m) * e.std(0, ddof=1).mean() / rmse_)
+    if spread != "rms":
+        raise ValueError(f"spread must be 'rms' or 'mean_std', got {spread!r}")
     return float(cm.spread_skill(torch.as_tensor(_np(ens), dtype=torch.float64),
                                  torch.as_tensor(_np(obs), dtype=torch.float64), adjusted=True))  # fmt: skip
 
@@ -181,4 +197,5 @@ def evaluate_fields(pred, obs, *, factor: int, thresholds: Sequence[float],
     row["PSD high-k mean dex"] = dex["signed_mean"]
     if ensemble and p.shape[0] >= 2:
         row["spread-skill (adj.)"] = spread_skill(p, o)
+        row["spread-skill (adj., mean-std form)"] = spread_skill(p, o, spread="mean_std")
     return row

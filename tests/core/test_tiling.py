@@ -21,15 +21,29 @@ def test_tile_starts_cover_and_end_at_border():
         tile_starts(64, 16, 16)
 
 
-def test_blend_window_partition_of_unity():
-    # weights of all tiles sum to > 0 everywhere and blending a constant returns it exactly
+@pytest.mark.parametrize("length,tile,overlap,margin", [(80, 32, 8, 0), (104, 32, 8, 2)])
+def test_blend_windows_sum_to_one_on_a_regular_stride(length, tile, overlap, margin):
+    # tiles on the regular stride (length = tile + k (tile - overlap)): complementary ramps
+    starts = tile_starts(length, tile, overlap)
+    assert all(b - a == tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+    total = np.zeros((length, length))
+    for r in starts:
+        for c in starts:
+            edges = (r == 0, r + tile == length, c == 0, c + tile == length)
+            total[r : r + tile, c : c + tile] += blend_window((tile, tile), overlap=overlap,
+                                                              margin=margin, edges=edges)  # fmt: skip
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+
+
+def test_blend_window_shape_and_shifted_last_tile():
+    # the last tile shifted back to the border overlaps more: weights still positive everywhere
     h = 90
     starts = tile_starts(h, 32, 12)
     total = np.zeros(h)
     for s in starts:
         w = blend_window((32, 32), overlap=12, edges=(s == 0, s + 32 == h, True, True))[:, 0]
         total[s : s + 32] += w
-    assert (total > 0).all()
+    assert (total > 0).all() and total.max() > 1
     w = blend_window((32, 32), overlap=12)
     assert w.max() == 1.0 and w[0, 0] < 0.05 and w[16, 16] == 1.0
 

@@ -67,20 +67,25 @@ def test_tiled_matches_untiled_where_tiles_see_the_same_field(setup):
                            sampler="euler", tile=16, overlap=8)  # fmt: skip
     assert out.shape == (2, 1, 32, 32) and np.isfinite(out).all()
 
-    class Const(torch.nn.Module):
+    class Pointwise(torch.nn.Module):
+        """Exact denoiser of N(0, 0.25) data: acts pixel by pixel and depends on the noise,
+        so tiled == untiled only if every tile sees the same (positional) noise."""
+
         residual, regression = False, None
 
         def condition(self, c):
             return torch.zeros_like(c[:, :1]), c
 
         def forward(self, x, sigma, cond):
-            return torch.full_like(x, 0.7)
+            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *[1] * (x.dim() - 1))
+            return x * 0.25 / (s**2 + 0.25)
 
-    one = downscale_arrays(Const(), norm, inputs, inv, factor=8, members=2, steps=3,
-                           sampler="heun")  # fmt: skip
-    tiled = downscale_arrays(Const(), norm, inputs, inv, factor=8, members=2, steps=3,
-                             sampler="heun", tile=16, overlap=8)  # fmt: skip
-    np.testing.assert_allclose(tiled, one, rtol=1e-5)
+    kw = dict(factor=8, members=2, steps=3, sampler="heun")
+    one = downscale_arrays(Pointwise(), norm, inputs, inv, seed=0, **kw)
+    tiled = downscale_arrays(Pointwise(), norm, inputs, inv, seed=0, tile=16, overlap=8, **kw)
+    np.testing.assert_allclose(tiled, one, rtol=1e-5, atol=1e-6)
+    other = downscale_arrays(Pointwise(), norm, inputs, inv, seed=1, tile=16, overlap=8, **kw)
+    assert np.abs(other - one).max() > 1e-2  # the noise matters: the check above is not vacuous
 
 
 def test_nan_input_is_an_error_naming_the_source(setup):
@@ -130,3 +135,33 @@ def test_cli_errors_exit_nonzero(tmp_path, capsys):
     assert rc == 2
     assert "none.pt: no such model file" in capsys.readouterr().err
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_store_invariant_nan_and_factor_mismatch_are_errors(setup, tmp_path):
+    ds, norm, model = setup
+    big = make_dataset(1, 64, factor=8, seed=2, oro_seed=1)
+    kw = dict(block=32, members=1, steps=1, sampler="euler", tile=32, overlap=8, progress=False)
+    src = io.write_dataset(big, tmp_path / "in.zarr", chunks={"time": 1, "y": 32, "x": 32})
+    with pytest.raises(ValueError, match=r"in.zarr: downscaling_factor 8 but the model was "
+                                         r"trained for x4"):  # fmt: skip
+        downscale_store(model, norm, src, tmp_path / "o.zarr", factor=4, **kw)
+    bad = big.copy(deep=True)
+    bad["invariant"][0, 40, 40] = np.nan
+    src2 = io.write_dataset(bad, tmp_path / "inv.zarr", chunks={"time": 1, "y": 32, "x": 32})
+    with pytest.raises(ValueError, match="inv.zarr: invariant contains NaN"):
+        downscale_store(model, norm, src2, tmp_path / "o2.zarr", factor=8, **kw)
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o2.zarr").exists()
+
+
+def test_cli_stats_without_input_group_names_the_file(setup, tmp_path, capsys):
+    import json
+
+    _, _, model = setup
+    cfg = {"data": {"input_variables": ["tp", "tcwv", "t2m"], "factor": 8, "size": 32}}
+    torch.save({"state_dict": model.state_dict(), "provenance": {"config": cfg}},
+               tmp_path / "model.pt")  # fmt: skip
+    (tmp_path / "stats.json").write_text(json.dumps({"output": {}}))
+    rc = main(["--model", str(tmp_path / "model.pt"), "--stats", str(tmp_path / "stats.json"),
+               "--input", "a.zarr", "--output", str(tmp_path / "o.zarr")])  # fmt: skip
+    assert rc == 2
+    assert "stats.json: missing input.tp" in capsys.readouterr().err

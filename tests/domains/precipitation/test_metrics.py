@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -118,6 +119,31 @@ def test_spread_skill_calibrated_and_underdispersed(rng):
     h = pm.rank_histogram(ens, obs)
     assert h.sum() == 4000 and len(h) == 6
     assert np.abs(h / 4000 - 1 / 6).max() < 0.03
+
+
+def test_spread_skill_forms_agree_only_when_spread_is_uniform():
+    rng = np.random.default_rng(7)
+    # calibrated ensemble whose spread varies from pixel to pixel (sd 0.2 or 2)
+    sd = np.where(rng.random(20000) < 0.5, 0.2, 2.0)
+    centre = rng.standard_normal(20000)
+    obs = centre + sd * rng.standard_normal(20000)
+    ens = centre + sd * rng.standard_normal((8, 20000))
+    assert pm.spread_skill(ens, obs) == pytest.approx(1.0, abs=0.05)
+    # E[sample std] = c4 * sd for M = 8 members (c4 = 0.965)
+    c4 = np.sqrt(2 / 7) * np.exp(math.lgamma(4) - math.lgamma(3.5))
+    # mean std / RMSE -> c4 (0.2 + 2)/2 / sqrt((0.04 + 4)/2) = 0.747: a calibrated ensemble
+    # read as under-dispersed
+    assert pm.spread_skill(ens, obs, spread="mean_std") == pytest.approx(
+        c4 * 1.1 / np.sqrt(2.02), abs=0.03)  # fmt: skip
+    # independent computation of the mean-std form
+    m = ens.shape[0]
+    want = np.sqrt((m + 1) / m) * ens.std(0, ddof=1).mean() / np.sqrt(
+        np.mean((ens.mean(0) - obs) ** 2))  # fmt: skip
+    assert pm.spread_skill(ens, obs, spread="mean_std") == pytest.approx(want, rel=1e-12)
+    uniform = centre + rng.standard_normal((8, 20000))
+    obs_u = centre + rng.standard_normal(20000)
+    a, b = pm.spread_skill(uniform, obs_u), pm.spread_skill(uniform, obs_u, spread="mean_std")
+    assert b == pytest.approx(c4 * a, rel=0.01)  # uniform spread: only the std's bias differs
 
 
 def test_evaluate_fields_rows(rng):
