@@ -27,12 +27,13 @@ def test_fit_latent_roundtrip_and_copy():
     assert "perturbation_latent" not in a.uns and out is not a
     z = tl.encode(a, out)
     np.testing.assert_allclose(z, out.obsm["X_perturbation_latent"], atol=1e-6)
-    # 11 of 12 components: the reconstruction error is the last component only
+    # 11 of 12 components: the reconstruction error is the last component only, so the
+    # residual matrix has rank 1 (a wrong centring, scale or basis would leave rank > 1)
     rec = tl.decode(z, out)
-    full = tl.fit_latent(a, n_comps=11, copy=True)
-    assert np.abs(rec - a.X).max() < np.abs(a.X - a.X.mean(0)).max()
+    sv = np.linalg.svd(rec - a.X, compute_uv=False)
+    assert sv[0] > 0.1 and sv[1] < 1e-4 * sv[0]
     assert tl.fit_latent(a, n_comps=3) is None and "perturbation_latent" in a.uns
-    assert full.uns["perturbation_latent"]["scale"] > 0
+    assert out.uns["perturbation_latent"]["scale"] > 0
 
 
 def _model(d):
@@ -50,8 +51,7 @@ def test_predict_perturbation_outputs_and_leaves_input_alone():
     assert out.shape == (15, 12) and list(out.var_names) == list(a.var_names)
     assert out.obs["sample"].nunique() == 3 and (out.obs["condition"] == "predicted").all()
     assert out.obsm["X_latent"].shape == (15, 4)
-    # an untrained model (zero output layer) predicts the control mean: the decoded mean equals
-    # the control mean of the cell type up to the sampled cells' spread
+    # (that a trained model learns the shift: test_models.py, control-dependent shift test)
     assert np.isfinite(out.X).all()
     warm = tl.predict_perturbation(a, _model(4), perturbation="P1", cell_type="B", n_samples=2,
                                    n_cells=4, n_control=6, steps=3, start_sigma=0.5)  # fmt: skip
