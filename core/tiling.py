@@ -197,7 +197,10 @@ def tiled_map(
     rows, cols = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     if block is None:
         chunks = getattr(target, "chunks", None)
-        block = (int(chunks[-2]), int(chunks[-1])) if chunks else (h, w)
+        if chunks:  # zarr: (..., bh, bw); dask: (..., (bh, bh, ...), (bw, ...)): the first
+            block = tuple(int(c[0] if isinstance(c, tuple) else c) for c in chunks[-2:])
+        else:
+            block = (h, w)
     bh, bw = int(block[0]), int(block[1])
     lead = tshape[:-2]
 

@@ -149,3 +149,16 @@ def test_bad_fn_output_and_shapes():
         tiled_map(lambda x, o: x, src, np.zeros((1, 30, 32)), tile=16, overlap=4)
     with pytest.raises(ValueError, match="margin=4 leaves no blending ramp"):
         tiled_map(lambda x, o: x, src, np.zeros((1, 32, 32)), tile=16, overlap=2, margin=4)
+
+
+def test_default_block_from_zarr_and_dask_style_chunks():
+    class Target(np.ndarray):
+        pass
+
+    src = np.random.default_rng(0).standard_normal((1, 64, 64)).astype(np.float32)
+    for chunks in [(32, 16), ((32, 32), (16, 16, 16, 16))]:  # zarr-style, dask-style
+        out = np.zeros((64, 64), np.float32).view(Target)
+        out.chunks = chunks
+        info = tiled_map(lambda x, o: x[:, 0], src, out, tile=32, overlap=8)
+        assert info["blocks"] == 2 * 4
+        np.testing.assert_allclose(out, src[0], rtol=1e-6)
