@@ -4,14 +4,10 @@ outputs in native formats, and bad input at the stage level."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 TINY = {
     "seed": 0,
@@ -23,25 +19,11 @@ TINY = {
     "sampling": {"members": 3, "sampler": "euler", "steps": 2, "sigma_max": 10.0},
     "evaluate": {"thresholds": [0.5, 2.0], "fss_scales": [1, 5]},
 }
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diffsci.core.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=ENV)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("precip")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    work = root / "work"
-    for stage in ("prepare", "train", "infer", "evaluate", "report"):
-        r = _cli(stage, "--domain", "precipitation", "--config", str(cfg), "--workdir", str(work),
-                 "--quiet")  # fmt: skip
-        assert r.returncode == 0, f"{stage}: {r.stderr[-3000:]}"
-    return cfg, work
+def run(tmp_path_factory, cli_pipeline):
+    return cli_pipeline("precipitation", TINY, tmp_path_factory.mktemp("precip"))
 
 
 def test_outputs_native_and_metrics(run):
@@ -76,7 +58,7 @@ def test_outputs_native_and_metrics(run):
     assert (work / "checkpoints" / "last.pt").is_file()
 
 
-def test_bad_test_data_fails_infer_without_outputs(run, tmp_path):
+def test_bad_test_data_fails_infer_without_outputs(run, tmp_path, diffsci_cli):
     xr = pytest.importorskip("xarray")
     from diffsci.domains.precipitation import io
 
@@ -89,7 +71,8 @@ def test_bad_test_data_fails_infer_without_outputs(run, tmp_path):
     ds = xr.open_zarr(work / "data" / "test.zarr").load()
     ds = ds.assign_coords(input_units=("input_variable", ["m", "kg m-2", "K"]))
     io.write_dataset(ds, bad / "data" / "test.zarr")
-    r = _cli("infer", "--domain", "precipitation", "--config", str(cfg), "--workdir", str(bad))
+    r = diffsci_cli("infer", "--domain", "precipitation", "--config", str(cfg), "--workdir",
+                    str(bad))  # fmt: skip
     assert r.returncode != 0
     assert "test.zarr: input variable 'tp' has units 'm'" in r.stderr
     assert not (bad / "predictions").exists()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -29,25 +26,11 @@ TINY = {
     "sampling": {"steps": 3, "samples": 3},
     "lineage": {"infer_tau_grid": 5, "infer_noise": 1, "cells_per_item": 2},
 }  # fmt: skip
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _cli(stage: str, config: Path, workdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diffsci.core.cli", stage, "--domain",
-                           "singlecell", "--config", str(config), "--workdir", str(workdir)],
-                          capture_output=True, text=True, timeout=600, env=ENV)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("singlecell")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    work = root / "work"
-    for stage in ("prepare", "train", "infer", "evaluate", "report"):
-        r = _cli(stage, cfg, work)
-        assert r.returncode == 0, f"{stage}: {r.stderr[-3000:]}"
-    return cfg, work
+def run(tmp_path_factory, cli_pipeline):
+    return cli_pipeline("singlecell", TINY, tmp_path_factory.mktemp("singlecell"))
 
 
 def test_schema_defaults_fill_and_default_configs_validate():
@@ -90,7 +73,7 @@ def test_pipeline_writes_anndata_and_tables(run):
     assert html.count("<table>") >= 4 and html.count("<img") == 2
 
 
-def test_control_file_that_is_not_anndata_fails_cleanly(run, tmp_path):
+def test_control_file_that_is_not_anndata_fails_cleanly(run, tmp_path, diffsci_cli):
     cfg, work = run
     import shutil
 
@@ -101,7 +84,7 @@ def test_control_file_that_is_not_anndata_fails_cleanly(run, tmp_path):
     with h5py.File(path, "w") as f:
         f["x"] = np.arange(4)
     before = path.read_bytes()
-    r = _cli("train", cfg, bad)
+    r = diffsci_cli("train", "--domain", "singlecell", "--config", str(cfg), "--workdir", str(bad))
     assert r.returncode != 0 and "control.h5ad" in r.stderr
     assert path.read_bytes() == before
     assert not (bad / "model.pt").exists()
