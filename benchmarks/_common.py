@@ -103,3 +103,34 @@ def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
         times[name] = round(time.perf_counter() - t0, 1)
         print(f"{Path(workdir).name}: {name} {times[name]} s", flush=True)
     return json.loads(paths.metrics.read_text()), times
+
+
+def domain_parser(domain: str, *, reuse_model: bool = True):
+    """The options every domain benchmark takes: ``--config`` (default
+    ``benchmarks/configs/<domain>.yaml``), ``--steps``, ``--workdir`` and ``--reuse-model``."""
+    import argparse
+
+    here = Path(__file__).resolve().parent
+    p = argparse.ArgumentParser(description=f"{domain} quality benchmark")
+    p.add_argument("--config", default=str(here / "configs" / f"{domain}.yaml"))
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--workdir", default=str(here / "work" / domain))
+    if reuse_model:
+        p.add_argument("--reuse-model", action="store_true",
+                       help="skip train if model.pt exists and was trained with this config")  # fmt: skip
+    return p
+
+
+def read_config(args, domain: str):
+    """``(task, cfg)``: the YAML of ``args.config`` with ``--steps`` applied, validated."""
+    import yaml
+
+    from diffsci.core.stages import validate_config
+    from diffsci.core.task import get_task
+
+    task = get_task(domain)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    if args.steps:
+        cfg["train"]["steps"] = args.steps
+    validate_config(cfg, task.schema_path, source=args.config)
+    return task, cfg

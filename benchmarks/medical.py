@@ -12,31 +12,14 @@ Usage: ``python -m benchmarks.medical [--config benchmarks/configs/medical.yaml]
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
-import yaml
-
-from benchmarks._common import run_stages, write_result
-from diffsci.core.stages import validate_config
-from diffsci.core.task import get_task
-
-HERE = Path(__file__).resolve().parent
+from benchmarks._common import domain_parser, read_config, run_stages, write_result
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", default=str(HERE / "configs" / "medical.yaml"))
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--workdir", default=str(HERE / "work" / "medical"))
-    p.add_argument("--reuse-model", action="store_true", help="skip train if model.pt exists")
-    a = p.parse_args()
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    if a.steps:
-        cfg["train"]["steps"] = a.steps
-    task = get_task("medical")
-    validate_config(cfg, task.schema_path, source=a.config)
+    a = domain_parser("medical").parse_args()
+    task, cfg = read_config(a, "medical")
     metrics, times = run_stages(task, cfg, a.workdir, reuse_model=a.reuse_model, progress=True)
     tables = metrics["tables"]
     key = "PSNR median (dB)"

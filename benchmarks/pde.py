@@ -12,20 +12,15 @@ Writes ``benchmarks/results/pde.json``; work files go to ``benchmarks/work/pde``
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks._common import write_result
-from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
+from benchmarks._common import domain_parser, read_config, write_result
+from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train
 from diffsci.core.task import TaskPaths, get_task
 from diffsci.domains.pde.baselines import train_fno
-
-HERE = Path(__file__).resolve().parent
 
 
 def _run(cfg: dict, workdir: Path) -> tuple[dict, dict]:
@@ -44,15 +39,8 @@ def _run(cfg: dict, workdir: Path) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", default=str(HERE / "configs" / "pde.yaml"))
-    p.add_argument("--steps", type=int, help="override train.steps (both models)")
-    p.add_argument("--workdir", default=str(HERE / "work" / "pde"))
-    a = p.parse_args()
-    base = yaml.safe_load(Path(a.config).read_text())
-    if a.steps:
-        base["train"]["steps"] = a.steps
-    validate_config(base, get_task("pde").schema_path, source=a.config)
+    a = domain_parser("pde", reuse_model=False).parse_args()  # --steps: both models
+    _, base = read_config(a, "pde")
 
     single = copy.deepcopy(base)
     multi = copy.deepcopy(base)

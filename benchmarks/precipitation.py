@@ -22,7 +22,6 @@ Writes ``benchmarks/results/precipitation.json``; work files in ``benchmarks/wor
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -33,13 +32,9 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks._common import run_stages, write_result
+from benchmarks._common import domain_parser, read_config, run_stages, write_result
 from diffsci.core.stages import validate_config
-from diffsci.core.task import get_task
 
-HERE = Path(__file__).resolve().parent
 LIMIT_GB = 4.0
 
 GEN_CHILD = """
@@ -119,11 +114,7 @@ def _scale(model_dir: Path, work: Path, size: int, opts: dict) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", default=str(HERE / "configs" / "precipitation.yaml"))
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--workdir", default=str(HERE / "work" / "precipitation"))
-    p.add_argument("--reuse-model", action="store_true", help="skip train if model.pt exists")
+    p = domain_parser("precipitation")
     p.add_argument("--skip-scale", action="store_true")
     p.add_argument("--scale-size", type=int, default=8192)
     p.add_argument("--scale-members", type=int, default=1)
@@ -132,10 +123,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    base = yaml.safe_load(Path(a.config).read_text())
-    if a.steps:
-        base["train"]["steps"] = a.steps
-    task = get_task("precipitation")
+    task, base = read_config(a, "precipitation")
     work = Path(a.workdir)
     runs, times = {}, {}
     scale: dict = {}

@@ -14,19 +14,12 @@ Writes ``benchmarks/results/singlecell.json``; work files go to ``benchmarks/wor
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from benchmarks._common import run_stages, write_result
-from diffsci.core.stages import validate_config
-from diffsci.core.task import get_task
-
-HERE = Path(__file__).resolve().parent
+from benchmarks._common import domain_parser, read_config, run_stages, write_result
 
 
 def edistance_crosscheck(seed: int = 0) -> dict[str, float]:
@@ -45,19 +38,11 @@ def edistance_crosscheck(seed: int = 0) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", default=str(HERE / "configs" / "singlecell.yaml"))
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--workdir", default=str(HERE / "work" / "singlecell"))
-    p.add_argument("--reuse-model", action="store_true", help="skip train if model.pt exists")
+    p = domain_parser("singlecell")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    if a.steps:
-        cfg["train"]["steps"] = a.steps
-    task = get_task("singlecell")
-    validate_config(cfg, task.schema_path, source=a.config)
+    task, cfg = read_config(a, "singlecell")
     m, times = run_stages(task, cfg, a.workdir, reuse_model=a.reuse_model, progress=True)
     tables, summary = m["tables"], m["summary"]
     mean = next(v for k, v in tables.items() if k.startswith("Perturbation, mean"))
