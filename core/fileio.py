@@ -8,12 +8,13 @@ a partial file that looks complete, and never damages an existing target.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "open_hdf5"]
+__all__ = ["atomic_path", "atomic_dir", "open_hdf5"]
 
 
 @contextmanager
@@ -38,6 +39,36 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, *, create: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder ``.<name>.partial`` beside ``path``; on success it replaces
+    ``path``, on any exception it is removed and ``path`` (if any) is left as it was.
+
+    ``create=False`` yields the path without creating it, for writers that create their own
+    folder (e.g. a zarr store). The old target is moved aside before the new one is renamed
+    in, then deleted, so there is never a moment with half of each.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if create:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

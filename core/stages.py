@@ -9,16 +9,14 @@ Every output carries a provenance record (config, seed, versions, git commit).
 from __future__ import annotations
 
 import copy
-import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .fileio import atomic_path
+from .fileio import atomic_dir, atomic_path
 from .provenance import provenance, write_json_atomic
 from .task import Task, TaskPaths, get_task
 from .training import TrainConfig, train
@@ -63,23 +61,6 @@ def validate_config(cfg: dict[str, Any], schema_path: Path, *, source: str = "co
         raise ValueError(f"{source} fails the schema {schema_path.name}:\n" + "\n".join(lines))
 
 
-@contextmanager
-def _staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty ``.<name>.partial`` folder beside ``target``; on success it replaces
-    ``target``, on any error it is removed (no half-built output, the old one kept)."""
-    tmp = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-
-
 def _device(cfg: Mapping[str, Any]) -> torch.device:
     want = str(cfg.get("device", "auto"))
     if want == "auto":
@@ -90,7 +71,7 @@ def _device(cfg: Mapping[str, Any]) -> torch.device:
 
 
 def run_prepare(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
-    with _staged_dir(paths.data) as tmp:
+    with atomic_dir(paths.data) as tmp:
         task.prepare(cfg, tmp)
         write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
 
@@ -127,13 +108,13 @@ def run_infer(task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bo
               **_: Any) -> None:  # fmt: skip
     device = _device(cfg)
     model = load_model(task, cfg, paths.model).to(device)
-    with _staged_dir(paths.predictions) as tmp:
+    with atomic_dir(paths.predictions) as tmp:
         task.infer(cfg, model, paths.data, tmp, device=device, progress=progress)
         write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
 
 
 def run_evaluate(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
-    with _staged_dir(paths.figures) as tmp:
+    with atomic_dir(paths.figures) as tmp:
         result = task.evaluate(cfg, paths.data, paths.predictions, tmp)
     result["provenance"] = provenance(config=cfg, seed=cfg.get("seed"))
     result["domain"] = task.name

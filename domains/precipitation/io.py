@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffsci.core.fileio import atomic_path
+from diffsci.core.fileio import atomic_dir, atomic_path
 
 __all__ = [
     "PRECIP_UNITS",
@@ -256,30 +253,11 @@ def check_values(ds, *, source: str = "dataset") -> None:
                          "precipitation")  # fmt: skip
 
 
-@contextmanager
-def atomic_zarr(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary store path beside ``path``; rename it into place on success.
-
-    A failed or interrupted write leaves no store at ``path`` (nor damages an existing one);
-    the temporary ``.<name>.partial-*`` folder is removed.
+def atomic_zarr(path: str | os.PathLike):
+    """Yield a temporary store path beside ``path`` (not created: the zarr writer creates it);
+    renamed into place on success, removed on failure (:func:`diffsci.core.fileio.atomic_dir`).
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    shutil.rmtree(tmp)
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return atomic_dir(path, create=False)
 
 
 def write_dataset(ds, path: str | os.PathLike, *, chunks: Mapping[str, int] | None = None) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from diffsci.core.stages import _staged_dir, run_prepare
+from diffsci.core.fileio import atomic_dir
+from diffsci.core.stages import run_prepare
 from diffsci.core.task import TaskPaths
 
 
@@ -29,11 +30,11 @@ def test_failed_prepare_keeps_old_output_and_leaves_no_partial(tmp_path):
     assert [p.name for p in paths.data.iterdir()] == ["old.h5"]
 
 
-def test_staged_dir_replaces_target_on_success(tmp_path):
+def test_atomic_dir_replaces_target_on_success(tmp_path):
     target = tmp_path / "predictions"
     target.mkdir()
     (target / "stale.h5").write_text("old")
-    with _staged_dir(target) as tmp:
+    with atomic_dir(target) as tmp:
         assert tmp.is_dir() and tmp.name == ".predictions.partial" and not any(tmp.iterdir())
         (tmp / "new.h5").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.h5"]
