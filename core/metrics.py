@@ -373,7 +373,12 @@ def crps_ensemble(
 
 
 def spread_skill(
-    ensemble: ArrayLike, obs: ArrayLike, *, member_dim: int = 0, adjusted: bool = True
+    ensemble: ArrayLike,
+    obs: ArrayLike,
+    *,
+    member_dim: int = 0,
+    adjusted: bool = True,
+    spread: str = "rms",
 ) -> torch.Tensor:
     """Spread-skill ratio: ensemble spread over the RMSE of the ensemble mean.
 
@@ -394,14 +399,25 @@ def spread_skill(
         Axis of the members.
     adjusted
         Apply the finite-ensemble factor ``sqrt((M+1)/M)``.
+    spread
+        ``"rms"`` (above, calibrated = 1) or ``"mean_std"``: the mean of the per-point
+        (unbiased-variance) standard deviations, the literal "mean ensemble std" some papers
+        use; by Jensen it is lower wherever the spread varies, so it reads a calibrated
+        ensemble as under-dispersed. Label which one is reported.
     """
     e, y = _ensemble(ensemble, obs, member_dim)
     m = e.shape[-1]
     if m < 2:
         raise ValueError(f"ensemble needs at least 2 members, got {m}")
-    spread = e.var(dim=-1, correction=1).mean().sqrt()
+    var = e.var(dim=-1, correction=1)
+    if spread == "rms":
+        s = var.mean().sqrt()
+    elif spread == "mean_std":
+        s = var.sqrt().mean()
+    else:
+        raise ValueError(f"spread must be 'rms' or 'mean_std', got {spread!r}")
     skill = (e.mean(dim=-1) - y).square().mean().sqrt()
-    ratio = spread / skill
+    ratio = s / skill
     return ratio * math.sqrt((m + 1) / m) if adjusted else ratio
 
 

@@ -154,18 +154,12 @@ def psd_dex_error(pred, obs, *, factor: int) -> dict[str, float]:
 def spread_skill(ens, obs, *, spread: str = "rms") -> float:
     """Adjusted spread-skill ratio ``sqrt((M+1)/M) spread / RMSE`` (1 = calibrated).
 
-    ``spread="rms"``: ``sqrt(mean ensemble variance)`` (the core's, calibrated = 1);
-    ``"mean_std"``: the mean of the per-pixel ensemble standard deviations.
+    ``spread="rms"``: ``sqrt(mean ensemble variance)`` (calibrated = 1); ``"mean_std"``: the
+    mean of the per-pixel ensemble standard deviations (:func:`diffsci.core.metrics.spread_skill`).
     """
-    if spread == "mean_std":
-        e, y = _np(ens).astype(np.float64), _np(obs).astype(np.float64)
-        m = e.shape[0]
-        rmse_ = np.sqrt(np.mean((e.mean(0) - y) ** 2))
-        return float(np.sqrt((m + 1) / m) * e.std(0, ddof=1).mean() / rmse_)
-    if spread != "rms":
-        raise ValueError(f"spread must be 'rms' or 'mean_std', got {spread!r}")
     return float(cm.spread_skill(torch.as_tensor(_np(ens), dtype=torch.float64),
-                                 torch.as_tensor(_np(obs), dtype=torch.float64), adjusted=True))  # fmt: skip
+                                 torch.as_tensor(_np(obs), dtype=torch.float64), adjusted=True,
+                                 spread=spread))  # fmt: skip
 
 
 def rank_histogram(ens, obs, *, seed: int = 0) -> np.ndarray:
