@@ -274,7 +274,9 @@ class PDETask:
                                       scale=scale, generator=g, device=device)  # fmt: skip
         if cfg.get("events", {}).get("enabled", True):
             nx = min(_files(Path(data_dir), "test"))
-            ev = event_study(model, cfg, data_dir, nx=nx, scale=scale, device=device)
+            ev = event_study(
+                model, cfg, data_dir, nx=nx, scale=scale, device=device, forecast=self.forecast
+            )
             (out_dir / "events.json").write_text(json.dumps(ev, indent=2))
 
     def _assimilate_file(self, cfg, model, data, target: Path, *, scale, generator, device):
@@ -350,7 +352,17 @@ class PDETask:
                         "P(event)": ev["p_solver_monte_carlo"],
                         "n": ev["n_solver"],
                     },
-                    "diffusion (unconditional)": {
+                    "solver, same initial states as the forecasts": {
+                        "P(event)": ev.get("p_solver_same_initial_states"),
+                        "n": ev.get("n_initial_states"),
+                    },
+                    "diffusion forecasts from sampled initial states": {
+                        "P(event)": ev.get("p_model_forecast"),
+                        "n": ev.get("n_initial_states"),
+                        "Brier score": ev.get("brier_score"),
+                        "Brier skill vs climatology": ev.get("brier_skill_score"),
+                    },
+                    "diffusion (null-condition prior)": {
                         "P(event)": ev["p_model_unconditional"],
                         "n": ev["n_model"],
                     },
@@ -394,11 +406,17 @@ def _event_stat(u: Tensor) -> Tensor:
 
 
 def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx: int,
-                scale: float, device: torch.device) -> dict[str, Any]:  # fmt: skip
+                scale: float, device: torch.device, forecast) -> dict[str, Any]:  # fmt: skip
     """Probability of the event "max |u| over the last quarter > threshold" under the
-    initial-condition distribution: from the model's unconditional samples vs Monte Carlo with
-    the solver, plus event-conditioned samples (guidance towards the event, DPS-style on a
-    smoothed indicator) and how often they realise it.
+    initial-condition distribution, model vs Monte Carlo with the solver.
+
+    The model's estimate averages its ensemble forecasts (``forecast``, the task's method)
+    over initial states drawn from the data's distribution: ``P = E_u0[P(event | u0)]``. The
+    same states go through the solver, so the per-state forecast probabilities also get a
+    Brier score (and skill against the solver's base rate). Also reported: the estimate from
+    the null-condition prior (trained only by condition dropout, so weaker), and
+    event-conditioned samples from that prior (guidance towards the event, DPS-style on a
+    smoothed indicator) with how often they realise it.
 
     The threshold is the training data's ``events.quantile`` of the statistic, so the event
     has a known, moderate base rate.
@@ -429,6 +447,24 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
 
     with torch.no_grad():
         free = run(model)
+        # The model's own estimate P(event) = E_u0[P(event | u0)]: ensemble forecasts from
+        # initial states of the same distribution, paired with the solver on the same states.
+        # (The null-condition prior above is a weak by-product of condition dropout: it is
+        # reported, but this is the estimate to trust.)
+        n_ic = min(e["n_samples"], e["n_mc"])
+        u0_model = torch.from_numpy(u0[:n_ic, :: fine // nx]).float()
+        members = s["members"]
+        p_ic = []
+        for i in range(0, n_ic, s["batch"]):
+            ens = forecast(model, u0_model[i : i + s["batch"]].to(device), d["nt"],
+                                     cfg=cfg, scale=scale, members=members, generator=g)  # fmt: skip
+            p_ic.append((_event_stat(ens.flatten(0, 1).cpu()) > thr).double()
+                        .reshape(members, -1).mean(0))  # fmt: skip
+    p_ic_t = torch.cat(p_ic)
+    outcome = hits_mc[:n_ic]
+    brier = float(((p_ic_t - outcome) ** 2).mean())
+    base = float(outcome.mean())
+    brier_ref = base * (1 - base)  # climatology (the solver's base rate on the same states)
 
     def log_event(x0: Tensor) -> Tensor:
         # smoothed indicator of the event on the decoded trajectory (temperature tau)
@@ -451,6 +487,12 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
         "p_model_unconditional": p_model,
         "n_model": len(hits_model),
         "difference_in_standard_errors": (p_model - p_mc) / se if se > 0 else None,
+        "p_model_forecast": float(p_ic_t.mean()),
+        "p_solver_same_initial_states": base,
+        "n_initial_states": n_ic,
+        "members": members,
+        "brier_score": brier,
+        "brier_skill_score": 1 - brier / brier_ref if brier_ref > 0 else None,
         "event_conditioned_hit_rate": float((_event_stat(guided) > thr).double().mean()),
         "guidance_scale": e["guidance_scale"],
     }

@@ -101,3 +101,55 @@ def test_fno_backbone_serves_any_even_grid_and_uses_the_training_sigmas():
     assert (den.train_sigma.p_mean, den.train_sigma.p_std) == (0.5, 0.7)
     x = torch.randn(2, 4, 4, 18)
     assert den(x, torch.ones(2), torch.zeros_like(x)).shape == x.shape
+
+
+class _Zero(torch.nn.Module):
+    """Denoiser that always returns 0: the null-condition prior then never reaches the event."""
+
+    def forward(self, x, sigma, cond=None):
+        return x * 0.0  # keeps the graph: the event-guided run differentiates through it
+
+
+def test_event_study_scores_an_oracle_and_a_never_forecaster(tmp_path):
+    """The forecast-based event probability is paired with the solver on the same initial
+    states: a perfect forecaster reproduces the solver's rate with Brier 0, one that never
+    forecasts the event gets Brier = base rate and negative skill."""
+    import numpy as np
+
+    from diffsci.domains.pde.io import read_pdebench
+    from diffsci.domains.pde.simulators import burgers_1d, random_initial_conditions
+    from diffsci.domains.pde.task import event_study
+
+    cfg = _cfg()
+    cfg.update(seed=0, events={"quantile": 0.5, "n_samples": 24, "n_mc": 40},
+               sampling={"steps": 2, "members": 3, "batch": 8, "sampler": "euler",
+                         "sigma_min": 0.002, "sigma_max": 80.0})  # fmt: skip
+    validate_config(cfg, SCHEMA)
+    d = cfg["data"]
+    PDETask().prepare(cfg, tmp_path)
+    scale = float(np.std(read_pdebench(tmp_path / "train_nx32.h5").u))
+    # the solver on the Monte Carlo states event_study draws (same seed), for the oracle
+    fine = d["solver_nx"]
+    u0 = random_initial_conditions(40, fine, seed=20_000, **d["initial"])
+    u, _ = burgers_1d(u0, nu=d["nu"], t_end=d["t_end"], nt=d["nt"], progress=False)
+    table0 = torch.from_numpy(u0[:, :: fine // 32]).float()
+    table = torch.from_numpy(u[..., :: fine // 32]).float()
+
+    def oracle(model, u0b, nt, *, members, **_):
+        idx = torch.cdist(u0b.float(), table0).argmin(1)
+        return table[idx][None].expand(members, -1, -1, -1)
+
+    def never(model, u0b, nt, *, members, **_):
+        return torch.zeros(members, len(u0b), nt, u0b.shape[1])
+
+    kw = dict(nx=32, scale=scale, device=torch.device("cpu"))
+    ev = event_study(_Zero(), cfg, tmp_path, forecast=oracle, **kw)
+    base = ev["p_solver_same_initial_states"]
+    assert 0 < base < 1 and ev["n_initial_states"] == 24
+    assert ev["p_model_forecast"] == pytest.approx(base)
+    assert ev["brier_score"] == 0 and ev["brier_skill_score"] == 1
+    assert ev["p_model_unconditional"] == 0
+    ev = event_study(_Zero(), cfg, tmp_path, forecast=never, **kw)
+    assert ev["p_model_forecast"] == 0
+    assert ev["brier_score"] == pytest.approx(base)
+    assert ev["brier_skill_score"] == pytest.approx(1 - 1 / (1 - base))
