@@ -3,13 +3,22 @@ WassDiff's sliced-Wasserstein regulariser on the denoised estimate.
 
 The regulariser compares, per image, the distribution of the denoised estimate
 ``x0_hat = mean + D(x, sigma)`` with the distribution of the target, as sets of points: the
-pixel values (``patch = 1``, our reading of WassDiff: it targets the intensity distribution,
-hence the extremes) or the ``patch x patch`` neighbourhoods as vectors (``patch > 1``: local
-structure too). ``SW_2`` comes from :func:`diffsci.core.metrics.sliced_wasserstein`
-(differentiable; exact 1-D ``W_2`` between sorted projections); with ``patch = 1`` the points
-are scalars, every projection is the same and one is used. The regulariser acts on samples
-with ``sigma <= sigma_max`` only: at large sigma the optimal ``x0_hat`` is a conditional mean,
+pixel values (``patch = 1``: it targets the intensity distribution, hence the extremes) or the
+``patch x patch`` neighbourhoods as vectors (``patch > 1``: local structure too). ``SW_2`` comes
+from :func:`diffsci.core.metrics.sliced_wasserstein` (differentiable; exact 1-D ``W_2``
+between sorted projections); with ``patch = 1`` the points are scalars, every projection is
+the same and one is used, so the term is exactly the 1-D ``W_2`` between the two pixel-value
+distributions, computed by sorting. The regulariser acts on samples with
+``sigma <= sigma_max`` only: at large sigma the optimal ``x0_hat`` is a conditional mean,
 whose distribution is legitimately narrower than the target's.
+
+How this differs from WassDiff's code (``get_smld_loss_fn`` in its ``ncsn_utils/losses.py``):
+there the SWD is ``W_1`` (mean ``|sorted difference|``) over 100 random projections of the
+*batch* of flattened images (each image one point in ``R^(H W)``), at every noise level, and
+the total is ``(1 - w) score loss + w SWD``; its commented-out alternative pools the batch's
+pixel values (the 1-D case). Here: ``W_2`` per image on pixel values (the reading that acts
+on the intensity tail), added as ``+ w SW`` to the per-pixel-mean EDM loss, so ``w`` is not on
+WassDiff's scale; the benchmark's weight is set where the term measurably moves the tail.
 """
 
 from __future__ import annotations

@@ -8,16 +8,20 @@ Arrays are numpy or torch; fields are ``(N, H, W)`` (cases) and ensembles ``(M, 
 - CSI at a threshold: ``hits / (hits + misses + false alarms)`` with events ``>= threshold``
   over all pixels; for an ensemble, the mean over members.
 - FSS (Roberts & Lean 2008): fractions of pixels ``>= threshold`` in ``n x n`` neighbourhoods
-  (zero outside the domain), ``FSS = 1 - sum (Pf - Po)^2 / (sum Pf^2 + sum Po^2)`` summed over
-  all cases; for an ensemble, the mean over members.
+  of each 2-D field (zero outside the domain); over several cases the numerator
+  ``sum (Pf - Po)^2`` and the reference ``sum Pf^2 + sum Po^2`` are each summed over all cases
+  before the ratio (pysteps' ``fss_accum``/``fss_compute`` aggregate), not per-case FSS
+  averaged; for an ensemble, the mean over members of that aggregate.
 - pixel EMD: 1-D Wasserstein-1 distance between the pooled pixel values of prediction (all
   members) and truth (``scipy.stats.wasserstein_distance``).
 - 99.9th-percentile error: ``|q99.9(pred) - q99.9(obs)|`` over all pooled pixels (members
   pooled), numpy's linear quantile.
-- radially averaged PSD: ``|FFT|^2 / (H W)`` averaged over annuli of integer wavenumber
-  ``round(|k|)`` (cycles per domain), ``k = 1 .. min(H, W)/2``, mean over cases/members; the
-  high-wavenumber error is the max ``|log10 PSD_pred - log10 PSD_obs|`` (dex) over
-  ``k > min(H, W) / (2 factor)`` (scales finer than the coarse grid resolves).
+- radially averaged PSD: ``|FFT|^2 / (H W)`` averaged over annuli of ``|k|`` in cycles per
+  pixel (both axes' frequencies, so non-square grids bin correctly), annulus width
+  ``1 / min(H, W)``, mean over cases/members; the high-wavenumber error is the max
+  ``|log10 PSD_pred - log10 PSD_obs|`` (dex) over ``k > 1 / (2 factor)`` cycles per pixel
+  (scales finer than the coarse grid resolves; for a square ``n x n`` grid this is
+  ``k > n / (2 factor)`` cycles per domain).
 - adjusted spread-skill ``sqrt((M+1)/M) * spread / RMSE`` (the core's): ``spread`` is the
   square root of the mean unbiased ensemble variance, the form for which a calibrated ensemble
   scores 1 (Fortin et al. 2014). The literal "mean ensemble std" form (WassDiff-style wording)
@@ -93,8 +97,9 @@ def csi(pred, obs, threshold: float, *, ensemble: bool = False) -> float:
 
 
 def _fractions(binary: np.ndarray, n: int) -> np.ndarray:
-    # uniform_filter over the two spatial axes only, zero padding outside the domain
-    return ndimage.uniform_filter(binary.astype(np.float64), size=(1, n, n), mode="constant")
+    # uniform_filter over the two spatial (last) axes only, zero padding outside the domain
+    size = (1,) * (binary.ndim - 2) + (n, n)
+    return ndimage.uniform_filter(binary.astype(np.float64), size=size, mode="constant")
 
 
 def _fss_one(pred: np.ndarray, obs: np.ndarray, thr: float, n: int) -> float:
@@ -104,10 +109,19 @@ def _fss_one(pred: np.ndarray, obs: np.ndarray, thr: float, n: int) -> float:
 
 
 def fss(pred, obs, threshold: float, scale: int, *, ensemble: bool = False) -> float:
-    """Fractions skill score over ``(N, H, W)`` cases at ``threshold`` and window ``scale``."""
+    """Fractions skill score at ``threshold`` and window ``scale``, aggregated over cases.
+
+    ``obs`` is one field ``(H, W)`` or cases ``(N, H, W)``; ``pred`` has the same shape, with
+    a leading member axis when ``ensemble``. Over cases, the numerator and the reference are
+    summed before the ratio (pysteps' ``fss_accum`` + ``fss_compute``), so this is not the
+    mean of per-case FSS; an ensemble scores the mean of its members' aggregate FSS.
+    """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
     p, o = _np(pred), _np(obs)
+    if o.ndim not in (2, 3) or p.shape != (p.shape[:1] if ensemble else ()) + o.shape:
+        raise ValueError(f"fss: pred {p.shape} and obs {o.shape} do not match "
+                         f"({'(M, ' if ensemble else '('}[N,] H, W) expected)")  # fmt: skip
     if ensemble:
         return float(np.nanmean([_fss_one(m, o, threshold, scale) for m in p]))
     return _fss_one(p, o, threshold, scale)
@@ -125,30 +139,43 @@ def percentile_error(pred, obs, q: float = 99.9) -> float:
 
 def radial_psd(fields) -> tuple[np.ndarray, np.ndarray]:
     """Radially averaged power spectral density of ``(..., H, W)`` fields (mean over leading
-    axes): ``(k, psd)`` with ``k = 1 .. min(H, W)//2`` in cycles per domain."""
+    axes).
+
+    Every Fourier mode sits at ``|k| = sqrt(ky^2 + kx^2)`` with each axis' frequency in cycles
+    per pixel (``numpy.fft.fftfreq``), so a non-square grid's two axes share one physical
+    wavenumber scale. Annuli have the width ``1 / min(H, W)`` (the coarser axis' frequency
+    step, so every annulus holds modes of both axes): ``|k|`` is binned to the nearest
+    ``j / min(H, W)``, ``j = 1 .. min(H, W) // 2``.
+
+    Returns
+    -------
+    (k, psd)
+        ``k`` in cycles per pixel (``j / min(H, W)``, up to the Nyquist 0.5) and the mean of
+        ``|FFT|^2 / (H W)`` over each annulus.
+    """
     f = _np(fields).astype(np.float64)
     h, w = f.shape[-2:]
     f = f.reshape(-1, h, w)
     power = (np.abs(np.fft.fft2(f)) ** 2 / (h * w)).mean(axis=0)
-    ky = np.fft.fftfreq(h, d=1.0 / h)[:, None]
-    kx = np.fft.fftfreq(w, d=1.0 / w)[None, :]
-    kr = np.rint(np.sqrt(ky**2 + kx**2)).astype(int)
-    kmax = min(h, w) // 2
+    n = min(h, w)
+    kabs = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
+    kr = np.rint(kabs * n).astype(int)
+    kmax = n // 2
     sums = np.bincount(kr.ravel(), weights=power.ravel(), minlength=kmax + 1)
     counts = np.bincount(kr.ravel(), minlength=kmax + 1)
-    k = np.arange(1, kmax + 1)
-    return k, sums[1 : kmax + 1] / counts[1 : kmax + 1]
+    j = np.arange(1, kmax + 1)
+    return j / n, sums[1 : kmax + 1] / counts[1 : kmax + 1]
 
 
 def psd_dex_error(pred, obs, *, factor: int) -> dict[str, float]:
-    """Max and mean ``|log10 PSD_pred - log10 PSD_obs|`` over ``k > min(H, W)/(2 factor)``."""
+    """Max, mean and signed mean of ``log10 PSD_pred - log10 PSD_obs`` over the wavenumbers
+    finer than the coarse grid resolves: ``k > 1 / (2 factor)`` cycles per (fine) pixel."""
     k, pp = radial_psd(pred)
     _, po = radial_psd(obs)
-    band = k > min(_np(obs).shape[-2:]) / (2 * factor)
-    d = np.abs(np.log10(np.maximum(pp[band], 1e-30)) - np.log10(np.maximum(po[band], 1e-30)))
-    return {"max": float(d.max()), "mean": float(d.mean()),
-            "signed_mean": float((np.log10(np.maximum(pp[band], 1e-30))
-                                  - np.log10(np.maximum(po[band], 1e-30))).mean())}  # fmt: skip
+    band = k > 1 / (2 * factor) + 1e-12
+    d = np.log10(np.maximum(pp[band], 1e-30)) - np.log10(np.maximum(po[band], 1e-30))
+    return {"max": float(np.abs(d).max()), "mean": float(np.abs(d).mean()),
+            "signed_mean": float(d.mean())}  # fmt: skip
 
 
 def spread_skill(ens, obs, *, spread: str = "rms") -> float:

@@ -26,7 +26,7 @@ def plot_psd(ax: Axes, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
         ax.loglog(k, p, label=name, **style)
     if coarse_k:
         ax.axvline(coarse_k, ls="--", color="grey", lw=0.8, label="coarse Nyquist")
-    ax.set_xlabel("wavenumber (cycles per domain)")
+    ax.set_xlabel("wavenumber (cycles per pixel)")
     ax.set_ylabel("PSD (mm$^2$ h$^{-2}$)")
     ax.legend(fontsize=7)
     return ax

@@ -225,7 +225,7 @@ class PrecipitationTask:
         for var in ("regression", "bicubic", "bilinear"):
             if var in pred.variables:
                 curves[var] = metrics.radial_psd(pred[var].values)
-        plots.plot_psd(ax, curves, coarse_k=truth.shape[-1] / (2 * factor))
+        plots.plot_psd(ax, curves, coarse_k=1 / (2 * factor))
         ax.set_title("radially averaged PSD (held-out cases)", fontsize=9)
         figs.append(plots.save(fig, Path(fig_dir) / "psd.png"))
         fig, ax = plt.subplots(figsize=(5, 3.2))

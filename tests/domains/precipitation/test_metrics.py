@@ -73,6 +73,38 @@ def test_fss_against_loop_and_limits(rng):
     assert pm.fss(p, o, 0.5, 9) > pm.fss(p, o, 0.5, 1)
 
 
+def test_fss_single_field_and_case_aggregate(rng):
+    o = rng.gamma(0.5, size=(3, 12, 12))
+    p = np.roll(o, 1, axis=-2)
+    p[1] = 0.0  # a case with no forecast events: its own FSS is 0
+    # one 2-D field is a single case
+    assert pm.fss(p[0], o[0], 0.5, 3) == pytest.approx(_fss_loop(p[:1], o[:1], 0.5, 3))
+    # several cases: numerator and reference summed over cases before the ratio (pysteps'
+    # fss_accum/fss_compute), which differs from the mean of per-case FSS here
+    agg = pm.fss(p, o, 0.5, 3)
+    num = sum(((_frac(p[i] >= 0.5, 3) - _frac(o[i] >= 0.5, 3)) ** 2).sum() for i in range(3))
+    ref = sum((_frac(p[i] >= 0.5, 3) ** 2).sum() + (_frac(o[i] >= 0.5, 3) ** 2).sum()
+              for i in range(3))  # fmt: skip
+    assert agg == pytest.approx(1 - num / ref, rel=1e-12)
+    per_case = np.mean([pm.fss(p[i], o[i], 0.5, 3) for i in range(3)])
+    assert abs(agg - per_case) > 0.05
+    # an ensemble of one 2-D field: members on axis 0
+    ens = np.stack([p[0], o[0]])
+    one = pm.fss(p[0], o[0], 0.5, 3)
+    assert 0 < one < 1
+    assert pm.fss(ens, o[0], 0.5, 3, ensemble=True) == pytest.approx((one + 1.0) / 2)
+    with pytest.raises(ValueError, match="do not match"):
+        pm.fss(p[:2], o, 0.5, 3)
+
+
+def _frac(b, n):
+    # zero-padded n x n neighbourhood fractions of one 2-D binary field, by an explicit loop
+    h, w = b.shape
+    r = n // 2
+    return np.array([[b[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].sum() / n**2
+                      for j in range(w)] for i in range(h)])  # fmt: skip
+
+
 def test_pixel_emd_against_core_wasserstein(rng):
     a, b = rng.gamma(1.0, size=(3, 8, 8)), rng.gamma(2.0, size=(8, 8))
     want = float(sliced_wasserstein(torch.as_tensor(a.ravel()), torch.as_tensor(b.ravel()),
@@ -90,16 +122,37 @@ def test_percentile_error_matches_sorted(rng):
 def test_radial_psd_loop_and_parseval(rng):
     f = rng.standard_normal((2, 16, 16))
     k, psd = pm.radial_psd(f)
-    assert list(k) == list(range(1, 9))
+    np.testing.assert_allclose(k, np.arange(1, 9) / 16)  # cycles per pixel
     power = (np.abs(np.fft.fft2(f)) ** 2 / 256).mean(0)
-    for kk, val in zip(k, psd, strict=True):
+    for kk, val in zip(range(1, 9), psd, strict=True):
         sel = [power[i, j] for i in range(16) for j in range(16)
                if round(np.hypot(min(i, 16 - i), min(j, 16 - j))) == kk]  # fmt: skip
         assert val == pytest.approx(np.mean(sel))
     # white noise: flat spectrum at the variance
     big = rng.standard_normal((8, 64, 64))
     kk, p = pm.radial_psd(big)
-    assert np.allclose(p[kk >= 4], 1.0, atol=0.15)  # few modes (noisy) below k = 4
+    assert np.allclose(p[kk >= 4 / 64], 1.0, atol=0.15)  # few modes (noisy) below k = 4
+
+
+def test_radial_psd_non_square_bins_physical_wavenumber():
+    # a plane wave of 1/8 cycle per pixel along each axis of a 32 x 64 grid: both must land in
+    # the same annulus k = 1/8 (per-axis cycles per domain would put them at 4 and 8)
+    h, w = 32, 64
+    y, x = np.mgrid[0:h, 0:w]
+    for wave in (np.cos(2 * np.pi * y / 8), np.cos(2 * np.pi * x / 8)):
+        k, p = pm.radial_psd(wave)
+        assert len(k) == 16 and k[-1] == 0.5
+        assert k[np.argmax(p)] == pytest.approx(1 / 8)
+    # white noise stays flat at its variance on a non-square grid
+    noise = np.random.default_rng(5).standard_normal((8, 48, 96))
+    k, p = pm.radial_psd(noise)
+    assert np.allclose(p[k >= 4 / 48], 1.0, atol=0.15)
+    # each annulus averages the modes whose |k| (both axes, cycles per pixel) rounds to it
+    power = (np.abs(np.fft.fft2(noise)) ** 2 / (48 * 96)).mean(0)
+    kabs = np.hypot(np.fft.fftfreq(48)[:, None], np.fft.fftfreq(96)[None, :])
+    for j in (3, 10, 24):
+        sel = np.rint(kabs * 48) == j
+        assert p[j - 1] == pytest.approx(power[sel].mean())
 
 
 def test_psd_dex_error_band():
