@@ -15,6 +15,9 @@ projected onto ``{x : A x = y}`` in every reverse step). What is medical-specifi
   ``A z = 2 y - A 1``.
 - :class:`SliceTV`: a 3-D volume from a 2-D prior (DiffusionMBIR): slices are denoised as a
   batch and the estimate gets a total-variation proximal step along the slice axis.
+- :class:`ClampDenoised`: the denoised estimate clipped to the images' known range before
+  the data step (guided-diffusion's ``clip_denoised``); the sample returned is still the
+  data projection, so data consistency is unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "CGPinv",
     "AffineData",
     "SliceTV",
+    "ClampDenoised",
     "tv1d_prox",
     "posterior_reconstruct",
 ]
@@ -174,6 +178,20 @@ class SliceTV(nn.Module):
         return tv1d_prox(d, self.weight, dim=0, iters=self.iters)
 
 
+class ClampDenoised(nn.Module):
+    """``D(x, sigma).clamp(lo, hi)``: the denoised estimate kept in the prior's data range
+    (images in ``[0, 1]`` are ``[-1, 1]`` for the prior, :class:`AffineData`)."""
+
+    def __init__(self, denoiser: nn.Module, lo: float = -1.0, hi: float = 1.0) -> None:
+        super().__init__()
+        if not lo < hi:
+            raise ValueError(f"need lo < hi, got {lo}, {hi}")
+        self.denoiser, self.lo, self.hi = denoiser, float(lo), float(hi)
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        return self.denoiser(x, sigma, cond).clamp(self.lo, self.hi)
+
+
 @torch.no_grad()
 def posterior_reconstruct(
     prior: nn.Module,
@@ -192,6 +210,7 @@ def posterior_reconstruct(
     method: str = "hard_dc",
     noise_std: float = 0.0,
     sigma_data: float = 0.5,
+    clip_denoised: bool = False,
 ) -> Tensor:
     """Posterior samples ``(samples, *shape)`` in image space for ``y = A x + n``.
 
@@ -204,7 +223,9 @@ def posterior_reconstruct(
       (:class:`DPS`), for noisy data of std ``noise_std`` (image units).
     - ``"prox"``: proximal data step on the denoised estimate (:class:`ProximalDataStep`).
 
-    ``wrap`` modifies the prior before the data step (e.g. :class:`SliceTV`).
+    ``wrap`` modifies the prior before the data step (e.g. :class:`SliceTV`);
+    ``clip_denoised`` then clamps its estimate to the image range ``[0, 1]``
+    (:class:`ClampDenoised`) before the data step.
     """
     if method not in ("hard_dc", "dps", "prox"):
         raise ValueError(f"method must be 'hard_dc', 'dps' or 'prox', got {method!r}")
@@ -213,6 +234,8 @@ def posterior_reconstruct(
     dev = y.device
     y_model = AffineData.data(op, y, shape)
     den = prior if wrap is None else wrap(prior)
+    if clip_denoised:
+        den = ClampDenoised(den)
     sig = karras(steps, sigma_min, sigma_max)
     opts = {"eta": eta} if sampler in ("ddim", "euler_ancestral") else {}
     s_model = 2 * noise_std  # z = 2 x - 1 doubles the noise

@@ -185,7 +185,8 @@ class MedicalTask:
                 sampler=s["sampler"], steps=s["steps"], sigma_min=s["sigma_min"],
                 sigma_max=s["sigma_max"], eta=s["eta"], generator=generator,
                 method=d["method"], noise_std=d["noise_std"],
-                sigma_data=cfg["model"]["sigma_data"]).cpu())  # fmt: skip
+                sigma_data=cfg["model"]["sigma_data"],
+                clip_denoised=s["clip_denoised"]).cpu())  # fmt: skip
         return torch.cat(chunks, 1), (time.perf_counter() - t0) / shape[0]
 
     def infer(self, cfg: Mapping[str, Any], model: nn.Module, data_dir: Path, out_dir: Path, *,
@@ -254,7 +255,8 @@ class MedicalTask:
         y = op.complete((op.measured * k)[:, None]).to(device)
         s, weight = cfg["sampling"], cfg["volume"]["z_tv_weight"]
         common = dict(samples=s["samples"], sampler=s["sampler"], steps=s["steps"],
-                      sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], eta=s["eta"])  # fmt: skip
+                      sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], eta=s["eta"],
+                      clip_denoised=s["clip_denoised"])  # fmt: skip
         g_state = generator.get_state()
         flat = posterior_reconstruct(model, op, y, (z, 1, h, w), generator=generator, **common)
         generator.set_state(g_state)  # same noise for both: the comparison isolates the prior

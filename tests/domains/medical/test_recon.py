@@ -12,6 +12,7 @@ from diffsci.domains.medical import ct, mri
 from diffsci.domains.medical.recon import (
     AffineData,
     CGPinv,
+    ClampDenoised,
     RealImageMRI,
     SliceTV,
     posterior_reconstruct,
@@ -76,7 +77,8 @@ def test_tv1d_prox_limits_and_optimality():
     assert obj(v) < obj(u)
 
 
-def test_posterior_samples_meet_mri_data_exactly():
+@pytest.mark.parametrize("clip", [False, True])
+def test_posterior_samples_meet_mri_data_exactly(clip):
     shape = (16, 16)
 
     class Flat(torch.nn.Module):  # exact denoiser of an isotropic Gaussian prior (std 0.5)
@@ -89,10 +91,22 @@ def test_posterior_samples_meet_mri_data_exactly():
     k = mri.fft2c(x)
     y = op.complete(op.measured * k)
     s = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), samples=3, steps=10,
-                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+                              generator=torch.Generator().manual_seed(0),
+                              clip_denoised=clip)  # fmt: skip
     assert s.shape == (3, 2, 1, *shape)
     assert float(op.measured_residual(s.flatten(0, 1), k.repeat(3, 1, 1, 1)).max()) < 1e-5
     assert float(s.std(0).mean()) > 1e-3  # the samples differ off the data
+
+
+def test_clamp_denoised_keeps_the_estimate_in_range():
+    den = ClampDenoised(lambda x, s, c=None: 3 * x)
+    x = torch.linspace(-1, 1, 9).reshape(1, 1, 3, 3)
+    out = den(x, torch.ones(1))
+    assert float(out.min()) == -1.0 and float(out.max()) == 1.0
+    inside = (3 * x).abs() <= 1
+    torch.testing.assert_close(out[inside], 3 * x[inside])
+    with pytest.raises(ValueError, match="lo < hi"):
+        ClampDenoised(den, 1.0, -1.0)
 
 
 def test_slice_tv_smooths_along_slices_only():
