@@ -72,6 +72,27 @@ def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def training_record(workdir: str) -> dict[str, Any] | None:
+    """Steps and seconds of the training run behind ``model.pt`` (from its checkpoint log, so
+    a run resumed from a checkpoint still reports the whole training), and its events."""
+    from pathlib import Path
+
+    ck = Path(workdir) / "checkpoints"
+    rows = [json.loads(line) for line in (ck / "metrics.jsonl").read_text().splitlines()
+            if line.strip()] if (ck / "metrics.jsonl").is_file() else []  # fmt: skip
+    if not rows:
+        return None
+    events = ck / "events.jsonl"
+    return {
+        "last_logged_step": rows[-1]["step"],
+        "train_seconds": rows[-1]["elapsed"],
+        "final_loss": rows[-1]["loss"],
+        "events": [json.loads(x) for x in events.read_text().splitlines() if x.strip()]
+        if events.is_file()
+        else [],
+    }
+
+
 def main() -> None:
     p = domain_parser("medical")
     p.add_argument("--tune-baselines", action="store_true",
@@ -121,6 +142,7 @@ def main() -> None:
         "bars": bars,
         "all_bars_met": all(bars.values()),
         "seconds": times,
+        "training": training_record(a.workdir),
     }
     write_result("medical", results, config=cfg, seed=cfg["seed"])
     print(json.dumps({"margins_dB": results["margins_dB"], "bars": bars}, indent=1))
