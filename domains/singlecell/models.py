@@ -2,16 +2,31 @@
 
 Population diffusion (PerturbDiff-style)
 ----------------------------------------
-One sample is a whole population: a set of ``N`` cells in a PCA latent ``(N, d)``. The
-denoiser :class:`PopulationNet` is a transformer over three kinds of tokens: one summary token
-(noise level + perturbation embedding + the control population's mean and spread), the ``M``
-control cells of the same cell type (the condition: a set encoding the model can read for a
-cell type it never saw perturbed) and the ``N`` noisy perturbed cells. Every cell attends to
-every other, so a population-level hidden factor (a batch effect shared by all cells of a
-population) can be represented: each sampled population is one draw of it. The diffused
-variable is the perturbed population *relative to the control mean* (translation-equivariant
-in the latent), and the network sees the absolute control mean only through the summary
-token.
+One sample is a whole population: a set of ``N`` cells in a PCA latent ``(N, d)``. Each
+perturbed cell is written as a control cell (its *anchor*) plus a displacement, and the
+diffused variable is the set of displacements ``Y = X - A``: the population is ``A + Y`` with
+``A`` ``N`` control cells of the same cell type. Training data are unpaired, so the pairing is
+made by optimal transport: each perturbed population is matched one-to-one to its anchors by
+the minimum total squared distance (:func:`ot_pairing`; translation-invariant, so a shared
+shift does not change the matching and cells pair by their baseline state). Sampling draws
+anchors from the control cells and samples ``Y`` given them, so the identity (``Y = 0``) and
+the mean shift (``Y`` = a constant) are easy for the network to represent, and a response that
+depends on each cell's baseline state (visible in its anchor) is a per-token function.
+
+:class:`PopulationDenoiser` writes the denoiser as ``D(Y, sigma) = m + K(Y - m, sigma)``: ``m``
+is a learned per-perturbation *linear* response of each anchor (zero at initialisation), the
+first-order, per-cell generalisation of the mean shift; ``K`` is the core's
+Karras-preconditioned :class:`PopulationNet` for the rest (the hidden factor, non-linear
+gains, the spread). At large sigma ``D`` is ``m``, so ``m`` is what the denoising loss fits
+there (the conditional mean); in a pilot it carried a cell-dependent response to the held-out
+cell type that the transformer alone (without ``m``) shrank towards the training average.
+
+The network :class:`PopulationNet` is a transformer over three kinds of tokens: one summary
+token (noise level + perturbation embedding + the control population's mean and spread), the
+``M`` control cells (the condition: a set encoding the model can read for a cell type it never
+saw perturbed) and the ``N`` noisy displacement tokens, each carrying its anchor. Every token
+attends to every other, so a population-level hidden factor (a batch effect shared by all
+cells of a population) can be represented: each sampled population is one draw of it.
 
 Lineage diffusion (HDTree-style)
 --------------------------------
@@ -50,6 +65,8 @@ from diffsci.core.networks import MLPDenoiser, SinusoidalEmbedding
 
 __all__ = [
     "PopulationNet",
+    "PopulationDenoiser",
+    "ot_pairing",
     "TreeCodebook",
     "LineageDiffusion",
     "SingleCellModel",
@@ -57,12 +74,33 @@ __all__ = [
 ]
 
 
-class PopulationNet(nn.Module):
-    """Transformer denoiser of a perturbed population given its control population.
+def ot_pairing(cells: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Optimal-transport pairing of a population with as many anchors (control cells).
 
-    ``net(x, noise_level, cond)`` with ``x`` ``(B, N, dim)`` (perturbed cells minus the control
-    mean), ``cond = {"control": (B, M, dim), "perturbation": (B,) long}``; returns
-    ``(B, N, dim)``. The output layer is zero-initialised.
+    Returns ``perm`` such that ``cells[perm[j]]`` is paired with ``anchors[j]`` and the total
+    squared euclidean distance ``sum_j |cells[perm[j]] - anchors[j]|^2`` is minimal (scipy's
+    ``linear_sum_assignment``). The matching does not change when ``cells`` are translated.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    cells, anchors = np.asarray(cells, np.float64), np.asarray(anchors, np.float64)
+    if cells.ndim != 2 or cells.shape != anchors.shape:
+        raise ValueError(f"ot_pairing needs two (n, d) arrays, got {cells.shape}, {anchors.shape}")
+    cost = ((cells[:, None] - anchors[None]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty(len(cells), dtype=int)
+    perm[cols] = rows
+    return perm
+
+
+class PopulationNet(nn.Module):
+    """Transformer denoiser of a perturbed population's displacements from its anchors.
+
+    ``net(x, noise_level, cond)`` with ``x`` ``(B, N, dim)`` (each perturbed cell minus its
+    anchor), ``cond = {"control": (B, M, dim), "anchor": (B, N, dim), "perturbation": (B,)
+    long}`` (module docstring); returns ``(B, N, dim)``. Equivariant to permutations of the
+    (displacement, anchor) pairs, invariant to permutations of the control cells. The output
+    layer is zero-initialised.
     """
 
     def __init__(self, dim: int, *, n_perturbations: int, width: int = 128, depth: int = 3,
@@ -76,6 +114,8 @@ class PopulationNet(nn.Module):
         self.summary = nn.Sequential(nn.Linear(2 * dim, width), nn.SiLU(), nn.Linear(width, width))
         self.ctrl_in = nn.Linear(dim, width)
         self.x_in = nn.Linear(dim, width)
+        self.anchor_in = nn.Sequential(nn.Linear(2 * dim, width), nn.SiLU(),
+                                       nn.Linear(width, width))  # fmt: skip
         self.kind = nn.Parameter(torch.randn(2, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)  # fmt: skip
@@ -85,23 +125,79 @@ class PopulationNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, noise_level: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        if not isinstance(cond, Mapping) or {"control", "perturbation"} - set(cond):
-            raise ValueError("PopulationNet needs cond={'control': (B,M,d), 'perturbation': (B,)}")
-        c, p = cond["control"].to(x.dtype), cond["perturbation"].long()
-        if x.dim() != 3 or x.shape[2] != self.dim or c.shape[0] != x.shape[0]:
-            raise ValueError(f"PopulationNet: x {tuple(x.shape)} / control {tuple(c.shape)}")
+    def check_cond(self, x: Tensor, cond: Any) -> None:
+        """``ValueError`` unless ``cond`` fits ``x`` (keys, shapes, perturbation range)."""
+        if not isinstance(cond, Mapping) or {"control", "anchor", "perturbation"} - set(cond):
+            raise ValueError("PopulationNet needs cond={'control': (B,M,d), 'anchor': (B,N,d), "
+                             "'perturbation': (B,)}")  # fmt: skip
+        c, a, p = cond["control"], cond["anchor"], cond["perturbation"]
+        if x.dim() != 3 or x.shape[2] != self.dim or c.shape[0] != x.shape[0] or a.shape != x.shape:
+            raise ValueError(f"PopulationNet: x {tuple(x.shape)} / control {tuple(c.shape)} / "
+                             f"anchor {tuple(a.shape)}")  # fmt: skip
         if p.min() < 0 or p.max() >= self.n_perturbations:
             raise ValueError(f"perturbation index out of range [0, {self.n_perturbations})")
+
+    def forward(self, x: Tensor, noise_level: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        self.check_cond(x, cond)
+        c, a, p = (
+            cond["control"].to(x.dtype),
+            cond["anchor"].to(x.dtype),
+            cond["perturbation"].long(),
+        )
         b = x.shape[0]
         nl = noise_level.reshape(-1).expand(b) if noise_level.numel() == 1 else noise_level
         mu = c.mean(1)
         emb = self.noise(nl) + self.pert(p) + self.summary(torch.cat([mu, c.std(1)], -1))
         ctrl = self.ctrl_in(c - mu[:, None]) + self.kind[0] + emb[:, None]
-        h = self.x_in(x) + self.kind[1] + emb[:, None]
+        anc = self.anchor_in(torch.cat([a, a - mu[:, None]], -1))
+        h = self.x_in(x) + anc + self.kind[1] + emb[:, None]
         tokens = torch.cat([emb[:, None], ctrl, h], 1)
         out = self.encoder(tokens)[:, 1 + c.shape[1] :]
         return self.out(self.out_norm(out))
+
+
+class PopulationDenoiser(nn.Module):
+    """``D(x, sigma | cond) = m(cond) + K(x - m(cond), sigma | cond)`` (module docstring).
+
+    ``K`` is :class:`~diffsci.core.denoisers.KarrasDenoiser` around ``net``; ``m`` the
+    per-perturbation linear map ``[a, a - mean(control)] W_p + b_p`` of every anchor ``a``,
+    zero-initialised. ``loss_weight``, ``sigma_data`` and ``train_sigma`` are ``K``'s.
+    """
+
+    def __init__(self, net: PopulationNet, *, sigma_data: float = 0.5,
+                 train_sigma: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.karras = KarrasDenoiser(net, sigma_data=sigma_data, train_sigma=train_sigma)
+        d, k = net.dim, net.n_perturbations
+        self.weight = nn.Parameter(torch.zeros(k, 2 * d, d))
+        self.bias = nn.Parameter(torch.zeros(k, d))
+
+    @property
+    def net(self) -> PopulationNet:
+        return self.karras.net
+
+    @property
+    def sigma_data(self) -> float:
+        return self.karras.sigma_data
+
+    @property
+    def train_sigma(self) -> Any:
+        return self.karras.train_sigma
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        return self.karras.loss_weight(sigma)
+
+    def linear_response(self, cond: Mapping[str, Tensor]) -> Tensor:
+        """``m``: the linear response of every anchor, ``(B, N, dim)``."""
+        c, a = cond["control"], cond["anchor"]
+        p = cond["perturbation"].long()
+        feats = torch.cat([a, a - c.mean(1, keepdim=True)], -1)
+        return torch.einsum("bnf,bfd->bnd", feats, self.weight[p]) + self.bias[p][:, None]
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Mapping[str, Tensor]) -> Tensor:
+        self.net.check_cond(x, cond)
+        m = self.linear_response(cond).to(x.dtype)
+        return m + self.karras(x - m, sigma, cond)
 
 
 def tree_init(x: np.ndarray, time: np.ndarray, parent: list[int], *, seed: int = 0
@@ -279,7 +375,7 @@ class SingleCellModel(nn.Module):
     yields.
     """
 
-    def __init__(self, perturbation: KarrasDenoiser, lineage: LineageDiffusion, *,
+    def __init__(self, perturbation: nn.Module, lineage: LineageDiffusion, *,
                  lineage_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         self.perturbation = perturbation
@@ -287,8 +383,8 @@ class SingleCellModel(nn.Module):
         self.lineage_weight = float(lineage_weight)
 
     def forward(self, batch: Mapping[str, Tensor], rng: Any) -> dict[str, Tensor]:
-        lp = edm_loss(self.perturbation, batch["population"], rng,
-                      cond={"control": batch["control"], "perturbation": batch["perturbation"]})  # fmt: skip
+        cond = {k: batch[k] for k in ("control", "anchor", "perturbation")}
+        lp = edm_loss(self.perturbation, batch["population"], rng, cond=cond)
         cells = batch["cells"].flatten(0, 1)
         ll = self.lineage.loss(cells, batch["node0"].flatten(), batch["tau0"].flatten(), rng)
         return {"loss": lp + self.lineage_weight * ll, "loss_perturbation": lp.detach(),

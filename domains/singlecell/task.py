@@ -26,16 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from torch import Tensor, nn
 
-from diffsci.core.denoisers import KarrasDenoiser
+from diffsci.core.schedules import LogNormalSigma
 
 from . import io, metrics, pl, simulate, tl
-from .models import LineageDiffusion, PopulationNet, SingleCellModel, tree_init
+from .models import (
+    LineageDiffusion,
+    PopulationDenoiser,
+    PopulationNet,
+    SingleCellModel,
+    ot_pairing,
+    tree_init,
+)
 
-__all__ = ["SingleCellTask", "lineage_baselines", "perturbation_tables"]
+__all__ = ["SingleCellTask", "lineage_baselines", "perturbation_tables", "population_items"]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 KEY = "perturbation_latent"
@@ -136,6 +144,40 @@ def perturbation_tables(control: AnnData, truth: AnnData, preds: dict[str, AnnDa
     return table, extra
 
 
+def population_items(z_control: np.ndarray, control_types: np.ndarray, z_pert: np.ndarray,
+                     pert_types: np.ndarray, populations: np.ndarray, pert_index: list[int], *,
+                     n_control: int, seed: int) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """Training items of the population model from unpaired control and perturbed cells.
+
+    For every perturbed population (``populations`` labels its cells, all of one perturbation):
+    a condition of ``n_control`` control cells drawn (with replacement) with the population's
+    cell-type composition; ``N`` anchors (the condition itself when ``N == n_control``, else
+    ``N`` of its cells) paired with the perturbed cells by :func:`.models.ot_pairing`; the
+    target is the displacements ``cells[perm] - anchors``. Returns ``(displacements (P, N, d),
+    control (P, M, d), anchors (P, N, d), perturbation (P,))``.
+    """
+    rng = np.random.default_rng(seed)
+    pops, ctrls, anchors, pidx = [], [], [], []
+    labels = np.asarray(populations)
+    for pid in pd.unique(labels):
+        m = labels == pid
+        # condition: control cells with the population's cell-type composition
+        tt, cnt = np.unique(np.asarray(pert_types)[m], return_counts=True)
+        k = np.round(cnt / cnt.sum() * n_control).astype(int)
+        k[np.argmax(k)] += n_control - k.sum()
+        cs = np.concatenate([z_control[control_types == t][rng.choice(int((control_types == t).sum()), n)]
+                             for t, n in zip(tt, k, strict=True)])  # fmt: skip
+        cells = z_pert[m]
+        n = len(cells)
+        anc = cs if n == n_control else cs[rng.choice(n_control, n, replace=n > n_control)]
+        perm = ot_pairing(cells, anc)
+        pops.append(cells[perm] - anc)
+        ctrls.append(cs)
+        anchors.append(anc)
+        pidx.append(pert_index[int(np.flatnonzero(m)[0])])
+    return np.stack(pops), np.stack(ctrls), np.stack(anchors), np.asarray(pidx)
+
+
 class SingleCellTask:
     """Perturbation response (population diffusion) and lineage (tree-codebook diffusion)."""
 
@@ -201,8 +243,9 @@ class SingleCellTask:
                                    layers=m["lineage_layers"],
                                    sigma_data=m["lineage_sigma_data"], tau_grid=m["tau_grid"],
                                    em_after=m["em_after"])  # fmt: skip
-        return SingleCellModel(KarrasDenoiser(net, sigma_data=m["sigma_data"]), lineage,
-                               lineage_weight=m["lineage_weight"])  # fmt: skip
+        den = PopulationDenoiser(net, sigma_data=m["sigma_data"],
+                                 train_sigma=LogNormalSigma(m["train_sigma_mean"], 1.2))  # fmt: skip
+        return SingleCellModel(den, lineage, lineage_weight=m["lineage_weight"])
 
     def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
         data_dir = Path(data_dir)
@@ -212,21 +255,12 @@ class SingleCellTask:
         perts = list(map(str, control.uns[KEY]["perturbations"]))
         zc = tl.encode(control, control, what=str(data_dir / "control.h5ad"))
         zp = tl.encode(train, control, what=str(data_dir / "train_perturbed.h5ad"))
-        rng = np.random.default_rng(seed + 3)
-        ctype = control.obs["cell_type"].astype(str).values
-        pops, ctrls, pidx = [], [], []
-        for pid in train.obs["population"].unique():
-            m = (train.obs["population"] == pid).values
-            # condition: control cells with the population's cell-type composition
-            comp = train.obs["cell_type"].values[m].astype(str)
-            tt, cnt = np.unique(comp, return_counts=True)
-            k = np.round(cnt / cnt.sum() * c["n_control"]).astype(int)
-            k[np.argmax(k)] += c["n_control"] - k.sum()
-            cs = np.concatenate([zc[ctype == t][rng.choice(int((ctype == t).sum()), n)]
-                                 for t, n in zip(tt, k, strict=True)])  # fmt: skip
-            pops.append(zp[m] - cs.mean(0))
-            ctrls.append(cs)
-            pidx.append(perts.index(str(train.obs["perturbation"].values[m][0])))
+        items = population_items(zc, control.obs["cell_type"].astype(str).values, zp,
+                                 train.obs["cell_type"].astype(str).values,
+                                 train.obs["population"].values,
+                                 [perts.index(str(q)) for q in train.obs["perturbation"].values],
+                                 n_control=c["n_control"], seed=seed + 3)  # fmt: skip
+        pops, ctrls, anchors, pidx = items
         kr = _read(data_dir / "krumsiek11.h5ad")
         x = io.dense(kr.X)
         parent = self.build_model(cfg).lineage.codebook.parent
@@ -237,8 +271,9 @@ class SingleCellTask:
         cell_idx = (np.arange(n * per) % len(x)).reshape(n, per)
         cell_idx = np.random.default_rng(seed + 4).permutation(len(x))[cell_idx]
         return _Items({
-            "population": torch.as_tensor(np.stack(pops), dtype=torch.float32),
-            "control": torch.as_tensor(np.stack(ctrls), dtype=torch.float32),
+            "population": torch.as_tensor(pops, dtype=torch.float32),
+            "control": torch.as_tensor(ctrls, dtype=torch.float32),
+            "anchor": torch.as_tensor(anchors, dtype=torch.float32),
             "perturbation": torch.as_tensor(pidx, dtype=torch.long),
             "cells": torch.as_tensor(x[cell_idx], dtype=torch.float32),
             "node0": torch.as_tensor(node0[cell_idx], dtype=torch.long),

@@ -12,9 +12,11 @@ from diffsci.core.schedules import karras
 from diffsci.core.training import TrainConfig, train
 from diffsci.domains.singlecell.models import (
     LineageDiffusion,
+    PopulationDenoiser,
     PopulationNet,
     SingleCellModel,
     TreeCodebook,
+    ot_pairing,
     tree_init,
 )
 
@@ -28,15 +30,23 @@ def _net():
 
 def test_population_net_symmetries():
     net = _net().eval()
-    x, c = torch.randn(2, 5, 3), torch.randn(2, 7, 3)
-    cond = {"control": c, "perturbation": torch.tensor([0, 1])}
-    out = net(x, torch.zeros(2), cond)
+    x, a, c = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.randn(2, 7, 3)
+    p = torch.tensor([0, 1])
+    out = net(x, torch.zeros(2), {"control": c, "anchor": a, "perturbation": p})
     assert out.shape == x.shape
-    perm = torch.randperm(5)
-    torch.testing.assert_close(net(x[:, perm], torch.zeros(2), cond), out[:, perm])
-    cperm = {"control": c[:, torch.randperm(7)], "perturbation": cond["perturbation"]}
+    perm = torch.randperm(5)  # (displacement, anchor) pairs permuted together
+    torch.testing.assert_close(
+        net(x[:, perm], torch.zeros(2), {"control": c, "anchor": a[:, perm], "perturbation": p}),
+        out[:, perm], atol=1e-5, rtol=1e-5)  # fmt: skip
+    cperm = {"control": c[:, torch.randperm(7)], "anchor": a, "perturbation": p}
     torch.testing.assert_close(net(x, torch.zeros(2), cperm), out, atol=1e-5, rtol=1e-5)
-    other = {"control": c, "perturbation": torch.tensor([1, 0])}
+    # the anchors are read: swapping two anchors (not their displacements) changes the output
+    swap = a.clone()
+    swap[:, [0, 1]] = a[:, [1, 0]]
+    assert not torch.allclose(
+        net(x, torch.zeros(2), {"control": c, "anchor": swap, "perturbation": p})[:, 0], out[:, 0]
+    )
+    other = {"control": c, "anchor": a, "perturbation": torch.tensor([1, 0])}
     assert not torch.allclose(net(x, torch.zeros(2), other), out)
 
 
@@ -44,41 +54,96 @@ def test_population_net_bad_cond():
     net = _net()
     with pytest.raises(ValueError, match="cond"):
         net(torch.randn(1, 2, 3), torch.zeros(1), None)
+    with pytest.raises(ValueError, match="anchor"):
+        net(torch.randn(1, 2, 3), torch.zeros(1),
+            {"control": torch.randn(1, 2, 3), "perturbation": torch.tensor([0])})  # fmt: skip
     with pytest.raises(ValueError, match="out of range"):
         net(torch.randn(1, 2, 3), torch.zeros(1),
-            {"control": torch.randn(1, 2, 3), "perturbation": torch.tensor([5])})  # fmt: skip
+            {"control": torch.randn(1, 2, 3), "anchor": torch.randn(1, 2, 3),
+             "perturbation": torch.tensor([5])})  # fmt: skip
 
 
-def test_population_model_learns_a_control_dependent_shift():
-    """Perturbed population = control population shifted by a * mean(control) (a depends on
-    the perturbation): after training, sampled populations of an unseen control location have
-    the right mean (a wrong conditioning or centring fails this)."""
-    g = torch.Generator().manual_seed(0)
-    n, m, d = 12, 12, 2
-    a = torch.tensor([0.5, -0.5])
-    mus = torch.randn(256, 1, d, generator=g) * 1.0
-    ctrl = mus + 0.2 * torch.randn(256, m, d, generator=g)
-    p = torch.arange(256) % 2
-    pert = mus + 0.2 * torch.randn(256, n, d, generator=g) + a[p].reshape(-1, 1, 1) * mus
-    rel = pert - ctrl.mean(1, keepdim=True)
-    torch.manual_seed(0)
-    den = KarrasDenoiser(PopulationNet(d, n_perturbations=2, width=32, depth=2, heads=2),
-                         sigma_data=0.5)  # fmt: skip
+def test_population_denoiser_is_linear_response_plus_karras():
+    net = _net()
+    den = PopulationDenoiser(net, sigma_data=0.5)
+    x, a, c = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.randn(2, 7, 3)
+    cond = {"control": c, "anchor": a, "perturbation": torch.tensor([0, 1])}
+    sig = torch.tensor([0.3, 2.0])
+    karras = KarrasDenoiser(net, sigma_data=0.5)
+    torch.testing.assert_close(den(x, sig, cond), karras(x, sig, cond))  # m = 0 at init
+    with torch.no_grad():
+        den.weight.normal_()
+        den.bias.normal_()
+    feats = torch.cat([a, a - c.mean(1, keepdim=True)], -1)
+    m = torch.stack([feats[b] @ den.weight[k] + den.bias[k] for b, k in enumerate([0, 1])])
+    torch.testing.assert_close(den.linear_response(cond), m)
+    torch.testing.assert_close(den(x, sig, cond), m + karras(x - m, sig, cond))
+    assert den.loss_weight(sig).tolist() == karras.loss_weight(sig).tolist()
+    with pytest.raises(ValueError, match="anchor"):
+        den(x, sig, {"control": c, "perturbation": torch.tensor([0, 1])})
+
+
+def test_ot_pairing_is_optimal_and_translation_invariant():
+    from itertools import permutations
+
+    rng = np.random.default_rng(0)
+    cells, anchors = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+    perm = ot_pairing(cells, anchors)
+    assert sorted(perm) == list(range(6))
+    cost = ((cells[perm] - anchors) ** 2).sum()
+    brute = min(((cells[list(q)] - anchors) ** 2).sum() for q in permutations(range(6)))
+    assert cost == pytest.approx(brute)
+    np.testing.assert_array_equal(ot_pairing(cells + np.array([5.0, -3.0]), anchors), perm)
+    # a shuffled, shifted copy of the anchors pairs every cell with its own anchor
+    shuffle = rng.permutation(6)
+    np.testing.assert_array_equal(shuffle[ot_pairing(anchors[shuffle] + 2.0, anchors)],
+                                  np.arange(6))  # fmt: skip
+    with pytest.raises(ValueError, match="two"):
+        ot_pairing(cells, anchors[:5])
+
+
+def test_population_model_learns_a_cell_dependent_response():
+    """Every perturbed cell moves by ``a_p * (its own first coordinate)``. Trained on unpaired
+    populations (OT-paired by :func:`population_items`), the populations sampled for an unseen
+    control location must have that location's response (the average shift of the training
+    populations is 0: a model that ignored its condition would miss it)."""
     from diffsci.core.denoisers import edm_loss
+    from diffsci.domains.singlecell.task import population_items
 
-    data = torch.utils.data.TensorDataset(rel, ctrl, p)
-    res = train(den, lambda mod, b, rng: edm_loss(mod, b[0], rng, cond={"control": b[1],
-                                                                           "perturbation": b[2]}),
-                data, TrainConfig(steps=250, batch_size=32, lr=3e-3, ema_decay=0.95,
+    g = np.random.default_rng(0)
+    n, d, pops = 12, 2, 256
+    a = np.array([1.0, -0.5])
+    mus = g.normal(0, 1.0, (pops, 1, d))
+    types = np.repeat(np.arange(pops), 2 * n).astype(str)
+    ctrl = (mus + 0.2 * g.normal(size=(pops, 2 * n, d))).reshape(-1, d)
+    base = mus + 0.2 * g.normal(size=(pops, n, d))
+    p = np.arange(pops) % 2
+    pert = base.copy()
+    pert[..., 1] += a[p][:, None] * base[..., 0]
+    labels = np.repeat(np.arange(pops), n)
+    disp, c, anchors, pidx = population_items(
+        ctrl, types, pert.reshape(-1, d), np.repeat(np.arange(pops), n).astype(str), labels,
+        list(np.repeat(p, n)), n_control=n, seed=0)  # fmt: skip
+    assert disp.shape == (pops, n, d) and anchors.shape == (pops, n, d)
+    np.testing.assert_array_equal(pidx, p)
+    torch.manual_seed(0)
+    den = PopulationDenoiser(PopulationNet(d, n_perturbations=2, width=32, depth=2, heads=2),
+                             sigma_data=0.5)  # fmt: skip
+    data = torch.utils.data.TensorDataset(*(torch.as_tensor(v, dtype=torch.float32)
+                                            for v in (disp, c, anchors)), torch.as_tensor(pidx))  # fmt: skip
+    res = train(den, lambda mod, b, rng: edm_loss(mod, b[0], rng, cond={
+        "control": b[1], "anchor": b[2], "perturbation": b[3]}),
+                data, TrainConfig(steps=300, batch_size=32, lr=3e-3, ema_decay=0.95,
                                   progress=False))  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
     mu = torch.tensor([[0.8, -0.6]])
-    c = mu + 0.2 * torch.randn(8, m, d, generator=g)
+    c = mu + 0.2 * torch.randn(8, n, d, generator=gen)
     for k in (0, 1):
-        out = sample(res.ema, (8, n, d), karras(20), sampler="heun",
-                     cond={"control": c, "perturbation": torch.full((8,), k)}, generator=g)  # fmt: skip
-        got = (out + c.mean(1, keepdim=True)).mean((0, 1))
-        want = mu[0] * (1 + a[k])
-        assert torch.allclose(got, want, atol=0.2), (k, got, want)
+        out = sample(res.ema, (8, n, d), karras(20), sampler="heun", generator=gen,
+                     cond={"control": c, "anchor": c, "perturbation": torch.full((8,), k)})  # fmt: skip
+        got = (out + c).mean((0, 1))
+        want = torch.tensor([0.8, -0.6 + a[k] * 0.8], dtype=got.dtype)
+        assert torch.allclose(got, want, atol=0.15), (k, got, want)
 
 
 def test_tree_codebook_paths():
@@ -121,8 +186,9 @@ def test_joint_model_forward_returns_both_losses():
 
     lin = LineageDiffusion(4, depth=1, branching=2, hidden=8, layers=1, em_after=1)
     net = PopulationNet(3, n_perturbations=2, width=8, depth=1, heads=2)
-    model = SingleCellModel(KarrasDenoiser(net), lin)
+    model = SingleCellModel(PopulationDenoiser(net), lin)
     batch = {"population": torch.randn(2, 5, 3), "control": torch.randn(2, 4, 3),
+             "anchor": torch.randn(2, 5, 3),
              "perturbation": torch.tensor([0, 1]), "cells": torch.rand(2, 3, 4),
              "node0": torch.zeros(2, 3, dtype=torch.long), "tau0": torch.rand(2, 3)}  # fmt: skip
     rng = ShardedRNG(torch.Generator().manual_seed(0))

@@ -8,9 +8,8 @@ import pytest
 import torch
 from anndata import AnnData
 
-from diffsci.core.denoisers import KarrasDenoiser
 from diffsci.domains.singlecell import tl
-from diffsci.domains.singlecell.models import LineageDiffusion, PopulationNet
+from diffsci.domains.singlecell.models import LineageDiffusion, PopulationDenoiser, PopulationNet
 
 
 def _control(n=40, g=12, seed=0):
@@ -38,7 +37,7 @@ def test_fit_latent_roundtrip_and_copy():
 
 def _model(d):
     torch.manual_seed(0)
-    return KarrasDenoiser(PopulationNet(d, n_perturbations=2, width=16, depth=1, heads=2))
+    return PopulationDenoiser(PopulationNet(d, n_perturbations=2, width=16, depth=1, heads=2))
 
 
 def test_predict_perturbation_outputs_and_leaves_input_alone():
@@ -56,6 +55,34 @@ def test_predict_perturbation_outputs_and_leaves_input_alone():
     warm = tl.predict_perturbation(a, _model(4), perturbation="P1", cell_type="B", n_samples=2,
                                    n_cells=4, n_control=6, steps=3, start_sigma=0.5)  # fmt: skip
     assert warm.uns["predict_perturbation"]["start_sigma"] == 0.5 and warm.n_obs == 8
+
+
+class _NoResponse(torch.nn.Module):
+    """A denoiser whose every population has zero displacement from its anchors."""
+
+    def forward(self, x, sigma, cond=None):
+        return torch.zeros_like(x)
+
+
+def test_predict_perturbation_cells_are_anchors_plus_displacement():
+    """Zero displacement: every predicted cell is one of the cell type's control cells, in all
+    genes (not only in the latent), and its latent is that cell's encoding."""
+    a = _control()
+    tl.fit_latent(a, n_comps=4, perturbations=["P1"])
+    out = tl.predict_perturbation(a, _NoResponse(), perturbation="P1", cell_type="A",
+                                  n_samples=3, n_cells=6, n_control=6, steps=4)  # fmt: skip
+    ctrl = a[a.obs["cell_type"] == "A"]
+    dist = ((out.X[:, None] - ctrl.X[None]) ** 2).sum(-1)
+    assert np.allclose(dist.min(1), 0.0, atol=1e-8)
+    np.testing.assert_allclose(out.obsm["X_latent"], tl.encode(ctrl, a)[dist.argmin(1)],
+                               atol=1e-5)  # fmt: skip
+    # n_cells != n_control: anchors drawn among the condition's cells
+    more = tl.predict_perturbation(a, _NoResponse(), perturbation="P1", cell_type="A",
+                                   n_samples=2, n_cells=9, n_control=4, steps=3)  # fmt: skip
+    assert more.n_obs == 18
+    for k in range(2):
+        cells = more[more.obs["sample"] == f"sample{k}"].X
+        assert len(np.unique(cells, axis=0)) <= 4
 
 
 @pytest.mark.parametrize("kw, err, match", [
