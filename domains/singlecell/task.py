@@ -243,7 +243,7 @@ class SingleCellTask:
                                    layers=m["lineage_layers"],
                                    sigma_data=m["lineage_sigma_data"], tau_grid=m["tau_grid"],
                                    em_after=m["em_after"])  # fmt: skip
-        den = PopulationDenoiser(net, sigma_data=m["sigma_data"],
+        den = PopulationDenoiser(net, sigma_data=m["sigma_data"], linear=m["linear_response"],
                                  train_sigma=LogNormalSigma(m["train_sigma_mean"], 1.2))  # fmt: skip
         return SingleCellModel(den, lineage, lineage_weight=m["lineage_weight"])
 

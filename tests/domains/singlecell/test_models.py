@@ -66,6 +66,7 @@ def test_population_net_bad_cond():
 def test_population_denoiser_is_linear_response_plus_karras():
     net = _net()
     den = PopulationDenoiser(net, sigma_data=0.5)
+    assert isinstance(den.weight, torch.nn.Parameter)
     x, a, c = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.randn(2, 7, 3)
     cond = {"control": c, "anchor": a, "perturbation": torch.tensor([0, 1])}
     sig = torch.tensor([0.3, 2.0])
@@ -73,14 +74,42 @@ def test_population_denoiser_is_linear_response_plus_karras():
     torch.testing.assert_close(den(x, sig, cond), karras(x, sig, cond))  # m = 0 at init
     with torch.no_grad():
         den.weight.normal_()
-        den.bias.normal_()
-    feats = torch.cat([a, a - c.mean(1, keepdim=True)], -1)
-    m = torch.stack([feats[b] @ den.weight[k] + den.bias[k] for b, k in enumerate([0, 1])])
+    feats = torch.cat([a, a - c.mean(1, keepdim=True), torch.ones(2, 5, 1)], -1)
+    m = torch.stack([feats[b] @ den.weight[k] for b, k in enumerate([0, 1])])
     torch.testing.assert_close(den.linear_response(cond), m)
     torch.testing.assert_close(den(x, sig, cond), m + karras(x - m, sig, cond))
     assert den.loss_weight(sig).tolist() == karras.loss_weight(sig).tolist()
     with pytest.raises(ValueError, match="anchor"):
         den(x, sig, {"control": c, "perturbation": torch.tensor([0, 1])})
+    with pytest.raises(ValueError, match="linear"):
+        PopulationDenoiser(net, linear="adam")
+
+
+def test_population_denoiser_least_squares_linear_response():
+    """``fit_linear`` accumulated over batches is the ridge solution on all of them (numpy),
+    per perturbation, and recovers an exactly linear response."""
+    torch.manual_seed(0)
+    den = PopulationDenoiser(_net(), linear="lstsq", ridge=1e-6)
+    assert "weight" in dict(den.named_buffers())
+    w_true = torch.randn(2, 7, 3, dtype=torch.float64)
+    batches = []
+    for _ in range(4):
+        a, c = torch.randn(16, 5, 3), torch.randn(16, 6, 3)
+        cond = {"control": c, "anchor": a, "perturbation": torch.arange(16) % 2}
+        feats = den.features(cond).double()
+        y = torch.einsum("bnf,bfd->bnd", feats, w_true[cond["perturbation"]]).float()
+        y = y + 0.1 * torch.randn_like(y)
+        den.fit_linear(y, cond)
+        batches.append((feats, y, cond["perturbation"]))
+    for k in (0, 1):
+        f = torch.cat([fb[pb == k].flatten(0, 1) for fb, _, pb in batches]).numpy()
+        t = torch.cat([yb[pb == k].flatten(0, 1) for _, yb, pb in batches]).double().numpy()
+        want = np.linalg.lstsq(f, t, rcond=None)[0]
+        np.testing.assert_allclose(den.weight[k].double().numpy(), want, atol=1e-4)
+        np.testing.assert_allclose(want, w_true[k].numpy(), atol=0.15)
+    sgd = PopulationDenoiser(_net(), linear="sgd")
+    sgd.fit_linear(y, cond)  # no-op
+    assert (sgd.weight == 0).all()
 
 
 def test_ot_pairing_is_optimal_and_translation_invariant():
