@@ -22,6 +22,8 @@ import json
 from typing import Any
 
 from benchmarks._common import domain_parser, read_config, run_stages, write_result
+from diffsci.core.task import TaskPaths
+from diffsci.core.training import training_log
 
 #: validation grids: POCS-TV's initial and final TV weights, TV-iterative's weight and
 #: iteration count (it is not run to convergence: the count regularises too)
@@ -70,27 +72,6 @@ def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
     out["zero-filled PSNR median (dB)"] = median_psnr(baselines.zero_filled(k, op).abs())
     out["FBP PSNR median (dB)"] = median_psnr(ct.fbp(sino, radon))
     return out
-
-
-def training_record(workdir: str) -> dict[str, Any] | None:
-    """Steps and seconds of the training run behind ``model.pt`` (from its checkpoint log, so
-    a run resumed from a checkpoint still reports the whole training), and its events."""
-    from pathlib import Path
-
-    ck = Path(workdir) / "checkpoints"
-    rows = [json.loads(line) for line in (ck / "metrics.jsonl").read_text().splitlines()
-            if line.strip()] if (ck / "metrics.jsonl").is_file() else []  # fmt: skip
-    if not rows:
-        return None
-    events = ck / "events.jsonl"
-    return {
-        "last_logged_step": rows[-1]["step"],
-        "train_seconds": rows[-1]["elapsed"],
-        "final_loss": rows[-1]["loss"],
-        "events": [json.loads(x) for x in events.read_text().splitlines() if x.strip()]
-        if events.is_file()
-        else [],
-    }
 
 
 def main() -> None:
@@ -142,7 +123,7 @@ def main() -> None:
         "bars": bars,
         "all_bars_met": all(bars.values()),
         "seconds": times,
-        "training": training_record(a.workdir),
+        "training": training_log(TaskPaths(a.workdir).checkpoints),
     }
     write_result("medical", results, config=cfg, seed=cfg["seed"])
     print(json.dumps({"margins_dB": results["margins_dB"], "bars": bars}, indent=1))

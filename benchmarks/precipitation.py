@@ -34,6 +34,8 @@ from pathlib import Path
 
 from benchmarks._common import domain_parser, read_config, run_stages, write_result
 from diffsci.core.stages import validate_config
+from diffsci.core.task import TaskPaths
+from diffsci.core.training import training_log
 
 LIMIT_GB = 4.0
 
@@ -173,6 +175,7 @@ def main() -> None:
             "rank_histogram_sw_on": runs["sw_on"]["summary"]["rank histogram"],
             "rank_histogram_sw_off": runs["sw_off"]["summary"]["rank histogram"],
             "stage_seconds": times,
+            "training": {n: training_log(TaskPaths(work / n).checkpoints) for n in runs},
         },
         "bars": bars,
     }

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from benchmarks._common import domain_parser, read_config, run_stages, write_result
+from diffsci.core.task import TaskPaths
+from diffsci.core.training import training_log
 
 
 def edistance_crosscheck(seed: int = 0) -> dict[str, float]:
@@ -58,6 +60,7 @@ def main() -> None:
         "edistance_crosscheck": xc,
         "tables": tables,
         "seconds": times,
+        "training": training_log(TaskPaths(a.workdir).checkpoints),
     }
     write_result("singlecell", results, config=cfg, seed=int(cfg.get("seed", 0)))
     print(json.dumps({"bars_met": bars, "perturbation_mean": mean, "lineage": lin}, indent=1))

@@ -57,6 +57,7 @@ __all__ = [
     "TrainingInterrupted",
     "load_checkpoint",
     "train",
+    "training_log",
 ]
 
 _FORMAT = "diffsci.training/1"
@@ -414,6 +415,21 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
             if isinstance(rec, dict) and rec.get("step", math.inf) <= upto:
                 out.append(rec)
     return out
+
+
+def training_log(ckpt_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What a checkpoint folder says about the run behind it: the last logged step, its
+    elapsed seconds and loss (from ``metrics.jsonl``, which survives resumes, so a run that
+    resumed a finished checkpoint still reports the whole training) and the interruption and
+    resume events (``events.jsonl``). ``None`` when nothing was logged."""
+    ck = Path(ckpt_dir)
+    rows = _read_metrics(ck / "metrics.jsonl", math.inf)
+    if not rows:
+        return None
+    events = _read_metrics(ck / "events.jsonl", math.inf)
+    last = rows[-1]
+    return {"last_logged_step": last["step"], "train_seconds": last.get("elapsed"),
+            "final_loss": last.get("loss"), "events": events}  # fmt: skip
 
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:

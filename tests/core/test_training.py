@@ -23,6 +23,7 @@ from diffsci.core.training import (
     TrainingInterrupted,
     load_checkpoint,
     train,
+    training_log,
 )
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
@@ -385,3 +386,17 @@ def test_ddp_torchrun_matches_single_process(tmp_path):
     for ra, rb in zip(a["history"], ref.history, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
         assert ra["sigma_mean"] == pytest.approx(rb["sigma_mean"], abs=1e-6)
+
+
+def test_training_log_reports_the_whole_run_across_a_resume(tmp_path):
+    """A run trained in two pieces: the log reports the last step of the whole run, its
+    elapsed time and loss, and the resume event; a folder without a log gives None."""
+    ck = tmp_path / "ck"
+    train(_mlp(), _denoise_loss, _data(), _cfg(10, ckpt_dir=str(ck)))
+    train(_mlp(), _denoise_loss, _data(), _cfg(20, ckpt_dir=str(ck)))
+    rows = [json.loads(x) for x in (ck / "metrics.jsonl").read_text().splitlines()]
+    log = training_log(ck)
+    assert log["last_logged_step"] == 20 == rows[-1]["step"]
+    assert log["train_seconds"] == rows[-1]["elapsed"] and log["final_loss"] == rows[-1]["loss"]
+    assert [(e["event"], e["step"]) for e in log["events"]] == [("resumed", 10)]
+    assert training_log(tmp_path / "missing") is None
