@@ -69,6 +69,7 @@ __all__ = [
     "PopulationNet",
     "PopulationDenoiser",
     "ot_pairing",
+    "anchor_index",
     "TreeCodebook",
     "LineageDiffusion",
     "SingleCellModel",
@@ -93,6 +94,15 @@ def ot_pairing(cells: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     perm = np.empty(len(cells), dtype=int)
     perm[cols] = rows
     return perm
+
+
+def anchor_index(n_control: int, n_cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Which of a population's ``n_control`` condition cells serve as its ``n_cells`` anchors:
+    all of them in order when the counts match (no draw), else a draw from ``rng`` (with
+    replacement only when ``n_cells > n_control``). Training and sampling both use this."""
+    if n_cells == n_control:
+        return np.arange(n_cells)
+    return rng.choice(n_control, n_cells, replace=n_cells > n_control)
 
 
 class PopulationNet(nn.Module):

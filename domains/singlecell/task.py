@@ -39,6 +39,7 @@ from .models import (
     PopulationDenoiser,
     PopulationNet,
     SingleCellModel,
+    anchor_index,
     ot_pairing,
     tree_init,
 )
@@ -169,7 +170,7 @@ def population_items(z_control: np.ndarray, control_types: np.ndarray, z_pert: n
                              for t, n in zip(tt, k, strict=True)])  # fmt: skip
         cells = z_pert[m]
         n = len(cells)
-        anc = cs if n == n_control else cs[rng.choice(n_control, n, replace=n > n_control)]
+        anc = cs[anchor_index(n_control, n, rng)]
         perm = ot_pairing(cells, anc)
         pops.append(cells[perm] - anc)
         ctrls.append(cs)

@@ -20,6 +20,7 @@ from anndata import AnnData
 from torch import nn
 
 from .io import check_finite, dense, require_obs_value
+from .models import anchor_index
 
 __all__ = [
     "fit_latent",
@@ -146,8 +147,7 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
     xc = _genes_of(ctrl, genes, "control adata").astype(np.float64)
     gen = np.random.default_rng(seed)
     take = np.stack([gen.choice(len(zc), n_control) for _ in range(n_samples)])
-    pick = np.arange(n_cells)[None].repeat(n_samples, 0) if n_cells == n_control else np.stack(
-        [gen.choice(n_control, n_cells, replace=n_cells > n_control) for _ in range(n_samples)])  # fmt: skip
+    pick = np.stack([anchor_index(n_control, n_cells, gen) for _ in range(n_samples)])
     anchor_idx = np.take_along_axis(take, pick, 1)
     den = _population_denoiser(model).to(device).eval()
     g = torch.Generator().manual_seed(seed)
