@@ -24,6 +24,8 @@ __all__ = [
     "LogNormalSigma",
     "LogUniformSigma",
     "UniformTimeSigma",
+    "DiscreteSigma",
+    "refiner_levels",
 ]
 
 
@@ -236,3 +238,42 @@ class UniformTimeSigma:
             return torch.special.expm1(0.5 * (self.bmax - self.bmin) * t**2 + self.bmin * t).sqrt()
         t = self.eps_t + (self.t_max - self.eps_t) * u
         return t / (1 - t)
+
+
+def refiner_levels(k: int, *, sigma_min: float, sigma_max: float = 80.0) -> list[float]:
+    """PDE-Refiner's noise levels (Lippe et al. 2023): ``sigma_max`` then ``sigma_min**(j/k)``.
+
+    Level 0 (``sigma_max``) makes the denoiser a one-shot regression of the clean sample from
+    the condition; levels ``1..k`` decay geometrically from ``sigma_min**(1/k)`` to
+    ``sigma_min`` and refine ever smaller-amplitude (in practice higher-frequency) content.
+    The same list, followed by 0, is the sampling schedule (``torch.tensor(levels + [0.0])``).
+    """
+    _check_n(k)
+    if not 0 < sigma_min < 1:
+        raise ValueError(f"sigma_min must be in (0, 1), got {sigma_min}")
+    if sigma_max <= sigma_min ** (1 / k):
+        raise ValueError(f"sigma_max={sigma_max} must exceed the first refinement level")
+    return [float(sigma_max)] + [float(sigma_min ** (j / k)) for j in range(1, k + 1)]
+
+
+class DiscreteSigma:
+    """Training sigmas drawn from a fixed set of ``levels`` with probabilities ``probs``.
+
+    For samplers that only ever visit those levels, e.g. :func:`refiner_levels`, where
+    PDE-Refiner trains each level with equal probability; ``probs`` (default uniform) can put
+    more weight on the regression level.
+    """
+
+    def __init__(self, levels: list[float], probs: list[float] | None = None) -> None:
+        if not levels or any(s <= 0 for s in levels):
+            raise ValueError(f"levels must be a non-empty list of positive sigmas, got {levels}")
+        p = [1.0] * len(levels) if probs is None else list(probs)
+        if len(p) != len(levels) or any(v < 0 for v in p) or sum(p) <= 0:
+            raise ValueError(f"probs must be {len(levels)} non-negative weights, got {probs}")
+        self.levels = torch.tensor(levels, dtype=torch.float64)
+        self.cdf = torch.tensor(p, dtype=torch.float64).cumsum(0) / sum(p)
+
+    def __call__(self, n: int, rng, *, device=None) -> Tensor:
+        u = rng.rand((n,), device=device, dtype=torch.float64)
+        idx = torch.searchsorted(self.cdf.to(u.device), u, right=True).clamp_max(len(self.cdf) - 1)
+        return self.levels.to(u.device)[idx].float()

@@ -34,7 +34,7 @@ from diffsci.core.networks import UNet
 from diffsci.core.operators import LinearOperator
 from diffsci.core.posterior import DPS, DataConsistency, ProximalDataStep
 from diffsci.core.samplers import get_sampler
-from diffsci.core.schedules import LogNormalSigma, karras
+from diffsci.core.schedules import DiscreteSigma, LogNormalSigma, karras, refiner_levels
 
 from .io import read_pdebench, write_pdebench
 from .simulators import burgers_1d, periodic_grid, random_initial_conditions
@@ -112,6 +112,22 @@ class TrajectoryChunks(torch.utils.data.Dataset):
         return {"x": x, "cond": c}
 
 
+def _refiner(m: Mapping[str, Any]) -> list[float]:
+    return refiner_levels(m["refiner_k"], sigma_min=m["refiner_sigma_min"],
+                          sigma_max=m["refiner_sigma_max"])  # fmt: skip
+
+
+def sampling_sigmas(cfg: Mapping[str, Any]) -> Tensor:
+    """Sampling schedule of every sampler run (forecast, assimilation, event study): the
+    training levels for ``model.sigma_schedule: refiner`` (PDE-Refiner: a regression step,
+    then one refinement per level; the model has seen no other sigma), else Karras
+    ``sampling.steps`` from ``sampling.sigma_max`` to ``sampling.sigma_min``."""
+    m, s = cfg["model"], cfg["sampling"]
+    if m["sigma_schedule"] == "refiner":
+        return torch.tensor(_refiner(m) + [0.0], dtype=torch.float64)
+    return karras(s["steps"], s["sigma_min"], s["sigma_max"])
+
+
 def grid_multiple(cfg: Mapping[str, Any]) -> int:
     """Trajectory sizes (nt and nx) the model can serve are multiples of this number."""
     m = cfg["model"]
@@ -181,7 +197,11 @@ class PDETask:
     def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
         m = cfg["model"]
         ch = 4 ** m["level"]
-        train_sigma = LogNormalSigma(m["p_mean"], m["p_std"])
+        if m["sigma_schedule"] == "refiner":
+            k = len(_refiner(m)) - 1
+            train_sigma = DiscreteSigma(_refiner(m), [m["refiner_regression_weight"]] + [1.0] * k)
+        else:
+            train_sigma = LogNormalSigma(m["p_mean"], m["p_std"])
         if m.get("backbone", "unet") == "fno":
             from .fno import FNODenoiserNet
 
@@ -236,7 +256,7 @@ class PDETask:
         mask[:, 0] = 1
         op = FrameMask(mask, wavelet=m["wavelet"], level=m["level"])
         den = DataConsistency(model, op, (traj0 * mask) / scale)
-        sig = karras(s["steps"], s["sigma_min"], s["sigma_max"])
+        sig = sampling_sigmas(cfg)
         x = torch.randn(cond.shape, generator=generator, dtype=cond.dtype) * float(sig[0])
         with tqdm(total=s["steps"], disable=not progress, desc="forecast") as bar:
             out = get_sampler(s["sampler"])(den, x.to(u0.device), sig, cond=cond,
@@ -434,7 +454,7 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
     ch, k = 4 ** m["level"], 2 ** m["level"]
     shape = (e["n_samples"], ch, d["nt"] // k, nx // k)
     null = torch.zeros(shape, device=device)
-    sig = karras(s["steps"], s["sigma_min"], s["sigma_max"])
+    sig = sampling_sigmas(cfg)
 
     def run(den) -> Tensor:
         out = []
@@ -557,7 +577,7 @@ def assimilate(model: nn.Module, y: Tensor, mask: Tensor, cond: Tensor, *, cfg: 
         den = DPS(model, op, y / scale, noise_std=noise_std / scale, sigma_data=m["sigma_data"])
     else:
         den = ProximalDataStep(model, op, y / scale, noise_std=noise_std / scale, lam=1.0)
-    sig = karras(s["steps"], s["sigma_min"], s["sigma_max"])
+    sig = sampling_sigmas(cfg)
     x = torch.randn(cond.shape, generator=generator, dtype=cond.dtype) * float(sig[0])
     out = get_sampler(s["sampler"])(den, x.to(cond.device), sig, cond=cond, generator=generator)
     return decode(out, scale=scale, wavelet=m["wavelet"], level=m["level"])

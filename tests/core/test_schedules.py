@@ -235,9 +235,34 @@ def test_uniform_time_sigma_flow_and_vp() -> None:
         S.UniformTimeSigma("ve")
 
 
+def test_refiner_levels_follow_pde_refiner() -> None:
+    # PDE-Refiner: level 0 is the regression level, then sigma_min**(j/k) for j = 1..k.
+    lv = S.refiner_levels(3, sigma_min=1e-3, sigma_max=80.0)
+    assert lv == pytest.approx([80.0, 0.1, 0.01, 0.001])
+    assert S.check_sigmas(torch.tensor(lv + [0.0], dtype=torch.float64)) is not None
+    with pytest.raises(ValueError, match="sigma_min"):
+        S.refiner_levels(3, sigma_min=2.0)
+    with pytest.raises(ValueError, match="sigma_max"):
+        S.refiner_levels(1, sigma_min=0.5, sigma_max=0.4)
+
+
+def test_discrete_sigma_frequencies() -> None:
+    levels, probs = [80.0, 0.1, 0.01], [2.0, 1.0, 1.0]
+    sig = S.DiscreteSigma(levels, probs)(N_TRAIN, _rng()).double()
+    for lv, p in zip(levels, probs, strict=True):
+        frac = (sig - lv).abs().lt(1e-6 * lv).double().mean().item()
+        assert abs(frac - p / sum(probs)) < 0.01  # SE <= 0.0016
+    assert bool(torch.isin(sig, torch.tensor(levels, dtype=torch.float64).float().double()).all())
+    with pytest.raises(ValueError, match="probs"):
+        S.DiscreteSigma(levels, [1.0, 1.0])
+    with pytest.raises(ValueError, match="levels"):
+        S.DiscreteSigma([1.0, -1.0])
+
+
 def test_training_sigma_sharded_ranks_tile_global_draw() -> None:
     """Two ranks with the same seed get the two halves of the single-process draw."""
-    for sampler in (S.LogNormalSigma(), S.LogUniformSigma(), S.UniformTimeSigma("flow")):
+    for sampler in (S.LogNormalSigma(), S.LogUniformSigma(), S.UniformTimeSigma("flow"),
+                    S.DiscreteSigma([80.0, 0.1, 0.01])):  # fmt: skip
         full = sampler(64, _rng(5))
         halves = [sampler(32, _rng(5, rank=r, world_size=2)) for r in range(2)]
         assert torch.equal(torch.cat(halves), full)

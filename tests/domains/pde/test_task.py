@@ -103,6 +103,24 @@ def test_fno_backbone_serves_any_even_grid_and_uses_the_training_sigmas():
     assert den(x, torch.ones(2), torch.zeros_like(x)).shape == x.shape
 
 
+def test_refiner_schedule_trains_and_samples_on_the_same_levels():
+    from diffsci.core.schedules import DiscreteSigma
+    from diffsci.domains.pde.task import sampling_sigmas
+
+    cfg = _cfg(backbone="fno", modes=[4, 4], width=8, depth=2, sigma_schedule="refiner",
+               refiner_k=2, refiner_sigma_min=0.01, refiner_regression_weight=2.0)  # fmt: skip
+    den = PDETask().build_model(cfg)
+    assert isinstance(den.train_sigma, DiscreteSigma)
+    assert den.train_sigma.levels.tolist() == pytest.approx([80.0, 0.1, 0.01])
+    assert den.train_sigma.cdf.tolist() == pytest.approx([0.5, 0.75, 1.0])
+    assert sampling_sigmas(cfg).tolist() == pytest.approx([80.0, 0.1, 0.01, 0.0])
+    # the default stays the EDM log-normal training and a Karras sampling schedule
+    cfg = _cfg()
+    cfg["sampling"].update(steps=5, sigma_min=0.002, sigma_max=80.0)
+    sig = sampling_sigmas(cfg)
+    assert len(sig) == 6 and sig[0] == 80.0 and sig[-1] == 0.0
+
+
 class _Zero(torch.nn.Module):
     """Denoiser that always returns 0: the null-condition prior then never reaches the event."""
 
