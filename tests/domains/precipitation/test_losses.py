@@ -61,3 +61,39 @@ def test_downscaling_loss_terms():
     assert float(on["loss"]) == pytest.approx(float(off["loss"] + 0.5 * on["sw"]), rel=1e-5)
     on["loss"].backward()
     assert all(p.grad is not None for p in m.regression.parameters())
+
+
+def test_sw_only_on_noise_levels_up_to_sigma_max():
+    # two images at sigma 0.05 and two at 2.0: sw_sigma_max=0.2 compares the first two only
+    torch.manual_seed(0)
+    m = DownscalingModel(3, residual=True, channels=[8, 16], attention_levels=[False, False])
+    sig = torch.tensor([0.05, 2.0, 0.05, 2.0])
+    m.denoiser.train_sigma = lambda n, rng, device=None: sig.to(device)
+    y, c = torch.randn(4, 1, 16, 16), torch.randn(4, 3, 16, 16)
+    out = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_weight=1.0,
+                           sw_sigma_max=0.2)  # fmt: skip
+    noise = ShardedRNG(torch.Generator().manual_seed(0)).randn(y.shape)
+    with torch.no_grad():
+        mean, full = m.condition(c)
+        x0 = y - mean
+        d = m.denoiser(x0 + sig.reshape(-1, 1, 1, 1) * noise, sig, full)
+        keep = sig <= 0.2
+        want = sw_regulariser(d[keep] + mean[keep], y[keep])
+    assert float(out["sw"]) == pytest.approx(float(want), rel=1e-5)
+    none = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_weight=1.0,
+                            sw_sigma_max=0.01)  # fmt: skip
+    assert float(none["sw"]) == 0.0
+
+
+def test_pixel_sw1_is_exact_w1_per_image():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g) * 2 + 1
+    want = np.mean([np.mean(np.abs(np.sort(x.ravel()) - np.sort(y.ravel())))
+                    for x, y in zip(a.numpy(), b.numpy(), strict=True)])  # fmt: skip
+    assert float(sw_regulariser(a, b, p=1)) == pytest.approx(want, rel=1e-5)
+    m = DownscalingModel(3, residual=True, channels=[8, 16], attention_levels=[False, False])
+    y, c = torch.randn(2, 1, 16, 16), torch.randn(2, 3, 16, 16)
+    kw = dict(sw_weight=1.0, sw_sigma_max=1e9)
+    w1 = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_p=1, **kw)
+    w2 = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), **kw)
+    assert 0 < float(w1["sw"]) <= float(w2["sw"]) + 1e-7  # W1 <= W2 (Jensen)
