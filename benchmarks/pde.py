@@ -6,8 +6,9 @@ Runs the generic stages (the same code as the Snakemake rules) twice:
    <= FNO overall and >= 10% lower over the last quarter of frames); both must beat persistence.
 2. ``multires``: train on 32 + 64, evaluate on 64 and 128 (bar: error at 128 <= 1.5x at 64).
 
-Usage: ``python -m benchmarks.pde [--config benchmarks/configs/pde.yaml] [--steps N]``.
-Writes ``benchmarks/results/pde.json``; work files go to ``benchmarks/work/pde`` (ignored).
+Usage: ``python -m benchmarks.pde [--config benchmarks/configs/pde.yaml] [--steps N]
+[--workdir DIR] [--result-name NAME]``. Writes ``benchmarks/results/<NAME>.json`` (default
+``pde``); work files go to ``benchmarks/work/pde`` (ignored).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def _run(cfg: dict, workdir: Path) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    a = domain_parser("pde", reuse_model=False).parse_args()  # --steps: both models
+    p = domain_parser("pde", reuse_model=False)  # --steps: both models
+    p.add_argument("--result-name", default="pde", help="benchmarks/results/<name>.json")
+    a = p.parse_args()
     _, base = read_config(a, "pde")
 
     single = copy.deepcopy(base)
@@ -74,7 +77,9 @@ def main() -> None:
         "all_bars_met": all(bars.values()),
         "seconds": {"single": t_s, "multires": t_m},
     }
-    write_result("pde", results, config={"single": single, "multires": multi}, seed=base["seed"])
+    write_result(
+        a.result_name, results, config={"single": single, "multires": multi}, seed=base["seed"]
+    )
     print(json.dumps(bars, indent=1))
 
 
