@@ -198,8 +198,9 @@ class PDETask:
         m = cfg["model"]
         ch = 4 ** m["level"]
         if m["sigma_schedule"] == "refiner":
-            k = len(_refiner(m)) - 1
-            train_sigma = DiscreteSigma(_refiner(m), [m["refiner_regression_weight"]] + [1.0] * k)
+            levels = _refiner(m)
+            weights = [m["refiner_regression_weight"]] + [1.0] * (len(levels) - 1)
+            train_sigma = DiscreteSigma(levels, weights)
         else:
             train_sigma = LogNormalSigma(m["p_mean"], m["p_std"])
         if m.get("backbone", "unet") == "fno":
@@ -258,7 +259,7 @@ class PDETask:
         den = DataConsistency(model, op, (traj0 * mask) / scale)
         sig = sampling_sigmas(cfg)
         x = torch.randn(cond.shape, generator=generator, dtype=cond.dtype) * float(sig[0])
-        with tqdm(total=s["steps"], disable=not progress, desc="forecast") as bar:
+        with tqdm(total=len(sig) - 1, disable=not progress, desc="forecast") as bar:
             out = get_sampler(s["sampler"])(den, x.to(u0.device), sig, cond=cond,
                                             generator=generator, callback=lambda _: bar.update())  # fmt: skip
         u = decode(out, scale=scale, wavelet=m["wavelet"], level=m["level"])
