@@ -113,8 +113,11 @@ class TrajectoryChunks(torch.utils.data.Dataset):
 
 
 def _refiner(m: Mapping[str, Any]) -> list[float]:
-    return refiner_levels(m["refiner_k"], sigma_min=m["refiner_sigma_min"],
-                          sigma_max=m["refiner_sigma_max"])  # fmt: skip
+    try:
+        return refiner_levels(m["refiner_k"], sigma_min=m["refiner_sigma_min"],
+                              sigma_max=m["refiner_sigma_max"])  # fmt: skip
+    except ValueError as e:
+        raise ValueError(f"config model.refiner_*: {e}") from e
 
 
 def sampling_sigmas(cfg: Mapping[str, Any]) -> Tensor:

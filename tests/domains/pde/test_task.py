@@ -114,6 +114,9 @@ def test_refiner_schedule_trains_and_samples_on_the_same_levels():
     assert den.train_sigma.levels.tolist() == pytest.approx([80.0, 0.1, 0.01])
     assert den.train_sigma.cdf.tolist() == pytest.approx([0.5, 0.75, 1.0])
     assert sampling_sigmas(cfg).tolist() == pytest.approx([80.0, 0.1, 0.01, 0.0])
+    bad = _cfg(sigma_schedule="refiner", refiner_k=1, refiner_sigma_min=0.5, refiner_sigma_max=0.4)
+    with pytest.raises(ValueError, match="model.refiner_"):
+        PDETask().build_model(bad)
     # the default stays the EDM log-normal training and a Karras sampling schedule
     cfg = _cfg()
     cfg["sampling"].update(steps=5, sigma_min=0.002, sigma_max=80.0)
