@@ -28,6 +28,22 @@ EMD than ``W_2`` (0.033 vs 0.035; 0.037 without the regulariser) and a smaller
 99.9th-percentile error (0.74 vs 1.65 mm/h; 2.28 without); these pilot numbers are recorded
 in ``benchmarks/configs/precipitation.yaml``.
 
+Dry level (``sw_floor``, the task's ``loss.sw_clamp_dry``): the target has a point mass at the
+model-space value of 0 mm/h (``z_0 = -mean/std`` of ``log1p``; 61% of the benchmark's pixels),
+and decoding clamps everything below ``z_0`` to 0 mm/h. The sampler ends at ``sigma = 0`` with
+the denoised estimate, so no noise is left, but the denoiser does not return dry pixels
+exactly to ``z_0``: an error of only 0.014 above it decodes to more than 0.01 mm/h, and errors
+are symmetric, so about half of the dry pixels it touches turn into light rain. In the
+benchmark both models (regulariser on and off) left 46% of pixels below 0.01 mm/h against
+61% in the truth, and running the sampler from the data noised to ``sigma = 0.055`` already
+lost a fifth of the dry pixels (0.50 below 0.01 mm/h). Unclamped, the regulariser pays
+equally for dry pixels pushed below ``z_0`` (harmless: they decode to 0) and above it, so it
+does not remove that light rain. With ``sw_floor = z_0`` the denoised estimate is clamped at
+the dry level before the comparison: the regulariser compares the fields as they decode,
+values below ``z_0`` cost nothing and only the rain on dry ground is pushed down. In the
+benchmark (``W_1``, ``sigma <= 0.2``, weight 2) this took the on model to 56% of pixels below
+0.01 mm/h and its pixel EMD from 0.033 to 0.024 (0.037 without the regulariser).
+
 How this differs from WassDiff's code (``get_smld_loss_fn`` in its ``ncsn_utils/losses.py``):
 there the SWD is ``W_1`` (mean ``|sorted difference|``) over 100 random projections of the
 *batch* of flattened images (each image one point in ``R^(H W)``), at every noise level, and
@@ -95,7 +111,7 @@ def sw_regulariser(x0_hat: Tensor, target: Tensor, *, n_projections: int = 100, 
 
 def downscaling_loss(model, target: Tensor, cond: Tensor, rng, *, sw_weight: float = 0.0,
                      sw_projections: int = 100, sw_patch: int = 1, sw_sigma_max: float = 1.0,
-                     sw_p: float = 2) -> dict[str, Any]:  # fmt: skip
+                     sw_p: float = 2, sw_floor: float | None = None) -> dict[str, Any]:  # fmt: skip
     """One batch: ``{"loss", "regression_mse", "edm", "sw"}`` (the core loop logs the extras).
 
     The EDM term is written out here rather than calling :func:`diffsci.core.denoisers.edm_loss`
@@ -109,6 +125,10 @@ def downscaling_loss(model, target: Tensor, cond: Tensor, rng, *, sw_weight: flo
         Standardised target ``(B, 1, H, W)`` and conditioning ``(B, C, H, W)``.
     rng
         The loop's :class:`~diffsci.core.rng.ShardedRNG`.
+    sw_floor
+        If given, the denoised estimate is clamped from below at this model-space value (the
+        dry level, 0 mm/h) before the regulariser compares it with the target: decoding maps
+        everything below it to 0 mm/h, so the comparison is between the fields as decoded.
     """
     mean, full = model.condition(cond)
     reg = F.mse_loss(mean, target) if model.residual else target.new_zeros(())
@@ -123,6 +143,8 @@ def downscaling_loss(model, target: Tensor, cond: Tensor, rng, *, sw_weight: flo
         keep = sigma <= sw_sigma_max
         if bool(keep.any()):
             x0_hat = d[keep] + mean.detach()[keep]
+            if sw_floor is not None:
+                x0_hat = x0_hat.clamp_min(sw_floor)
             sw = sw_regulariser(x0_hat, target[keep], n_projections=sw_projections,
                                 patch=sw_patch, p=sw_p, rng=rng)  # fmt: skip
     total = reg + edm + sw_weight * sw

@@ -69,6 +69,7 @@ class PrecipitationTask:
 
     def __init__(self) -> None:
         self._loss_cfg: dict[str, Any] = {}
+        self._dry_level: float | None = None
 
     # ---------------------------------------------------------------- prepare
     def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
@@ -96,12 +97,21 @@ class PrecipitationTask:
         cond = norm.encode_condition(torch.from_numpy(inputs), torch.from_numpy(inv))
         target = norm.encode_target(torch.from_numpy(ds["output"].values[:, :1].astype(np.float32)))
         ds.close()
+        # model-space value of 0 mm/h: the regulariser's floor with loss.sw_clamp_dry
+        self._dry_level = float(norm.encode_target(torch.zeros(1)))
         return torch.utils.data.TensorDataset(target, cond)
 
     def loss(self, model: nn.Module, batch: Any, rng) -> dict[str, Tensor]:
         target, cond = batch
+        opts = dict(self._loss_cfg)
+        if opts.pop("sw_clamp_dry", False):
+            if self._dry_level is None:
+                raise RuntimeError(
+                    "loss.sw_clamp_dry needs the dry level: call train_dataset first"
+                )
+            opts["sw_floor"] = self._dry_level
         # random flips/transposes would break the fixed orography-rain link: none here
-        return downscaling_loss(model, target, cond, rng, **self._loss_cfg)
+        return downscaling_loss(model, target, cond, rng, **opts)
 
     # ---------------------------------------------------------------- inference
     def infer(self, cfg: Mapping[str, Any], model: nn.Module, data_dir: Path, out_dir: Path, *,

@@ -97,3 +97,32 @@ def test_pixel_sw1_is_exact_w1_per_image():
     w1 = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_p=1, **kw)
     w2 = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), **kw)
     assert 0 < float(w1["sw"]) <= float(w2["sw"]) + 1e-7  # W1 <= W2 (Jensen)
+
+
+def test_sw_floor_clamps_the_denoised_estimate_before_the_comparison():
+    # sw_floor: values of x0_hat below the dry level count as the dry level (they decode to
+    # 0 mm/h), so they cost nothing and get no gradient; values above it are compared as before
+    torch.manual_seed(0)
+    m = DownscalingModel(3, residual=True, channels=[8, 16], attention_levels=[False, False])
+    sig = torch.tensor([0.05, 0.1, 0.2])
+    m.denoiser.train_sigma = lambda n, rng, device=None: sig.to(device)
+    y, c = torch.randn(3, 1, 16, 16), torch.randn(3, 3, 16, 16)
+    floor = float(y.min()) + 1.0  # inside the targets' range: some pixels are clamped
+    kw = dict(sw_weight=1.0, sw_sigma_max=1e9, sw_p=1)
+    out = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_floor=floor,
+                           **kw)  # fmt: skip
+    noise = ShardedRNG(torch.Generator().manual_seed(0)).randn(y.shape)
+    with torch.no_grad():
+        mean, full = m.condition(c)
+        d = m.denoiser(y - mean + sig.reshape(-1, 1, 1, 1) * noise, sig, full)
+        x0_hat = d + mean
+        want = sw_regulariser(x0_hat.clamp_min(floor), y, p=1)
+        plain = sw_regulariser(x0_hat, y, p=1)
+    assert bool((x0_hat < floor).any())
+    assert float(out["sw"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(out["sw"]) != pytest.approx(float(plain), rel=1e-3)
+    # exact 1-D check of the clamped W1 against numpy
+    a = x0_hat.clamp_min(floor).numpy()
+    ref = np.mean([np.mean(np.abs(np.sort(u.ravel()) - np.sort(v.ravel())))
+                   for u, v in zip(a, y.numpy(), strict=True)])  # fmt: skip
+    assert float(out["sw"]) == pytest.approx(ref, rel=1e-5)

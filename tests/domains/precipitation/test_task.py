@@ -85,3 +85,35 @@ def test_bad_config_is_rejected(tmp_path):
     cfg = {**TINY, "sampling": {"sampler": "euler_ancestral"}}
     with pytest.raises(ValueError, match="sampling/sampler"):
         validate_config(cfg, get_task("precipitation").schema_path)
+
+
+def test_sw_clamp_dry_passes_the_dry_level_as_floor(tmp_path, monkeypatch):
+    import torch
+
+    from diffsci.core.stages import validate_config
+    from diffsci.domains.precipitation import task as task_mod
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"].update(n_train=4, n_test=1)
+    cfg["loss"].update(sw_clamp_dry=True)
+    t = task_mod.PrecipitationTask()
+    validate_config(cfg, t.schema_path)
+    t.prepare(cfg, tmp_path)
+    model = t.build_model(cfg)
+    seen = {}
+    monkeypatch.setattr(task_mod, "downscaling_loss", lambda *a, **kw: seen.update(kw) or {})
+    with pytest.raises(RuntimeError, match="sw_clamp_dry"):
+        t.loss(model, (None, None), None)
+    t.train_dataset(cfg, tmp_path)
+    t.loss(model, (None, None), None)
+    stats = json.loads((tmp_path / "stats.json").read_text())["output"]["tp"]
+    assert "sw_clamp_dry" not in seen
+    assert seen["sw_floor"] == pytest.approx((np.log1p(0.0) - stats["mean"]) / stats["std"])
+    norm = task_mod._normaliser(cfg, tmp_path)
+    # the floor decodes to 0 mm/h and anything below it too
+    assert float(norm.decode_target(torch.tensor([seen["sw_floor"] - 0.3]))) == 0.0
+    cfg["loss"]["sw_clamp_dry"] = False
+    seen.clear()
+    t.build_model(cfg)
+    t.loss(model, (None, None), None)
+    assert "sw_floor" not in seen and "sw_clamp_dry" not in seen
