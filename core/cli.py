@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         print(f"diffsci {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .training import CheckpointError  # torch-heavy: imported only here
+
+        if not isinstance(e, CheckpointError):
+            raise
+        print(f"diffsci {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

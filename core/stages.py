@@ -21,9 +21,12 @@ from .provenance import provenance, write_json_atomic
 from .task import Task, TaskPaths, get_task
 from .training import TrainConfig, train
 
-__all__ = ["load_config", "run_stage", "STAGES"]
+__all__ = ["load_config", "run_stage", "STAGES", "TRAINING_CONFIG_KEYS"]
 
 STAGES = ("prepare", "train", "infer", "evaluate", "report")
+#: Config keys whose values are saved with a training checkpoint and must match on resume (a
+#: task may name its own in ``training_config_keys``).
+TRAINING_CONFIG_KEYS = ("seed", "data", "model", "loss")
 
 
 def load_config(path: str | Path, task: Task) -> dict[str, Any]:
@@ -83,7 +86,9 @@ def run_train(task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bo
     data = task.train_dataset(cfg, paths.data)
     tcfg = TrainConfig(**{**cfg["train"], "seed": int(cfg.get("seed", 0)), "progress": progress,
                           "ckpt_dir": str(ckpt_dir or paths.checkpoints)})  # fmt: skip
-    result = train(model, task.loss, data, tcfg, device=_device(cfg))
+    keys = getattr(task, "training_config_keys", TRAINING_CONFIG_KEYS)
+    result = train(model, task.loss, data, tcfg, device=_device(cfg),
+                   settings={k: cfg[k] for k in keys if k in cfg})  # fmt: skip
     net = result.ema if result.ema is not None else result.model
     payload = {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                "step": result.step, "provenance": provenance(config=cfg, seed=cfg.get("seed"))}  # fmt: skip

@@ -52,7 +52,12 @@ class TaskPaths:
 
 @runtime_checkable
 class Task(Protocol):
-    """What a domain provides. ``cfg`` is the validated config mapping of the domain."""
+    """What a domain provides. ``cfg`` is the validated config mapping of the domain.
+
+    Optional attribute ``training_config_keys``: the config's top-level keys that shape the
+    trained weights besides ``train`` (default :data:`~diffsci.core.stages.TRAINING_CONFIG_KEYS`);
+    the train stage refuses to resume a checkpoint made under other values of them.
+    """
 
     name: str
     #: Path of the JSON schema (YAML) the config is validated against.

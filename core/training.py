@@ -520,6 +520,7 @@ def train(
     device: str | torch.device | None = None,
     resume: bool = True,
     metrics_path: str | os.PathLike | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` by minimising ``loss_fn``.
 
@@ -550,6 +551,12 @@ def train(
         ``step, loss, lr, grad_norm, samples_per_s, elapsed`` and the extra scalars, each a
         mean over the steps since the previous line. Appended across resumes (lines past the
         checkpoint's step are dropped); truncated on a fresh start.
+    settings
+        The caller's settings that shape the trained weights besides ``config`` (e.g. a
+        domain's model and data config), JSON-like. Saved in the checkpoint; resuming under
+        different settings is a :class:`CheckpointError` naming the keys that differ (the
+        architecture can be identical while, say, the noise schedule changed, and the
+        continued run would silently mix the two).
 
     Returns
     -------
@@ -562,8 +569,8 @@ def train(
     FloatingPointError
         On a non-finite loss or gradient norm (nothing is saved for that step).
     CheckpointError
-        If ``last.pt`` is unreadable or does not match the model or the config's
-        ``batch_size``/``seed`` or the dataset's length.
+        If ``last.pt`` is unreadable or does not match the model, the config's
+        ``batch_size``/``seed``, the dataset's length or ``settings``.
     ValueError
         If ``batch_size`` does not split evenly across DDP ranks.
     """
@@ -571,11 +578,33 @@ def train(
     rank, world, _, device = _setup_distributed(device)
     return _train(
         model, loss_fn, data, cfg, rank=rank, world=world, device=device,
-        resume=resume, metrics_path=metrics_path,
+        resume=resume, metrics_path=metrics_path, settings=_json_like(settings),
     )  # fmt: skip
 
 
-def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resume, metrics_path):
+def _json_like(obj: Any) -> Any:
+    """``obj`` as JSON would round-trip it (tuples -> lists), so saved and current compare."""
+    return None if obj is None else json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def _settings_diff(saved: Any, current: Any) -> list[str]:
+    a, b = _flat(saved), _flat(current)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    return [f"{k}: checkpoint {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}"
+            for k in keys]  # fmt: skip
+
+
+def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resume, metrics_path,
+           settings=None):  # fmt: skip
     ddp = world > 1
     local_bs = _local_batch(cfg.batch_size, world)
     try:
@@ -613,6 +642,14 @@ def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resum
                  for k in _STRICT_FIELDS if saved.get(k) != getattr(cfg, k)]  # fmt: skip
         if ckpt["n_data"] != n_data:
             diffs.append(f"dataset length: checkpoint {ckpt['n_data']} vs data {n_data}")
+        if settings is not None:
+            if ckpt.get("settings") is None:
+                warnings.warn(
+                    f"checkpoint {ckpt_path} records no settings, so it cannot be checked "
+                    "against the current ones", stacklevel=3,
+                )  # fmt: skip
+            else:
+                diffs += _settings_diff(ckpt["settings"], settings)
         if (ckpt["ema"] is None) != (ema is None):
             diffs.append(
                 f"ema_decay: checkpoint {saved.get('ema_decay')!r} vs config {cfg.ema_decay!r}"
@@ -620,8 +657,8 @@ def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resum
         if diffs:
             raise CheckpointError(
                 f"checkpoint {ckpt_path} was made with different settings, so continuing it would "
-                f"not reproduce the run: {'; '.join(diffs)}. Use another ckpt_dir, or resume=False "
-                "to start afresh."
+                f"not reproduce the run: {'; '.join(diffs)}. Use another ckpt_dir (or delete "
+                f"{ckpt_path.parent}), or resume=False, to start afresh."
             )
         soft = [f"{k} {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in _SOFT_FIELDS
                 if k in saved and _norm(saved[k]) != _norm(getattr(cfg, k))]  # fmt: skip
@@ -694,6 +731,7 @@ def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resum
                 "config": asdict(cfg),
                 "fingerprint": _fingerprint(base),
                 "n_data": n_data,
+                "settings": settings,
                 "world_size": world,
                 "elapsed": elapsed0 + time.perf_counter() - t_start,
                 "log_window": {"n": window_n, "sums": dict(window)},

@@ -216,6 +216,7 @@ class PDETask:
 
     name = "pde"
     schema_path = SCHEMA
+    training_config_keys = ("seed", "data", "model", "train_chunk")
 
     # ---------------------------------------------------------------- prepare
     def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:

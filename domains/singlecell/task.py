@@ -184,6 +184,7 @@ class SingleCellTask:
 
     name = "singlecell"
     schema_path = SCHEMA
+    training_config_keys = ("seed", "perturbation", "model")
 
     # ---------------------------------------------------------------- prepare
     def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:

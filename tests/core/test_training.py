@@ -194,6 +194,27 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
         train(_mlp(), _denoise_loss, _data(), _cfg(4, lr=1e-3, ckpt_dir=str(tmp_path)))
 
 
+def test_resume_under_other_settings_is_a_clear_error(tmp_path):
+    # Same architecture, different caller settings (e.g. the noise schedule): the weights
+    # would load, so only the recorded settings can tell that the run would be mixed.
+    a = {"model": {"sigma_max": 80.0, "modes": (8, 16)}, "seed": 0}
+    train(_mlp(), _denoise_loss, _data(), _cfg(3, ckpt_dir=str(tmp_path)), settings=a)
+    same = {"seed": 0, "model": {"modes": [8, 16], "sigma_max": 80.0}}  # JSON-equal
+    res = train(_mlp(), _denoise_loss, _data(), _cfg(4, ckpt_dir=str(tmp_path)), settings=same)
+    assert res.step == 4
+    b = {"model": {"sigma_max": 1000.0, "modes": (8, 16)}, "seed": 0}
+    with pytest.raises(CheckpointError, match=r"model\.sigma_max: checkpoint 80\.0 vs now 1000\.0"):
+        train(_mlp(), _denoise_loss, _data(), _cfg(6, ckpt_dir=str(tmp_path)), settings=b)
+    c = {"model": {"sigma_max": 80.0, "modes": (8, 16), "k": 3}, "seed": 0}
+    with pytest.raises(CheckpointError, match=r"model\.k: checkpoint '<absent>' vs now 3"):
+        train(_mlp(), _denoise_loss, _data(), _cfg(6, ckpt_dir=str(tmp_path)), settings=c)
+    # a checkpoint without settings (older runs) resumes with a warning
+    other = tmp_path / "old"
+    train(_mlp(), _denoise_loss, _data(), _cfg(3, ckpt_dir=str(other)))
+    with pytest.warns(UserWarning, match="records no settings"):
+        train(_mlp(), _denoise_loss, _data(), _cfg(4, ckpt_dir=str(other)), settings=a)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
     train(_mlp(), _denoise_loss, _data(), _cfg(3, ckpt_dir=str(tmp_path)))

@@ -41,6 +41,16 @@ def test_pde_pipeline_end_to_end(tmp_path):
     assert (res / "checkpoints" / "last.pt").is_file()
     for log in ("prepare", "train", "infer", "evaluate", "report"):
         assert (tmp_path / "logs" / "pde" / f"{log}.log").is_file()
+    # Retraining under another model setting must not silently continue the old checkpoint
+    # (same architecture, so the weights would load): a clear error, the model left as it was.
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY.read_text().replace("model:\n", "model:\n  sigma_data: 0.7\n"))
+    before = (res / "model.pt").read_bytes()
+    r = _cli("train", "--domain", "pde", "--config", str(other), "--workdir", str(res), "--quiet")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "model.sigma_data: checkpoint 0.5 vs now 0.7" in r.stderr
+    assert str(res / "checkpoints") in r.stderr
+    assert (res / "model.pt").read_bytes() == before
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
