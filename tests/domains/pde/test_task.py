@@ -171,7 +171,8 @@ def test_refiner_schedule_trains_and_samples_on_the_same_levels():
     from diffsci.domains.pde.task import sampling_sigmas
 
     cfg = _cfg(backbone="fno", modes=[4, 4], width=8, depth=2, sigma_schedule="refiner",
-               refiner_k=2, refiner_sigma_min=0.01, refiner_regression_weight=2.0)  # fmt: skip
+               refiner_k=2, refiner_sigma_min=0.01, refiner_sigma_max=80.0,
+               refiner_regression_weight=2.0)  # fmt: skip
     den = PDETask().build_model(cfg)
     assert isinstance(den.train_sigma, DiscreteSigma)
     assert den.train_sigma.levels.tolist() == pytest.approx([80.0, 0.1, 0.01])
