@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -95,7 +96,11 @@ def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
         if payload.get("provenance", {}).get("config") == cfg:
             stages.pop(1)
         else:
-            print(f"--reuse-model: {paths.model} was trained with another config; retraining")
+            # a fresh start: the checkpoint belongs to the other config (the train stage would
+            # refuse to resume it)
+            print(f"--reuse-model: {paths.model} was trained with another config; retraining "
+                  f"from scratch (removing {paths.checkpoints})")  # fmt: skip
+            shutil.rmtree(paths.checkpoints, ignore_errors=True)
     times: dict[str, float] = {}
     for name, fn in stages:
         t0 = time.perf_counter()

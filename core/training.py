@@ -643,11 +643,8 @@ def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resum
         if ckpt["n_data"] != n_data:
             diffs.append(f"dataset length: checkpoint {ckpt['n_data']} vs data {n_data}")
         if settings is not None:
-            if ckpt.get("settings") is None:
-                warnings.warn(
-                    f"checkpoint {ckpt_path} records no settings, so it cannot be checked "
-                    "against the current ones", stacklevel=3,
-                )  # fmt: skip
+            if ckpt.get("settings") is None:  # an older checkpoint: cannot be checked
+                diffs.append("settings: the checkpoint records none (made before they were saved)")
             else:
                 diffs += _settings_diff(ckpt["settings"], settings)
         if (ckpt["ema"] is None) != (ema is None):

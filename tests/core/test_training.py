@@ -208,10 +208,10 @@ def test_resume_under_other_settings_is_a_clear_error(tmp_path):
     c = {"model": {"sigma_max": 80.0, "modes": (8, 16), "k": 3}, "seed": 0}
     with pytest.raises(CheckpointError, match=r"model\.k: checkpoint '<absent>' vs now 3"):
         train(_mlp(), _denoise_loss, _data(), _cfg(6, ckpt_dir=str(tmp_path)), settings=c)
-    # a checkpoint without settings (older runs) resumes with a warning
+    # a checkpoint without settings (older runs) cannot be checked: refused too
     other = tmp_path / "old"
     train(_mlp(), _denoise_loss, _data(), _cfg(3, ckpt_dir=str(other)))
-    with pytest.warns(UserWarning, match="records no settings"):
+    with pytest.raises(CheckpointError, match="records none"):
         train(_mlp(), _denoise_loss, _data(), _cfg(4, ckpt_dir=str(other)), settings=a)
 
 
