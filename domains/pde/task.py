@@ -502,6 +502,7 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
     has a known, moderate base rate.
     """
     e, d, m, s = cfg["events"], cfg["data"], cfg["model"], cfg["sampling"]
+    kw = codec(cfg)  # once: log_event runs at every guided sampler step
     train = torch.from_numpy(read_pdebench(_files(Path(data_dir), "train")[max(d["train_nx"])]).u)
     thr = float(torch.quantile(_event_stat(train.double()), e["quantile"]))
     # Monte Carlo with the solver (fresh initial conditions, same distribution)
@@ -523,7 +524,7 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
             x = torch.randn((b, *shape[1:]), generator=g) * float(sig[0])
             out.append(get_sampler(s["sampler"])(den, x.to(device), sig, cond=null[:b],
                                                  generator=g).cpu())  # fmt: skip
-        return decode(torch.cat(out), scale=scale, **codec(cfg))
+        return decode(torch.cat(out), scale=scale, **kw)
 
     with torch.no_grad():
         free = run(model)
@@ -548,7 +549,7 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
 
     def log_event(x0: Tensor) -> Tensor:
         # smoothed indicator of the event on the decoded trajectory (temperature tau)
-        u = decode(x0, scale=scale, **codec(cfg))
+        u = decode(x0, scale=scale, **kw)
         q = max(1, u.shape[1] // 4)
         smooth_max = torch.logsumexp(u[:, -q:].abs().flatten(1) / 0.01, 1) * 0.01
         return torch.nn.functional.logsigmoid((smooth_max - thr) / e["tau"])
@@ -632,7 +633,8 @@ def assimilate(model: nn.Module, y: Tensor, mask: Tensor, cond: Tensor, *, cfg: 
     vs 0.27 for ``pigdm`` on the benchmark config).
     """
     m, s = cfg["model"], cfg["sampling"]
-    op = FrameMask(mask, **codec(cfg))
+    kw = codec(cfg)
+    op = FrameMask(mask, **kw)
     if cfg["assimilation"]["method"] == "pigdm":
         den = DPS(model, op, y / scale, noise_std=noise_std / scale, sigma_data=m["sigma_data"])
     else:
@@ -640,4 +642,4 @@ def assimilate(model: nn.Module, y: Tensor, mask: Tensor, cond: Tensor, *, cfg: 
     sig = sampling_sigmas(cfg)
     x = torch.randn(cond.shape, generator=generator, dtype=cond.dtype) * float(sig[0])
     out = get_sampler(s["sampler"])(den, x.to(cond.device), sig, cond=cond, generator=generator)
-    return decode(out, scale=scale, **codec(cfg))
+    return decode(out, scale=scale, **kw)
