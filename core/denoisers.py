@@ -82,16 +82,27 @@ class KarrasDenoiser(nn.Module):
         given another; default log-normal(-1.2, 1.2) as EDM. Conditional tasks whose target is
         nearly determined by the condition gain from more weight on large sigma (where the
         denoiser learns the conditional mean), e.g. ``LogNormalSigma(0.0, 1.2)``.
+    regression_sigma
+        PDE-Refiner's regression step (Lippe et al. 2023): at ``sigma >= regression_sigma`` the
+        noisy input carries no information about the data, so ``F`` gets zeros instead of
+        ``c_in x`` (standard-normal noise there) and the skip path is dropped:
+        ``D = c_out F(0, c_noise)``, a deterministic regression on the condition. Without it
+        the input noise enters the output twice: through ``c_skip x`` (``sd^2/sigma`` per
+        value) and through whatever ``F`` fails to ignore. ``None`` (default): plain EDM.
     """
 
     def __init__(self, net: nn.Module, *, sigma_data: float = 0.5,
-                 train_sigma: Callable | None = None) -> None:  # fmt: skip
+                 train_sigma: Callable | None = None,
+                 regression_sigma: float | None = None) -> None:  # fmt: skip
         super().__init__()
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        if regression_sigma is not None and regression_sigma <= 0:
+            raise ValueError(f"regression_sigma must be > 0 or None, got {regression_sigma}")
         self.net = net
         self.sigma_data = float(sigma_data)
         self.train_sigma = train_sigma
+        self.regression_sigma = regression_sigma
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Return ``(c_skip, c_out, c_in, c_noise)`` for a ``(B,)`` sigma."""
@@ -106,6 +117,9 @@ class KarrasDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         sigma = as_sigma(sigma, x)
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
+        if self.regression_sigma is not None:
+            keep = (sigma < self.regression_sigma).to(c_in.dtype)
+            c_skip, c_in = c_skip * keep, c_in * keep
         f = self.net(_bc(c_in, x) * x, c_noise, cond)
         return _bc(c_skip, x) * x + _bc(c_out, x) * f.to(x.dtype)
 

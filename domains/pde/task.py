@@ -17,6 +17,7 @@ same data for the same number of steps.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -255,23 +256,28 @@ class PDETask:
     def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
         m = cfg["model"]
         ch = 4 ** m["level"]
+        reg = None
         if m["sigma_schedule"] == "refiner":
             levels = _refiner(m)
             weights = [m["refiner_regression_weight"]] + [1.0] * (len(levels) - 1)
             train_sigma = DiscreteSigma(levels, weights)
+            # any threshold between the regression level and the first refinement level works;
+            # the geometric midpoint is far from both in float32
+            reg = math.sqrt(levels[0] * levels[1]) if m["refiner_zero_input"] else None
         else:
             train_sigma = LogNormalSigma(m["p_mean"], m["p_std"])
+        kw = {"sigma_data": m["sigma_data"], "train_sigma": train_sigma, "regression_sigma": reg}
         if m.get("backbone", "unet") == "fno":
             from .fno import FNODenoiserNet
 
             net = FNODenoiserNet(ch, ch, cond_channels=ch, modes=tuple(m["modes"]),
                                  width=m["width"], depth=m["depth"],
                                  padding=(m["time_padding"], 0))  # fmt: skip
-            return KarrasDenoiser(net, sigma_data=m["sigma_data"], train_sigma=train_sigma)
+            return KarrasDenoiser(net, **kw)
         net = UNet(2, ch, ch, cond_channels=ch, channels=tuple(m["channels"]),
                    attention_levels=tuple(m["attention_levels"]),
                    num_res_blocks=m["num_res_blocks"])  # fmt: skip
-        return KarrasDenoiser(net, sigma_data=m["sigma_data"], train_sigma=train_sigma)
+        return KarrasDenoiser(net, **kw)
 
     def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> TrajectoryChunks:
         d = cfg["data"]

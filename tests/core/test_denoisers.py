@@ -105,6 +105,31 @@ def test_karras_recovers_exact_denoiser() -> None:
         torch.testing.assert_close(den(x, sig), GM.denoise(x, sig), rtol=0, atol=TOL)
 
 
+def test_karras_regression_sigma_zeroes_input_and_skip_only_at_the_regression_level() -> None:
+    """PDE-Refiner's regression step: at sigma >= regression_sigma the network sees zeros and
+    D = c_out F(0, c_noise), whatever x is; below it, plain EDM (same values as without)."""
+    sd = 0.8
+    seen: list[Tensor] = []
+
+    def f(x_in: Tensor, c_noise: Tensor) -> Tensor:
+        seen.append(x_in.clone())
+        return x_in + _bc(c_noise, x_in)  # depends on the input, so a leak would show
+
+    plain = KarrasDenoiser(Oracle(f), sigma_data=sd)
+    reg = KarrasDenoiser(Oracle(f), sigma_data=sd, regression_sigma=10.0)
+    sig = torch.tensor([1000.0, 10.0, 9.99, 0.01], dtype=torch.float64)
+    x = 1000.0 * torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = reg(x, sig)
+    assert torch.equal(seen[-1][:2], torch.zeros(2, 3, dtype=torch.float64))
+    _, c_out, _, c_noise = reg.scalings(sig)
+    torch.testing.assert_close(out[:2], (c_out * c_noise)[:2, None].expand(2, 3), rtol=1e-14, atol=0)
+    torch.testing.assert_close(out[2:], plain(x, sig)[2:], rtol=0, atol=0)
+    # deterministic: a different x at the regression level gives the same output
+    torch.testing.assert_close(reg(-x, sig)[:2], out[:2], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="regression_sigma"):
+        KarrasDenoiser(nn.Identity(), regression_sigma=0.0)
+
+
 # --------------------------------------------------------------------------------------------
 # VE eps / x0
 # --------------------------------------------------------------------------------------------
