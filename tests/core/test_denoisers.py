@@ -122,7 +122,9 @@ def test_karras_regression_sigma_zeroes_input_and_skip_only_at_the_regression_le
     out = reg(x, sig)
     assert torch.equal(seen[-1][:2], torch.zeros(2, 3, dtype=torch.float64))
     _, c_out, _, c_noise = reg.scalings(sig)
-    torch.testing.assert_close(out[:2], (c_out * c_noise)[:2, None].expand(2, 3), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        out[:2], (c_out * c_noise)[:2, None].expand(2, 3), rtol=1e-14, atol=0
+    )
     torch.testing.assert_close(out[2:], plain(x, sig)[2:], rtol=0, atol=0)
     # deterministic: a different x at the regression level gives the same output
     torch.testing.assert_close(reg(-x, sig)[:2], out[:2], rtol=0, atol=0)
