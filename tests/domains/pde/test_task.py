@@ -178,11 +178,11 @@ def test_refiner_schedule_trains_and_samples_on_the_same_levels():
     assert den.train_sigma.levels.tolist() == pytest.approx([80.0, 0.1, 0.01])
     assert den.train_sigma.cdf.tolist() == pytest.approx([0.5, 0.75, 1.0])
     assert sampling_sigmas(cfg).tolist() == pytest.approx([80.0, 0.1, 0.01, 0.0])
-    assert den.regression_sigma is None
-    cfg["model"]["refiner_zero_input"] = True
-    den = PDETask().build_model(cfg)
-    # the regression level (and nothing below it) gets the zero input
+    # the exact regression step is the default: the regression level (and nothing below it)
+    # gets the zero input
     assert 0.1 < den.regression_sigma < 80.0
+    cfg["model"]["refiner_zero_input"] = False
+    assert PDETask().build_model(cfg).regression_sigma is None
     bad = _cfg(sigma_schedule="refiner", refiner_k=1, refiner_sigma_min=0.5, refiner_sigma_max=0.4)
     with pytest.raises(ValueError, match="model.refiner_"):
         PDETask().build_model(bad)
