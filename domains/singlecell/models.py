@@ -23,6 +23,14 @@ towards the training average (top-50-DE R^2 0.62); with ``m`` 0.76. A closed-for
 ``m`` (``linear="lstsq"``) on the same features was worse (0.10): its weights on
 ``a - mean(control)`` extrapolate to a new control mean.
 
+With ``mean_hidden > 0`` a second head denoises the *population mean* of ``Y - m``: the
+Gaussian noise on the mean of ``N`` displacements has level ``sigma / sqrt(N)`` and is
+independent of the noise on the deviations from it, so the mean gets its own
+Karras-preconditioned MLP at that level (conditioned on the control and anchor summaries and
+the perturbation) and ``K`` keeps only the deviations. A population-level hidden factor is a
+shift of that mean; under the per-cell preconditioning it is decided at large sigma where the
+skip path is close to zero.
+
 The network :class:`PopulationNet` is a transformer over three kinds of tokens: one summary
 token (noise level + perturbation embedding + the control population's mean and spread), the
 ``M`` control cells (the condition: a set encoding the model can read for a cell type it never
@@ -62,7 +70,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffsci.core.denoisers import KarrasDenoiser, edm_loss
+from diffsci.core.denoisers import KarrasDenoiser, as_sigma, edm_loss
 from diffsci.core.networks import MLPDenoiser, SinusoidalEmbedding
 
 __all__ = [
@@ -181,13 +189,19 @@ class PopulationDenoiser(nn.Module):
     """
 
     def __init__(self, net: PopulationNet, *, sigma_data: float = 0.5, train_sigma: Any = None,
-                 linear: str = "sgd", ridge: float = 1.0) -> None:  # fmt: skip
+                 linear: str = "sgd", ridge: float = 1.0, mean_hidden: int = 0,
+                 mean_depth: int = 3) -> None:  # fmt: skip
         super().__init__()
         if linear not in ("sgd", "lstsq"):
             raise ValueError(f"linear must be 'sgd' or 'lstsq', got {linear!r}")
         self.karras = KarrasDenoiser(net, sigma_data=sigma_data, train_sigma=train_sigma)
         self.linear, self.ridge = linear, float(ridge)
         d, k = net.dim, net.n_perturbations
+        self.mean_head: KarrasDenoiser | None = None
+        if mean_hidden:
+            # the population mean of the displacements, denoised at its own noise level
+            mlp = MLPDenoiser(d, hidden=int(mean_hidden), depth=int(mean_depth), cond_dim=3 * d + k)
+            self.mean_head = KarrasDenoiser(mlp, sigma_data=sigma_data)
         f = 2 * d + 1
         if linear == "sgd":
             self.weight = nn.Parameter(torch.zeros(k, f, d))
@@ -240,10 +254,29 @@ class PopulationDenoiser(nn.Module):
             eye[-1, -1] = 0.0  # no penalty on the intercept
             self.weight[k] = torch.linalg.solve(self.gram[k] + eye, self.moment[k]).to(self.weight)
 
+    def mean_cond(self, cond: Mapping[str, Tensor]) -> Tensor:
+        """The mean head's condition: ``[mean(control), std(control), mean(anchors),
+        one-hot perturbation]``, ``(B, 3 dim + n_perturbations)``."""
+        c, a = cond["control"], cond["anchor"]
+        p = torch.nn.functional.one_hot(cond["perturbation"].long(), self.net.n_perturbations)
+        return torch.cat([c.mean(1), c.std(1), a.mean(1), p.to(a.dtype)], -1)
+
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Mapping[str, Tensor]) -> Tensor:
         self.net.check_cond(x, cond)
         m = self.linear_response(cond).to(x.dtype)
-        return m + self.karras(x - m, sigma, cond)
+        r = x - m
+        out = self.karras(r, sigma, cond)
+        if self.mean_head is None:
+            return m + out
+        # Gaussian noise splits into independent parts: the population mean of r carries noise
+        # sigma / sqrt(N), the deviations from it sigma. The transformer denoises the
+        # deviations; the mean head the mean, preconditioned for its own noise level (at the
+        # large sigma where a population-level factor is decided, its skip path keeps the
+        # signal that the per-cell preconditioning scales away).
+        n = x.shape[1]
+        sig = as_sigma(sigma, x)
+        mean = self.mean_head(r.mean(1), sig / math.sqrt(n), self.mean_cond(cond).to(x.dtype))
+        return m + out - out.mean(1, keepdim=True) + mean[:, None]
 
 
 def tree_init(x: np.ndarray, time: np.ndarray, parent: list[int], *, seed: int = 0

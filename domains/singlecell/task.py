@@ -44,10 +44,18 @@ from .models import (
     tree_init,
 )
 
-__all__ = ["SingleCellTask", "lineage_baselines", "perturbation_tables", "population_items"]
+__all__ = [
+    "SingleCellTask",
+    "lineage_baselines",
+    "oracle_populations",
+    "perturbation_tables",
+    "population_items",
+]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 KEY = "perturbation_latent"
+#: the row of the perturbation tables that is the simulator's ground truth, not a method
+ORACLE = "oracle: simulator on control cells (ground truth, not a method)"
 
 
 def _read(path: Path) -> AnnData:
@@ -109,7 +117,8 @@ def perturbation_tables(control: AnnData, truth: AnnData, preds: dict[str, AnnDa
     control and true cells only, the predictions projected into it. Coverage: each true
     population's response score (:func:`.metrics.response_score` over the top DE genes, signed
     by the true direction) against the 5-95% quantile interval of the model's sampled
-    populations' scores.
+    populations' scores; the same for every other prediction made of several populations
+    (``obs["sample"]``, e.g. :func:`oracle_populations`).
     """
     ctrl = control[control.obs["cell_type"].astype(str).values == cell_type]
     de = metrics.top_de_genes(truth, ctrl, n=n_de)
@@ -131,18 +140,39 @@ def perturbation_tables(control: AnnData, truth: AnnData, preds: dict[str, AnnDa
             "R2 all genes": metrics.r2_means(truth.X, p[:, genes].X),
             f"R2 top-{n_de} DE": metrics.r2_means(truth.X, p[:, genes].X, di),
         }
-        if name == model_key:
+        if "sample" in p.obs:
             ts = [metrics.response_score(truth[truth.obs["population"] == k].X, di, signs)
                   for k in truth.obs["population"].unique()]  # fmt: skip
             ps = [metrics.response_score(p[p.obs["sample"] == k][:, genes].X, di, signs)
                   for k in p.obs["sample"].unique()]  # fmt: skip
             row["coverage 90% (hidden-factor draws)"] = metrics.population_coverage(ps, ts)
-            extra["true_scores"], extra["pred_scores"] = ts, ps
+            if name == model_key:
+                extra["true_scores"], extra["pred_scores"] = ts, ps
         table[name] = row
     extra["coords"] = {"control": tl.encode(ctrl, basis, key="eval")[:, :2],
                        "truth": zt[:, :2] / scale,
                        **{k: tl.encode(v, basis, key="eval")[:, :2] for k, v in preds.items()}}  # fmt: skip
     return table, extra
+
+
+def oracle_populations(sim: simulate.PerturbationSimulator, control: AnnData, *,
+                       cell_type: str, perturbation: str, n_populations: int, n_cells: int,
+                       seed: int) -> AnnData:  # fmt: skip
+    """The simulator's own ground truth applied to the held-out cell type's *control* cells.
+
+    Not a method (it knows the gene program, the gains and the hidden-factor distribution):
+    the ceiling of any prediction made from the control pool, which holds other cells of the
+    cell type than the perturbed pool the truth was simulated on. ``n_populations``
+    populations as :func:`.simulate.simulate_populations` draws them (cells resampled with
+    replacement, a fresh hidden factor each), ``obs["sample"]`` naming the population.
+    """
+    pop = simulate.simulate_populations(sim, control, cell_type=cell_type,
+                                        perturbation=perturbation, n_populations=n_populations,
+                                        n_cells=n_cells, rng=np.random.default_rng(seed),
+                                        prefix="oracle")  # fmt: skip
+    pop.obs["sample"] = pop.obs["population"].values
+    pop.obs["condition"] = "oracle"
+    return pop
 
 
 def population_items(z_control: np.ndarray, control_types: np.ndarray, z_pert: np.ndarray,
@@ -246,7 +276,8 @@ class SingleCellTask:
                                    sigma_data=m["lineage_sigma_data"], tau_grid=m["tau_grid"],
                                    em_after=m["em_after"])  # fmt: skip
         den = PopulationDenoiser(net, sigma_data=m["sigma_data"], linear=m["linear_response"],
-                                 train_sigma=LogNormalSigma(m["train_sigma_mean"], 1.2))  # fmt: skip
+                                 train_sigma=LogNormalSigma(m["train_sigma_mean"], 1.2),
+                                 mean_hidden=m.get("mean_hidden", 0))  # fmt: skip
         return SingleCellModel(den, lineage, lineage_weight=m["lineage_weight"])
 
     def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
@@ -333,6 +364,7 @@ class SingleCellTask:
         pred = _read(pred_dir / "perturbation.h5ad")
         base = _read(pred_dir / "baselines.h5ad")
         held = str(control.uns["held_out_cell_type"])
+        sim = simulate.PerturbationSimulator.from_json((data_dir / "simulator.json").read_text())
         tables: dict[str, Any] = {}
         per_pert: dict[str, dict[str, dict[str, float]]] = {}
         figures = []
@@ -344,7 +376,11 @@ class SingleCellTask:
                      "identity (control)": base[(base.obs["perturbation"] == q).values
                                                 & (base.obs["condition"] == "identity").values],
                      "mean-shift": base[(base.obs["perturbation"] == q).values
-                                        & (base.obs["condition"] == "mean-shift").values]}  # fmt: skip
+                                        & (base.obs["condition"] == "mean-shift").values],
+                     ORACLE: oracle_populations(sim, control, cell_type=held, perturbation=q,
+                                                n_populations=cfg["sampling"]["samples"],
+                                                n_cells=c["n_cells"],
+                                                seed=int(cfg["seed"]) + 20 + j)}  # fmt: skip
             table, extra = perturbation_tables(control, t, preds, "diffusion (population samples)",
                                                perturbation=q, cell_type=held, n_de=c["n_de"],
                                                eval_pcs=c["eval_pcs"])  # fmt: skip

@@ -85,6 +85,36 @@ def test_population_denoiser_is_linear_response_plus_karras():
         PopulationDenoiser(net, linear="adam")
 
 
+def test_population_denoiser_mean_head_splits_mean_and_deviations():
+    """With a mean head, the population mean of ``D - m`` is the head's denoised mean of
+    ``x - m`` at noise level ``sigma / sqrt(N)`` and the deviations from it are the
+    transformer's; still equivariant to permutations of the (displacement, anchor) pairs."""
+    net = _net()
+    den = PopulationDenoiser(net, sigma_data=0.5, mean_hidden=8, mean_depth=1).eval()
+    head = den.mean_head
+    torch.nn.init.normal_(head.net.out.weight, std=0.1)
+    with torch.no_grad():
+        den.weight.normal_()
+    x, a, c = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.randn(2, 7, 3)
+    p = torch.tensor([0, 1])
+    cond = {"control": c, "anchor": a, "perturbation": p}
+    sig = torch.tensor([0.3, 2.0])
+    m = den.linear_response(cond)
+    out = den(x, sig, cond)
+    hc = torch.cat([c.mean(1), c.std(1), a.mean(1), torch.eye(2)[p]], -1)
+    torch.testing.assert_close(den.mean_cond(cond), hc)
+    want_mean = head((x - m).mean(1), sig / 5**0.5, hc)
+    torch.testing.assert_close((out - m).mean(1), want_mean)
+    k = KarrasDenoiser(net, sigma_data=0.5)(x - m, sig, cond)
+    r = out - m
+    torch.testing.assert_close(r - r.mean(1, keepdim=True), k - k.mean(1, keepdim=True))
+    perm = torch.randperm(5)
+    torch.testing.assert_close(
+        den(x[:, perm], sig, {"control": c, "anchor": a[:, perm], "perturbation": p}),
+        out[:, perm], atol=1e-5, rtol=1e-5)  # fmt: skip
+    assert PopulationDenoiser(_net()).mean_head is None  # off by default
+
+
 def test_population_denoiser_least_squares_linear_response():
     """``fit_linear`` accumulated over batches is the ridge solution on all of them (numpy),
     per perturbation, and recovers an exactly linear response."""

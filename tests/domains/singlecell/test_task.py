@@ -13,6 +13,7 @@ import yaml
 from diffsci.core.stages import validate_config
 from diffsci.core.task import get_task
 from diffsci.domains.singlecell import io
+from diffsci.domains.singlecell.task import ORACLE
 
 TINY = {
     "seed": 0,
@@ -57,11 +58,14 @@ def test_pipeline_writes_anndata_and_tables(run):
     assert "lineage" in lin.uns and "paga" in lin.uns
     m = json.loads((work / "metrics.json").read_text())
     mean = next(v for k, v in m["tables"].items() if k.startswith("Perturbation, mean"))
-    assert set(mean) == {"diffusion (population samples)", "identity (control)", "mean-shift"}
-    row = mean["diffusion (population samples)"]
-    assert {"E-distance (PCA)", "MMD (PCA, rbf)", "R2 all genes", "R2 top-20 DE",
-            "coverage 90% (hidden-factor draws)"} <= set(row)  # fmt: skip
-    assert all(np.isfinite(v) for v in row.values())
+    assert set(mean) == {"diffusion (population samples)", "identity (control)", "mean-shift",
+                         ORACLE}  # fmt: skip
+    for name in ("diffusion (population samples)", ORACLE):
+        row = mean[name]
+        assert {"E-distance (PCA)", "MMD (PCA, rbf)", "R2 all genes", "R2 top-20 DE",
+                "coverage 90% (hidden-factor draws)"} <= set(row)  # fmt: skip
+        assert all(np.isfinite(v) for v in row.values())
+    assert not any(ORACLE in k for k in m["summary"])  # no bar is about the oracle
     lin_t = next(v for k, v in m["tables"].items() if k.startswith("Lineage"))
     assert set(lin_t) == {
         "diffusion tree codebook",
@@ -117,3 +121,40 @@ def test_unknown_held_out_cell_type_and_missing_raw(tmp_path):
     with pytest.raises(ValueError, match="noraw.h5ad has no .raw"):
         run_prepare(task, cfg, paths)
     assert src.read_bytes() == before and not paths.data.exists()
+
+
+def test_oracle_populations_apply_the_simulator_to_control_cells():
+    """The oracle row: populations of the held-out type's control cells under the simulator's
+    program, one fresh hidden factor each; seeded; the control AnnData is untouched."""
+    import pandas as pd
+    from anndata import AnnData
+
+    from diffsci.domains.singlecell import simulate
+    from diffsci.domains.singlecell.task import oracle_populations
+
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(40)]
+    x = rng.gamma(2.0, 0.5, (30, 40)).astype(np.float32)
+    control = AnnData(x, obs=pd.DataFrame({"cell_type": ["B"] * 12 + ["T"] * 18},
+                                          index=[f"c{i}" for i in range(30)]),
+                      var=pd.DataFrame(index=genes))  # fmt: skip
+    sim = simulate.PerturbationSimulator.from_adata(control, n_perturbations=1, n_up=5,
+                                                    n_down=5, n_responders=3, seed=0)  # fmt: skip
+    before = control.X.copy()
+    pop = oracle_populations(sim, control, cell_type="B", perturbation="P1", n_populations=6,
+                             n_cells=10, seed=3)  # fmt: skip
+    again = oracle_populations(sim, control, cell_type="B", perturbation="P1", n_populations=6,
+                               n_cells=10, seed=3)  # fmt: skip
+    np.testing.assert_array_equal(pop.X, again.X)
+    np.testing.assert_array_equal(control.X, before)
+    assert pop.shape == (60, 40) and pop.obs["sample"].nunique() == 6
+    assert (pop.obs["cell_type"] == "B").all() and (pop.obs["condition"] == "oracle").all()
+    h = pop.obs.groupby("sample")["hidden_factor"].first().values
+    assert len(np.unique(h)) == 6 and (h > 0).all()
+    # untouched genes are exact copies of B control cells; induced genes rose
+    up = [genes.index(g) for g in sim.programs["P1"].up]
+    other = [i for i in range(40) if genes[i] not in set(sim.programs["P1"].up)
+             | set(sim.programs["P1"].down)]  # fmt: skip
+    rows_b = {tuple(r) for r in x[:12][:, other]}
+    assert all(tuple(r) in rows_b for r in pop.X[:, other])
+    assert pop.X[:, up].mean() > x[:12][:, up].mean() + 0.5
