@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,17 @@ def sampling_sigmas(cfg: Mapping[str, Any]) -> Tensor:
     if m["sigma_schedule"] == "refiner":
         return torch.tensor(_refiner(m) + [0.0], dtype=torch.float64)
     return karras(s["steps"], s["sigma_min"], s["sigma_max"])
+
+
+def serves_prior(cfg: Mapping[str, Any]) -> bool:
+    """Whether the model is a usable unconditional prior over a continuous noise schedule.
+
+    Not with ``model.sigma_schedule: refiner``: it has seen only the refiner's levels (a
+    regression level, then tiny noise), so prior sampling, data assimilation and event-guided
+    sampling from it return noise-free regressions of the null condition, not samples. Those
+    stages are skipped for it (forecasts and the forecast-based event probability still run).
+    """
+    return cfg["model"]["sigma_schedule"] != "refiner"
 
 
 def grid_multiple(cfg: Mapping[str, Any]) -> int:
@@ -356,7 +368,10 @@ class PDETask:
                            attrs={"method": "diffusion", "members": ens_t.shape[0]})  # fmt: skip
             with h5py.File(target, "a") as f:
                 f.create_dataset("ensemble", data=ens_t.astype(np.float32), compression="gzip")
-            if cfg.get("assimilation", {}).get("enabled", True):
+            if cfg.get("assimilation", {}).get("enabled", True) and not serves_prior(cfg):
+                warnings.warn("assimilation skipped: model.sigma_schedule refiner trains no "
+                              "prior (use lognormal for assimilation)", stacklevel=2)  # fmt: skip
+            elif cfg.get("assimilation", {}).get("enabled", True):
                 self._assimilate_file(cfg, model, data, out_dir / f"assimilation_nx{nx}.h5",
                                       scale=scale, generator=g, device=device)  # fmt: skip
         if cfg.get("events", {}).get("enabled", True):
@@ -433,7 +448,7 @@ class PDETask:
             evp = Path(pred_dir) / "events.json"
             if evp.is_file() and json.loads(evp.read_text())["grid_nx"] == nx:
                 ev = json.loads(evp.read_text())
-                tables[f"Event probability ({ev['event']}), nx={nx}"] = {
+                tables[f"Event probability ({ev['event']}), nx={nx}"] = evt = {
                     "solver Monte Carlo": {
                         "P(event)": ev["p_solver_monte_carlo"],
                         "n": ev["n_solver"],
@@ -448,12 +463,13 @@ class PDETask:
                         "Brier score": ev.get("brier_score"),
                         "Brier skill vs climatology": ev.get("brier_skill_score"),
                     },
-                    "diffusion (null-condition prior)": {
+                }
+                if "p_model_unconditional" in ev:  # not for a model without a prior (refiner)
+                    evt["diffusion (null-condition prior)"] = {
                         "P(event)": ev["p_model_unconditional"],
                         "n": ev["n_model"],
-                    },
-                    "diffusion (event-guided)": {"hit rate": ev["event_conditioned_hit_rate"]},
-                }
+                    }
+                    evt["diffusion (event-guided)"] = {"hit rate": ev["event_conditioned_hit_rate"]}
             apath = Path(pred_dir) / f"assimilation_nx{nx}.h5"
             if apath.is_file():
                 with h5py.File(apath) as f:
@@ -532,8 +548,9 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
                                                  generator=g).cpu())  # fmt: skip
         return decode(torch.cat(out), scale=scale, **kw)
 
+    prior = serves_prior(cfg)
     with torch.no_grad():
-        free = run(model)
+        free = run(model) if prior else None
         # The model's own estimate P(event) = E_u0[P(event | u0)]: ensemble forecasts from
         # initial states of the same distribution, paired with the solver on the same states.
         # (The null-condition prior above is a weak by-product of condition dropout: it is
@@ -560,29 +577,35 @@ def event_study(model: nn.Module, cfg: Mapping[str, Any], data_dir: Path, *, nx:
         smooth_max = torch.logsumexp(u[:, -q:].abs().flatten(1) / 0.01, 1) * 0.01
         return torch.nn.functional.logsigmoid((smooth_max - thr) / e["tau"])
 
-    guided = run(_EventGuidance(model, log_event, scale=e["guidance_scale"]))
-    hits_model = (_event_stat(free) > thr).double()
-    p_mc, p_model = float(hits_mc.mean()), float(hits_model.mean())
-    se = (p_mc * (1 - p_mc) / len(hits_mc) + p_model * (1 - p_model) / len(hits_model)) ** 0.5
-    return {
+    p_mc = float(hits_mc.mean())
+    out = {
         "event": "max |u| over the last quarter of frames > threshold",
         "threshold": thr,
         "quantile_of_training_data": e["quantile"],
         "grid_nx": nx,
         "p_solver_monte_carlo": p_mc,
         "n_solver": len(hits_mc),
-        "p_model_unconditional": p_model,
-        "n_model": len(hits_model),
-        "difference_in_standard_errors": (p_model - p_mc) / se if se > 0 else None,
         "p_model_forecast": float(p_ic_t.mean()),
         "p_solver_same_initial_states": base,
         "n_initial_states": n_ic,
         "members": members,
         "brier_score": brier,
         "brier_skill_score": 1 - brier / brier_ref if brier_ref > 0 else None,
+    }
+    if not prior:  # the null-condition prior and guided sampling need a trained prior
+        return out
+    guided = run(_EventGuidance(model, log_event, scale=e["guidance_scale"]))
+    hits_model = (_event_stat(free) > thr).double()
+    p_model = float(hits_model.mean())
+    se = (p_mc * (1 - p_mc) / len(hits_mc) + p_model * (1 - p_model) / len(hits_model)) ** 0.5
+    out.update({
+        "p_model_unconditional": p_model,
+        "n_model": len(hits_model),
+        "difference_in_standard_errors": (p_model - p_mc) / se if se > 0 else None,
         "event_conditioned_hit_rate": float((_event_stat(guided) > thr).double().mean()),
         "guidance_scale": e["guidance_scale"],
-    }
+    })  # fmt: skip
+    return out
 
 
 class _EventGuidance(nn.Module):

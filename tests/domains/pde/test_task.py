@@ -208,7 +208,7 @@ def test_event_study_scores_an_oracle_and_a_never_forecaster(tmp_path):
 
     from diffsci.domains.pde.io import read_pdebench
     from diffsci.domains.pde.simulators import burgers_1d, random_initial_conditions
-    from diffsci.domains.pde.task import event_study
+    from diffsci.domains.pde.task import event_study, serves_prior
 
     cfg = _cfg()
     cfg.update(seed=0, events={"quantile": 0.5, "n_samples": 24, "n_mc": 40},
@@ -243,3 +243,9 @@ def test_event_study_scores_an_oracle_and_a_never_forecaster(tmp_path):
     assert ev["p_model_forecast"] == 0
     assert ev["brier_score"] == pytest.approx(base)
     assert ev["brier_skill_score"] == pytest.approx(1 - 1 / (1 - base))
+    # a refiner model has no prior: the forecast-based rows stay, the prior/guided ones go
+    assert not serves_prior(cfg | {"model": {**cfg["model"], "sigma_schedule": "refiner"}})
+    cfg["model"]["sigma_schedule"] = "refiner"
+    ev = event_study(_Zero(), cfg, tmp_path, forecast=oracle, **kw)
+    assert ev["p_model_forecast"] == pytest.approx(base) and ev["brier_score"] == 0
+    assert "p_model_unconditional" not in ev and "event_conditioned_hit_rate" not in ev
