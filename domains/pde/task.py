@@ -368,10 +368,11 @@ class PDETask:
                            attrs={"method": "diffusion", "members": ens_t.shape[0]})  # fmt: skip
             with h5py.File(target, "a") as f:
                 f.create_dataset("ensemble", data=ens_t.astype(np.float32), compression="gzip")
-            if cfg.get("assimilation", {}).get("enabled", True) and not serves_prior(cfg):
+            da = cfg.get("assimilation", {}).get("enabled", True)
+            if da and not serves_prior(cfg):
                 warnings.warn("assimilation skipped: model.sigma_schedule refiner trains no "
                               "prior (use lognormal for assimilation)", stacklevel=2)  # fmt: skip
-            elif cfg.get("assimilation", {}).get("enabled", True):
+            elif da:
                 self._assimilate_file(cfg, model, data, out_dir / f"assimilation_nx{nx}.h5",
                                       scale=scale, generator=g, device=device)  # fmt: skip
         if cfg.get("events", {}).get("enabled", True):
