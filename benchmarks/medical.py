@@ -13,6 +13,10 @@ Usage: ``python -m benchmarks.medical [--config benchmarks/configs/medical.yaml]
 (phantoms of seed ``seed + 50000``, never the held-out slices) with the config's mask and
 angles, and writes ``benchmarks/results/medical_baselines_tuning.json``; the config's
 ``mri.pocs_tv`` and ``ct.tv`` take the picks from there.
+
+``--tune-warm-start`` picks the CCDF warm-start sigma (``mri.warm_start``, ``ct.warm_start``)
+on the same validation phantoms with the trained prior of ``<workdir>/model.pt`` and writes
+``benchmarks/results/medical_warm_start_tuning.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from diffsci.core.training import training_log
 POCS_TV_GRID = {"lam": [0.003, 0.01, 0.03, 0.1], "lam_final": [0.0001, 0.0003, 0.001, 0.003]}
 TV_GRID = {"lam": [0.001, 0.002, 0.005, 0.01, 0.02], "iters": [300, 1000, 2000]}
 VALIDATION_SEED_OFFSET = 50_000
+#: validation grid of the warm-start sigma (prior units); None = from pure noise
+WARM_START_GRID = [None, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
 
 
 def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -74,12 +80,75 @@ def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tune_warm_start(cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Median validation PSNR of the posterior mean for every warm-start sigma in
+    :data:`WARM_START_GRID`, starting from the config's POCS-TV (MRI) and TV-iterative (CT)."""
+    import torch
+
+    from diffsci.core.metrics import psnr
+    from diffsci.core.stages import load_model
+    from diffsci.core.task import get_task
+    from diffsci.domains.medical import baselines, ct, mri, phantoms
+    from diffsci.domains.medical.recon import CGPinv, RealImageMRI, posterior_reconstruct
+    from diffsci.domains.medical.task import ct_angles
+
+    torch.set_num_threads(1)
+    model = load_model(get_task("medical"), cfg, TaskPaths(workdir).model)
+    n, seed = cfg["data"]["size"], cfg["seed"] + VALIDATION_SEED_OFFSET
+    x = torch.from_numpy(phantoms.random_ellipse_phantoms(cfg["data"]["n_test"], n, seed=seed))
+    x = x[:, None].float()
+    m, s = cfg["mri"], cfg["sampling"]
+    mask = mri.kspace_mask((n, n), acceleration=m["acceleration"],
+                           center_fraction=m["center_fraction"], kind=m["mask"], seed=cfg["seed"])  # fmt: skip
+    k = mri.SingleCoilMRI(mask).forward(x.to(torch.complex64))
+    op_mri = RealImageMRI(mask, (n, n))
+    radon = ct.ParallelBeamRadon(n, ct_angles(cfg))
+    sino = radon.forward(x)
+    cases = {
+        "mri": (op_mri, op_mri.complete(op_mri.measured * k),
+                baselines.pocs_tv(k, mri.SingleCoilMRI(mask), **m["pocs_tv"])),
+        "ct": (CGPinv(radon, s["cg_iters"]), sino,
+               baselines.tv_iterative(sino, radon, **cfg["ct"]["tv"])),
+    }  # fmt: skip
+
+    def median_psnr(pred) -> float:
+        per = psnr(pred.double(), x.double(), data_range=float(x.max()), dim=(-2, -1),
+                   reduction="none")  # fmt: skip
+        return float(per.median())
+
+    out: dict[str, Any] = {"validation": {"phantoms": len(x), "seed": seed, "size": n}}
+    for name, (op, y, init) in cases.items():
+        scores = []
+        for start in WARM_START_GRID:
+            g = torch.Generator().manual_seed(cfg["seed"] + 1)
+            with torch.no_grad():
+                samples = posterior_reconstruct(
+                    model, op, y, tuple(x.shape), samples=s["samples"], sampler=s["sampler"],
+                    steps=s["steps"], sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
+                    eta=s["eta"], generator=g, sigma_data=cfg["model"]["sigma_data"],
+                    clip_denoised=s["clip_denoised"], init=None if start is None else init,
+                    start_sigma=start)  # fmt: skip
+            scores.append({"warm_start": start, "PSNR median (dB)": median_psnr(samples.mean(0))})
+            print(name, scores[-1], flush=True)
+        out[name] = {"grid": scores, "best": max(scores, key=lambda r: r["PSNR median (dB)"]),
+                     "baseline PSNR median (dB)": median_psnr(init)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     p = domain_parser("medical")
     p.add_argument("--tune-baselines", action="store_true",
                    help="tune POCS-TV and TV-iterative on validation phantoms, then exit")  # fmt: skip
+    p.add_argument("--tune-warm-start", action="store_true",
+                   help="pick the warm-start sigma on validation phantoms with <workdir>/model.pt, "
+                        "then exit")  # fmt: skip
     a = p.parse_args()
     task, cfg = read_config(a, "medical")
+    if a.tune_warm_start:
+        out = tune_warm_start(cfg, a.workdir)
+        write_result("medical_warm_start_tuning", out, config=cfg, seed=cfg["seed"])
+        print(json.dumps({k: out[k]["best"] for k in ("mri", "ct")}, indent=1))
+        return
     if a.tune_baselines:
         out = tune_baselines(cfg)
         write_result("medical_baselines_tuning", out, config=cfg, seed=cfg["seed"])

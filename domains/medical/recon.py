@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from diffsci.core.operators import LinearOperator
-from diffsci.core.posterior import DPS, DataConsistency, ProximalDataStep
+from diffsci.core.posterior import DPS, DataConsistency, ProximalDataStep, start_from
 from diffsci.core.samplers import get_sampler
 from diffsci.core.schedules import karras
 
@@ -211,6 +211,8 @@ def posterior_reconstruct(
     noise_std: float = 0.0,
     sigma_data: float = 0.5,
     clip_denoised: bool = False,
+    init: Tensor | None = None,
+    start_sigma: float | None = None,
 ) -> Tensor:
     """Posterior samples ``(samples, *shape)`` in image space for ``y = A x + n``.
 
@@ -226,11 +228,20 @@ def posterior_reconstruct(
     ``wrap`` modifies the prior before the data step (e.g. :class:`SliceTV`);
     ``clip_denoised`` then clamps its estimate to the image range ``[0, 1]``
     (:class:`ClampDenoised`) before the data step.
+
+    ``init`` (image space, ``shape``) with ``start_sigma``: CCDF warm start (Chung, Sim & Ye,
+    CVPR 2022): each sample starts from ``init`` (clamped to ``[0, 1]``) noised to
+    ``start_sigma`` in the prior's units and runs only the reverse steps below it
+    (:func:`~diffsci.core.posterior.start_from`), e.g. from a TV reconstruction.
     """
     if method not in ("hard_dc", "dps", "prox"):
         raise ValueError(f"method must be 'hard_dc', 'dps' or 'prox', got {method!r}")
     if method != "hard_dc" and noise_std <= 0:
         raise ValueError(f"method {method!r} needs noise_std > 0 (noiseless data: 'hard_dc')")
+    if (init is None) != (start_sigma is None):
+        raise ValueError("a warm start needs both init and start_sigma")
+    if init is not None and tuple(init.shape) != tuple(shape):
+        raise ValueError(f"init has shape {tuple(init.shape)}, expected {tuple(shape)}")
     dev = y.device
     y_model = AffineData.data(op, y, shape)
     den = prior if wrap is None else wrap(prior)
@@ -247,7 +258,12 @@ def posterior_reconstruct(
             dc = DPS(den, op, y_model, noise_std=s_model, sigma_data=sigma_data)
         else:
             dc = ProximalDataStep(den, op, y_model, noise_std=s_model)
-        x = torch.randn(shape, generator=generator, dtype=torch.float32).to(dev) * float(sig[0])
-        z = get_sampler(sampler)(dc, x, sig, generator=generator, **opts)
+        if init is not None:
+            z0 = AffineData.to_model(init.clamp(0, 1).to(dev, torch.float32))
+            z = start_from(dc, z0, sig, sigma_start=float(start_sigma), sampler=sampler,
+                           generator=generator, **opts)  # fmt: skip
+        else:
+            x = torch.randn(shape, generator=generator, dtype=torch.float32).to(dev) * float(sig[0])
+            z = get_sampler(sampler)(dc, x, sig, generator=generator, **opts)
         out.append(AffineData.to_image(z))
     return torch.stack(out)

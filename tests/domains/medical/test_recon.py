@@ -158,3 +158,34 @@ def test_method_and_noise_are_checked():
     with pytest.raises(ValueError, match="method must be"):
         posterior_reconstruct(lambda x, s, c=None: x, op, y, (1, 1, 8, 8), samples=1,
                               method="tv", generator=g)  # fmt: skip
+
+
+def test_warm_start_keeps_the_initial_estimate_and_fits_the_data():
+    shape = (16, 16)
+    calls = []
+
+    class Flat(torch.nn.Module):  # exact denoiser of an isotropic Gaussian prior (std 0.5)
+        def forward(self, x, sigma, cond=None):
+            calls.append(float(sigma.reshape(-1)[0]))
+            return x * 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    m = mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0)
+    op = RealImageMRI(m, shape)
+    x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
+    k = mri.fft2c(x)
+    y = op.complete(op.measured * k)
+    kw = dict(samples=2, steps=20, generator=torch.Generator().manual_seed(0))
+    cold = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), **kw)
+    n_cold = len(calls)
+    calls.clear()
+    warm = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), init=x, start_sigma=0.05, **kw)
+    # only the reverse steps below the start sigma run
+    assert 0 < len(calls) < n_cold / 2 and max(calls) <= 0.05 + 1e-6
+    assert float(op.measured_residual(warm.flatten(0, 1), k.repeat(2, 1, 1, 1)).max()) < 1e-5
+    # started from the truth, the off-data part stays close to it; from noise it does not
+    err = lambda s: float((s.mean(0) - x).pow(2).mean().sqrt())  # noqa: E731
+    assert err(warm) < 0.3 * err(cold)
+    with pytest.raises(ValueError, match="both init and start_sigma"):
+        posterior_reconstruct(Flat(), op, y, (2, 1, *shape), init=x, **kw)
+    with pytest.raises(ValueError, match="init has shape"):
+        posterior_reconstruct(Flat(), op, y, (2, 1, *shape), init=x[:1], start_sigma=0.1, **kw)
