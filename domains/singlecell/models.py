@@ -29,7 +29,13 @@ independent of the noise on the deviations from it, so the mean gets its own
 Karras-preconditioned MLP at that level (conditioned on the control and anchor summaries and
 the perturbation) and ``K`` keeps only the deviations. A population-level hidden factor is a
 shift of that mean; under the per-cell preconditioning it is decided at large sigma where the
-skip path is close to zero.
+skip path is close to zero. The spread of the sampled population means is decided at large
+noise levels too, where the learned head adds little to its skip path (benchmark pilot: the
+hidden-factor spread of training populations' means along the response is about 2 latent
+units, the head's samples had about 1 with ``sigma_data`` 1 and 1.7 with 2), so the head has its
+own ``mean_sigma_data``. With ``mean_train_sigma`` the head is trained by its own loss at its
+own, independently drawn noise level (:meth:`PopulationDenoiser.mean_loss`; exact, since the
+noise on the mean is independent of the noise on the deviations).
 
 The network :class:`PopulationNet` is a transformer over three kinds of tokens: one summary
 token (noise level + perturbation embedding + the control population's mean and spread), the
@@ -72,6 +78,7 @@ from torch import Tensor, nn
 
 from diffsci.core.denoisers import KarrasDenoiser, as_sigma, edm_loss
 from diffsci.core.networks import MLPDenoiser, SinusoidalEmbedding
+from diffsci.core.schedules import LogNormalSigma
 
 __all__ = [
     "PopulationNet",
@@ -185,15 +192,24 @@ class PopulationDenoiser(nn.Module):
     ``"lstsq"``: ``W`` is the ridge least-squares fit (penalty ``ridge``) of the clean
     displacements on the anchor features over every training batch seen so far
     (:meth:`fit_linear`, kept in buffers, so it is checkpointed and resumed). ``loss_weight``,
-    ``sigma_data`` and ``train_sigma`` are ``K``'s.
+    ``sigma_data`` and ``train_sigma`` are ``K``'s. ``mean_hidden > 0``: the population-mean
+    head (width ``mean_hidden``, ``mean_depth`` blocks, preconditioned with
+    ``mean_sigma_data``, default ``sigma_data``). ``mean_train_sigma`` (a sigma sampler, or
+    ``None`` to train the head inside the EDM loss of :meth:`forward`): the head's own training
+    noise levels for :meth:`mean_loss`, weighted by ``mean_loss_weight``.
     """
 
     def __init__(self, net: PopulationNet, *, sigma_data: float = 0.5, train_sigma: Any = None,
                  linear: str = "sgd", ridge: float = 1.0, mean_hidden: int = 0,
-                 mean_depth: int = 3) -> None:  # fmt: skip
+                 mean_depth: int = 3, mean_sigma_data: float | None = None,
+                 mean_train_sigma: Any = None, mean_loss_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         if linear not in ("sgd", "lstsq"):
             raise ValueError(f"linear must be 'sgd' or 'lstsq', got {linear!r}")
+        if mean_train_sigma is not None and not mean_hidden:
+            raise ValueError("mean_train_sigma needs a mean head (mean_hidden > 0)")
+        self.mean_train_sigma = mean_train_sigma
+        self.mean_loss_weight = float(mean_loss_weight)
         self.karras = KarrasDenoiser(net, sigma_data=sigma_data, train_sigma=train_sigma)
         self.linear, self.ridge = linear, float(ridge)
         d, k = net.dim, net.n_perturbations
@@ -201,7 +217,8 @@ class PopulationDenoiser(nn.Module):
         if mean_hidden:
             # the population mean of the displacements, denoised at its own noise level
             mlp = MLPDenoiser(d, hidden=int(mean_hidden), depth=int(mean_depth), cond_dim=3 * d + k)
-            self.mean_head = KarrasDenoiser(mlp, sigma_data=sigma_data)
+            sd = sigma_data if mean_sigma_data is None else float(mean_sigma_data)
+            self.mean_head = KarrasDenoiser(mlp, sigma_data=sd)
         f = 2 * d + 1
         if linear == "sgd":
             self.weight = nn.Parameter(torch.zeros(k, f, d))
@@ -277,6 +294,56 @@ class PopulationDenoiser(nn.Module):
         sig = as_sigma(sigma, x)
         mean = self.mean_head(r.mean(1), sig / math.sqrt(n), self.mean_cond(cond).to(x.dtype))
         return m + out - out.mean(1, keepdim=True) + mean[:, None]
+
+    def deviation_loss(self, x0: Tensor, rng: Any, *, cond: Mapping[str, Tensor]
+                       ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """EDM loss of the deviations from the population mean only (``mean_train_sigma`` set).
+
+        Draws ``sigma ~ train_sigma`` and the noise exactly as
+        :func:`~diffsci.core.denoisers.edm_loss` does; the error of :meth:`forward` minus its
+        population mean is weighted by ``loss_weight(sigma)``. Returns ``(loss, noise)``; the
+        noise feeds :meth:`mean_loss`.
+        """
+        if self.mean_head is None:
+            raise ValueError("deviation_loss needs a mean head (mean_hidden > 0)")
+        sampler = self.train_sigma or LogNormalSigma()  # edm_loss's default
+        sigma = sampler(x0.shape[0], rng, device=x0.device).to(x0.dtype)
+        noise = rng.randn(x0.shape, device=x0.device, dtype=x0.dtype)
+        x = x0 + sigma[:, None, None] * noise
+        m = self.linear_response(cond).to(x0.dtype)
+        err = m + self.karras(x - m, sigma, cond) - x0
+        err = err - err.mean(1, keepdim=True)
+        per_sample = (err**2).flatten(1).mean(1)
+        return (self.loss_weight(sigma) * per_sample).mean(), noise
+
+    def mean_loss(self, x0: Tensor, rng: Any, *, cond: Mapping[str, Tensor],
+                  noise: Tensor) -> Tensor:  # fmt: skip
+        """EDM loss of the mean head at its own noise level ``s ~ mean_train_sigma``.
+
+        The Gaussian noise on the population mean is independent of the noise on the
+        deviations, so the mean head can be trained at a level drawn independently of the
+        transformer's (exact): its input is the clean mean of ``x0 - m`` plus ``s`` times the
+        standard normal ``sqrt(N) mean(noise)`` (the part of :meth:`deviation_loss`'s noise that
+        the deviations do not see); weight ``mean_loss_weight * loss_weight_mean(s)``. Draws
+        only ``s`` from ``rng``.
+        """
+        if self.mean_head is None or self.mean_train_sigma is None:
+            raise ValueError("mean_loss needs a mean head and mean_train_sigma")
+        n = x0.shape[1]
+        sig = self.mean_train_sigma(x0.shape[0], rng, device=x0.device).to(x0.dtype)
+        eps = noise.mean(1) * math.sqrt(n)
+        target = (x0 - self.linear_response(cond).to(x0.dtype)).mean(1)
+        pred = self.mean_head(target + sig[:, None] * eps, sig, self.mean_cond(cond).to(x0.dtype))
+        per_sample = ((pred - target) ** 2).mean(1)
+        return self.mean_loss_weight * (self.mean_head.loss_weight(sig) * per_sample).mean()
+
+    def loss(self, x0: Tensor, rng: Any, *, cond: Mapping[str, Tensor]) -> Tensor:
+        """The training loss: :func:`~diffsci.core.denoisers.edm_loss` of :meth:`forward`, or,
+        with ``mean_train_sigma``, :meth:`deviation_loss` + :meth:`mean_loss`."""
+        if self.mean_train_sigma is None:
+            return edm_loss(self, x0, rng, cond=cond)
+        dev, noise = self.deviation_loss(x0, rng, cond=cond)
+        return dev + self.mean_loss(x0, rng, cond=cond, noise=noise)
 
 
 def tree_init(x: np.ndarray, time: np.ndarray, parent: list[int], *, seed: int = 0
@@ -465,8 +532,17 @@ class SingleCellModel(nn.Module):
         cond = {k: batch[k] for k in ("control", "anchor", "perturbation")}
         if self.training and hasattr(self.perturbation, "fit_linear"):
             self.perturbation.fit_linear(batch["population"], cond)
-        lp = edm_loss(self.perturbation, batch["population"], rng, cond=cond)
+        pert, x0 = self.perturbation, batch["population"]
+        own_mean = getattr(pert, "mean_train_sigma", None) is not None
+        if own_mean:
+            lp, noise = pert.deviation_loss(x0, rng, cond=cond)
+        else:
+            lp = edm_loss(pert, x0, rng, cond=cond)
         cells = batch["cells"].flatten(0, 1)
         ll = self.lineage.loss(cells, batch["node0"].flatten(), batch["tau0"].flatten(), rng)
+        if own_mean:
+            # drawn after the lineage loss: the lineage model sees the same random stream
+            # as in the joint loss without the mean head's own noise level
+            lp = lp + pert.mean_loss(x0, rng, cond=cond, noise=noise)
         return {"loss": lp + self.lineage_weight * ll, "loss_perturbation": lp.detach(),
                 "loss_lineage": ll.detach()}  # fmt: skip

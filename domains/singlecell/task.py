@@ -275,9 +275,15 @@ class SingleCellTask:
                                    layers=m["lineage_layers"],
                                    sigma_data=m["lineage_sigma_data"], tau_grid=m["tau_grid"],
                                    em_after=m["em_after"])  # fmt: skip
+        mean_sigma = None
+        if m.get("mean_sigma_mean") is not None:
+            mean_sigma = LogNormalSigma(m["mean_sigma_mean"], m.get("mean_sigma_std", 1.2))
         den = PopulationDenoiser(net, sigma_data=m["sigma_data"], linear=m["linear_response"],
                                  train_sigma=LogNormalSigma(m["train_sigma_mean"], 1.2),
-                                 mean_hidden=m.get("mean_hidden", 0))  # fmt: skip
+                                 mean_hidden=m.get("mean_hidden", 0),
+                                 mean_sigma_data=m.get("mean_sigma_data"),
+                                 mean_train_sigma=mean_sigma,
+                                 mean_loss_weight=m.get("mean_loss_weight", 1.0))  # fmt: skip
         return SingleCellModel(den, lineage, lineage_weight=m["lineage_weight"])
 
     def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
@@ -331,7 +337,8 @@ class SingleCellTask:
             preds.append(tl.predict_perturbation(
                 control, model, perturbation=q, cell_type=held, n_samples=s["samples"],
                 n_cells=c["n_cells"], n_control=c["n_control"], steps=s["steps"],
-                sampler=s["sampler"], start_sigma=s["start_sigma"], seed=seed + 10 + k,
+                sampler=s["sampler"], start_sigma=s["start_sigma"], start=s["start"],
+                sigma_max=s["sigma_max"], seed=seed + 10 + k,
                 device=device, progress=progress))  # fmt: skip
             bases.append(tl.identity_baseline(control, cell_type=held, perturbation=q))
             bases.append(tl.mean_shift_baseline(control, train, cell_type=held, perturbation=q))

@@ -108,7 +108,8 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
                          reference: AnnData | None = None, key: str = "perturbation_latent",
                          n_samples: int = 8, n_cells: int = 64, n_control: int = 64,
                          steps: int = 30, sampler: str = "heun",
-                         start_sigma: float | None = None, clip: bool = False, seed: int = 0,
+                         start_sigma: float | None = None, start: str = "zero",
+                         sigma_max: float = 80.0, clip: bool = False, seed: int = 0,
                          device: str | torch.device = "cpu", progress: bool = False
                          ) -> AnnData:  # fmt: skip
     """Sample ``n_samples`` perturbed populations of ``cell_type`` under ``perturbation``.
@@ -124,7 +125,11 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
     half of their repression). ``reference`` holds the latent basis and the perturbation vocabulary
     (default ``adata`` itself). ``start_sigma``: SDEdit-style warm start
     (:func:`diffsci.core.posterior.start_from`) from zero displacement (the anchors
-    themselves) noised to ``start_sigma``; ``None`` samples from pure noise.
+    themselves) noised to ``start_sigma``; ``None`` samples from pure noise. ``start``: the
+    centre of the initial noise, ``"zero"`` (zero displacement) or ``"linear"`` (the
+    denoiser's linear response ``m`` of every anchor, :class:`.models.PopulationDenoiser`,
+    which the denoiser tends to at large sigma). ``sigma_max``: the largest noise level of the
+    Karras schedule.
 
     Returns a new AnnData (genes of the latent) with ``obs`` ``sample`` (population id),
     ``condition="predicted"``, ``cell_type``, ``perturbation`` and ``obsm["X_latent"]``; the
@@ -149,22 +154,32 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
     take = np.stack([gen.choice(len(zc), n_control) for _ in range(n_samples)])
     pick = np.stack([anchor_index(n_control, n_cells, gen) for _ in range(n_samples)])
     anchor_idx = np.take_along_axis(take, pick, 1)
+    if start not in ("zero", "linear"):
+        raise ValueError(f"start must be 'zero' or 'linear', got {start!r}")
     den = _population_denoiser(model).to(device).eval()
+    if start == "linear" and not hasattr(den, "linear_response"):
+        raise ValueError(
+            "start='linear' needs a denoiser with a linear_response (PopulationDenoiser)"
+        )
     g = torch.Generator().manual_seed(seed)
     cond = {"control": torch.as_tensor(zc[take], dtype=torch.float32, device=device),
             "anchor": torch.as_tensor(zc[anchor_idx], dtype=torch.float32, device=device),
             "perturbation": torch.full((n_samples,), perts.index(perturbation), device=device)}  # fmt: skip
     shape = (n_samples, n_cells, zc.shape[1])
+    sigmas = karras(steps, sigma_max=float(sigma_max))
     with torch.no_grad():
-        if start_sigma is None:
-            disp = sample(den, shape, karras(steps), sampler=sampler, cond=cond, generator=g,
+        if start_sigma is None and start == "zero":
+            disp = sample(den, shape, sigmas, sampler=sampler, cond=cond, generator=g,
                           device=device, progress=progress)  # fmt: skip
         else:
             from diffsci.core.posterior import start_from
 
             x0 = torch.zeros(shape, dtype=torch.float32, device=device)
-            disp = start_from(den, x0, karras(steps), sigma_start=float(start_sigma),
-                              sampler=sampler, cond=cond, generator=g)  # fmt: skip
+            if start == "linear":
+                x0 = den.linear_response(cond).to(torch.float32)
+            sigma_start = float(sigmas[0]) if start_sigma is None else float(start_sigma)
+            disp = start_from(den, x0, sigmas, sigma_start=sigma_start, sampler=sampler,
+                              cond=cond, generator=g)  # fmt: skip
     d = disp.cpu().double().numpy().reshape(-1, zc.shape[1])
     z = zc[anchor_idx.reshape(-1)] + d
     x = xc[anchor_idx.reshape(-1)] + d * scale @ pcs.T
@@ -179,7 +194,8 @@ def predict_perturbation(adata: AnnData, model: nn.Module, *, perturbation: str,
     out.uns["predict_perturbation"] = {"perturbation": perturbation, "cell_type": str(cell_type),
                                        "n_samples": n_samples, "n_cells": n_cells,
                                        "steps": steps, "sampler": sampler, "seed": seed,
-                                       "start_sigma": start_sigma, "clip": clip}  # fmt: skip
+                                       "start_sigma": start_sigma, "start": start,
+                                       "sigma_max": float(sigma_max), "clip": clip}  # fmt: skip
     return out
 
 

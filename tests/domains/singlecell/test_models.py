@@ -256,3 +256,83 @@ def test_joint_model_forward_returns_both_losses():
     assert int(lin.steps_seen) == 1
     out = model(batch, rng)  # now through the E-step
     assert torch.isfinite(out["loss"]) and int(lin.steps_seen) == 2
+
+
+class _FixedSigma:
+    """A sigma 'sampler' returning given levels (and drawing nothing)."""
+
+    def __init__(self, sigma: torch.Tensor) -> None:
+        self.sigma = sigma
+
+    def __call__(self, n: int, rng, *, device=None) -> torch.Tensor:
+        return self.sigma[:n].to(device)
+
+
+def test_own_mean_loss_is_an_exact_split_of_the_edm_loss():
+    """The EDM loss of :meth:`forward` is the deviations' loss plus the mean head's loss at
+    ``sigma / sqrt(N)`` weighted by ``loss_weight(sigma)``: training the mean head at its own
+    level changes only that level and weight. ``mean_loss`` uses ``sqrt(N) mean(noise)`` as its
+    standard normal and draws only its sigma."""
+    from diffsci.core.denoisers import edm_loss
+    from diffsci.core.rng import ShardedRNG
+
+    torch.manual_seed(0)
+    sig = torch.tensor([0.3, 2.0, 7.0])
+    n = 5
+    den = PopulationDenoiser(_net(), sigma_data=0.5, mean_hidden=8, mean_depth=1,
+                             train_sigma=_FixedSigma(sig),
+                             mean_train_sigma=_FixedSigma(sig / n**0.5))  # fmt: skip
+    torch.nn.init.normal_(den.mean_head.net.out.weight, std=0.1)
+    with torch.no_grad():
+        den.weight.normal_()
+    x0 = torch.randn(3, n, 3)
+    cond = {"control": torch.randn(3, 7, 3), "anchor": torch.randn(3, n, 3),
+            "perturbation": torch.tensor([0, 1, 0])}  # fmt: skip
+    full = edm_loss(den, x0, ShardedRNG(torch.Generator().manual_seed(1)), cond=cond)
+    rng = ShardedRNG(torch.Generator().manual_seed(1))
+    dev, noise = den.deviation_loss(x0, rng, cond=cond)
+    noise_again = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(noise, noise_again)  # the same draw as edm_loss's
+    mean = den.mean_loss(x0, rng, cond=cond, noise=noise)
+    s = sig / n**0.5
+    target = (x0 - den.linear_response(cond)).mean(1)
+    pred = den.mean_head(target + s[:, None] * noise.mean(1) * n**0.5, s, den.mean_cond(cond))
+    err = ((pred - target) ** 2).mean(1)
+    torch.testing.assert_close(mean, (den.mean_head.loss_weight(s) * err).mean())
+    torch.testing.assert_close(dev + (den.loss_weight(sig) * err).mean(), full)
+    torch.testing.assert_close(den.loss(x0, ShardedRNG(torch.Generator().manual_seed(1)),
+                                        cond=cond), dev + mean)  # fmt: skip
+    with pytest.raises(ValueError, match="mean head"):
+        PopulationDenoiser(_net(), mean_train_sigma=_FixedSigma(sig))
+    # the mean head's own preconditioning scale
+    assert PopulationDenoiser(_net(), sigma_data=0.5, mean_hidden=4).mean_head.sigma_data == 0.5
+    two = PopulationDenoiser(_net(), sigma_data=0.5, mean_hidden=4, mean_sigma_data=2.0)
+    assert two.mean_head.sigma_data == 2.0 and two.sigma_data == 0.5
+
+
+def test_joint_model_own_mean_loss_keeps_the_lineage_random_stream():
+    """The mean head's own sigma is drawn after the lineage loss, so the lineage model's loss
+    is the same with and without it."""
+    import copy
+
+    from diffsci.core.rng import ShardedRNG
+    from diffsci.core.schedules import LogNormalSigma
+
+    torch.manual_seed(0)
+    lin = LineageDiffusion(4, depth=1, branching=2, hidden=8, layers=1)
+    net = PopulationNet(3, n_perturbations=2, width=8, depth=1, heads=2)
+    plain = PopulationDenoiser(net, mean_hidden=8, mean_depth=1)
+    own = copy.deepcopy(plain)
+    own.mean_train_sigma = LogNormalSigma(0.0, 1.5)
+    batch = {"population": torch.randn(2, 5, 3), "control": torch.randn(2, 4, 3),
+             "anchor": torch.randn(2, 5, 3),
+             "perturbation": torch.tensor([0, 1]), "cells": torch.rand(2, 3, 4),
+             "node0": torch.zeros(2, 3, dtype=torch.long), "tau0": torch.rand(2, 3)}  # fmt: skip
+    a = SingleCellModel(plain, copy.deepcopy(lin))(
+        batch, ShardedRNG(torch.Generator().manual_seed(0))
+    )
+    b = SingleCellModel(own, copy.deepcopy(lin))(
+        batch, ShardedRNG(torch.Generator().manual_seed(0))
+    )
+    torch.testing.assert_close(a["loss_lineage"], b["loss_lineage"])
+    assert not torch.allclose(a["loss_perturbation"], b["loss_perturbation"])

@@ -85,6 +85,44 @@ def test_predict_perturbation_cells_are_anchors_plus_displacement():
         assert len(np.unique(cells, axis=0)) <= 4
 
 
+class _Frozen(PopulationDenoiser):
+    """``D(x) = x``: the probability-flow ODE leaves the initial state where it is."""
+
+    def forward(self, x, sigma, cond):
+        return x
+
+
+def test_predict_perturbation_start_and_sigma_max():
+    """The initial state is ``centre + sigma_max * noise``: centred on zero displacement or on
+    the denoiser's linear response of every anchor (``start="linear"``)."""
+    a = _control()
+    tl.fit_latent(a, n_comps=4, perturbations=["P1", "P2"])
+    torch.manual_seed(0)
+    den = _Frozen(PopulationNet(4, n_perturbations=2, width=16, depth=1, heads=2))
+    with torch.no_grad():
+        den.weight.normal_()
+    kw = {"perturbation": "P2", "cell_type": "A", "n_samples": 3, "n_cells": 6, "n_control": 6,
+          "steps": 3, "sigma_max": 0.01}  # fmt: skip
+    ctrl = a[a.obs["cell_type"] == "A"]
+    zc = tl.encode(ctrl, a)
+    zero = tl.predict_perturbation(a, den, **kw)
+    lin = tl.predict_perturbation(a, den, start="linear", **kw)
+    assert lin.uns["predict_perturbation"]["start"] == "linear"
+    # the same anchors (same seed); zero start: cells = anchors + O(sigma_max)
+    anchors = zero.obsm["X_latent"]
+    dist = ((anchors[:, None] - zc[None]) ** 2).sum(-1)
+    assert dist.min(1).max() < 4e-3
+    anc = torch.as_tensor(zc[dist.argmin(1)].reshape(3, 6, 4), dtype=torch.float32)
+    cond = {"control": anc, "anchor": anc, "perturbation": torch.full((3,), 1)}
+    m = den.linear_response(cond).detach().numpy().reshape(-1, 4)
+    np.testing.assert_allclose(lin.obsm["X_latent"] - zc[dist.argmin(1)], m, atol=0.05)
+    assert np.abs(m).max() > 0.5
+    with pytest.raises(ValueError, match="start must be"):
+        tl.predict_perturbation(a, den, start="mean", **kw)
+    with pytest.raises(ValueError, match="linear_response"):
+        tl.predict_perturbation(a, _NoResponse(), start="linear", **kw)
+
+
 @pytest.mark.parametrize("kw, err, match", [
     ({"perturbation": "KO"}, KeyError, "unknown perturbation 'KO'"),
     ({"cell_type": "Z"}, KeyError, "unknown cell_type 'Z'"),
