@@ -35,7 +35,7 @@ POCS_TV_GRID = {"lam": [0.003, 0.01, 0.03, 0.1], "lam_final": [0.0001, 0.0003, 0
 TV_GRID = {"lam": [0.001, 0.002, 0.005, 0.01, 0.02], "iters": [300, 1000, 2000]}
 VALIDATION_SEED_OFFSET = 50_000
 #: validation grid of the warm-start sigma (prior units); None = from pure noise
-WARM_START_GRID = [None, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
+WARM_START_GRID = [None, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0]
 
 
 def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
