@@ -8,6 +8,8 @@ complete, and never touches an existing file until the new one is whole).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,33 @@ from anndata import AnnData
 
 from diffsci.core.fileio import atomic_path
 
-__all__ = ["read", "write_h5ad", "check_finite", "require_raw", "require_obs_value", "dense"]
+__all__ = [
+    "read",
+    "write_h5ad",
+    "check_finite",
+    "require_raw",
+    "require_obs_value",
+    "dense",
+    "keep_torch_threads",
+]
+
+
+@contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count on exit (also usable as a decorator).
+
+    Some scanpy calls (``pp.neighbors``, ``tl.rank_genes_groups``) reset it to the number of
+    cores, so a one-thread benchmark ran its training and inference on two OpenMP threads,
+    spinning against another process on a shared 2-core machine (40x slower per step).
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 def read(path: str | os.PathLike) -> AnnData:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from anndata import AnnData
 
-from .io import dense
+from .io import dense, keep_torch_threads
 
 __all__ = [
     "e_distance",
@@ -79,6 +79,7 @@ def r2_means(truth: np.ndarray, pred: np.ndarray, genes: Sequence[int] | None = 
     return float(r2_score(mt, mp))
 
 
+@keep_torch_threads()
 def top_de_genes(truth: AnnData, control: AnnData, *, n: int = 50,
                  method: str = "wilcoxon") -> list[str]:  # fmt: skip
     """The ``n`` most differentially expressed genes of ``truth`` vs ``control``.

@@ -76,6 +76,7 @@ class _Items(torch.utils.data.Dataset):
         return {k: v[i] for k, v in self.items.items()}
 
 
+@io.keep_torch_threads()
 def lineage_baselines(adata: AnnData, *, n_neighbors: int = 10, resolution: float = 0.5,
                       seed: int = 0) -> None:  # fmt: skip
     """scanpy's DPT (``obs["dpt_pseudotime"]`` from ``uns["iroot"]``) and PAGA over Leiden
@@ -217,6 +218,7 @@ class SingleCellTask:
     training_config_keys = ("seed", "perturbation", "model")
 
     # ---------------------------------------------------------------- prepare
+    @io.keep_torch_threads()
     def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
         c, seed = cfg["perturbation"], int(cfg["seed"])
         data_dir = Path(data_dir)
@@ -286,6 +288,7 @@ class SingleCellTask:
                                  mean_loss_weight=m.get("mean_loss_weight", 1.0))  # fmt: skip
         return SingleCellModel(den, lineage, lineage_weight=m["lineage_weight"])
 
+    @io.keep_torch_threads()
     def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
         data_dir = Path(data_dir)
         c, seed = cfg["perturbation"], int(cfg["seed"])
@@ -323,6 +326,7 @@ class SingleCellTask:
         return model(batch, rng)
 
     # ---------------------------------------------------------------- inference
+    @io.keep_torch_threads()
     def infer(self, cfg: Mapping[str, Any], model: nn.Module, data_dir: Path, out_dir: Path, *,
               device: torch.device, progress: bool) -> None:  # fmt: skip
         import anndata as ad
@@ -357,6 +361,7 @@ class SingleCellTask:
         io.write_h5ad(kr, out_dir / "lineage.h5ad")
 
     # ---------------------------------------------------------------- evaluation
+    @io.keep_torch_threads()
     def evaluate(self, cfg: Mapping[str, Any], data_dir: Path, pred_dir: Path,
                  fig_dir: Path) -> dict[str, Any]:  # fmt: skip
         import matplotlib

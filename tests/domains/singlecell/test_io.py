@@ -114,3 +114,24 @@ def test_checks_name_the_problem():
         io.require_obs_value(a, "cell_type", "z")
     with pytest.raises(KeyError, match="no obs column 'batch'"):
         io.require_obs_value(a, "batch", "z")
+
+
+def test_keep_torch_threads_restores_the_thread_count():
+    """scanpy calls that reset torch's thread count must not leak it into training."""
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with io.keep_torch_threads():
+            torch.set_num_threads(2)
+        assert torch.get_num_threads() == 1
+
+        @io.keep_torch_threads()
+        def bump() -> None:
+            torch.set_num_threads(2)
+
+        bump()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)
