@@ -21,6 +21,27 @@ from diffsci.domains.medical.recon import (
 )
 
 
+class _Flat(torch.nn.Module):
+    """Exact denoiser of an isotropic Gaussian prior (std 0.5); records the sigmas it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigmas: list[float] = []
+
+    def forward(self, x, sigma, cond=None):
+        self.sigmas.append(float(sigma.reshape(-1)[0]))
+        return x * 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+
+def _mri_case(shape):
+    """A 4x equispaced single-coil case: operator, two images, their k-space, the data."""
+    m = mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0)
+    op = RealImageMRI(m, shape)
+    x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
+    k = mri.fft2c(x)
+    return op, x, k, op.complete(op.measured * k)
+
+
 @pytest.mark.parametrize("shape", [(32, 32), (33, 31), (64, 48)])
 def test_real_mri_adjoint_completion_and_projection(shape):
     m = mri.kspace_mask(shape, acceleration=4, kind="random", seed=1)
@@ -80,17 +101,8 @@ def test_tv1d_prox_limits_and_optimality():
 @pytest.mark.parametrize("clip", [False, True])
 def test_posterior_samples_meet_mri_data_exactly(clip):
     shape = (16, 16)
-
-    class Flat(torch.nn.Module):  # exact denoiser of an isotropic Gaussian prior (std 0.5)
-        def forward(self, x, sigma, cond=None):
-            return x * 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2)
-
-    m = mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0)
-    op = RealImageMRI(m, shape)
-    x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
-    k = mri.fft2c(x)
-    y = op.complete(op.measured * k)
-    s = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), samples=3, steps=10,
+    op, x, k, y = _mri_case(shape)
+    s = posterior_reconstruct(_Flat(), op, y, (2, 1, *shape), samples=3, steps=10,
                               generator=torch.Generator().manual_seed(0),
                               clip_denoised=clip)  # fmt: skip
     assert s.shape == (3, 2, 1, *shape)
@@ -128,16 +140,9 @@ def test_affine_data_maps_measurements_to_the_prior_variable():
 
 @pytest.mark.parametrize("method", ["dps", "prox"])
 def test_noisy_data_methods_fit_to_the_noise_level(method):
-    class Flat(torch.nn.Module):  # exact denoiser of an isotropic Gaussian prior (std 0.5)
-        def forward(self, x, sigma, cond=None):
-            return x * 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2)
-
     shape = (16, 16)
-    op = RealImageMRI(mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0), shape)
-    x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
-    k = mri.fft2c(x)
-    y = op.complete(op.measured * k)
-    s = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), samples=2, steps=20,
+    op, x, k, y = _mri_case(shape)
+    s = posterior_reconstruct(_Flat(), op, y, (2, 1, *shape), samples=2, steps=20,
                               method=method, noise_std=0.05,
                               generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert torch.isfinite(s).all()
@@ -162,30 +167,19 @@ def test_method_and_noise_are_checked():
 
 def test_warm_start_keeps_the_initial_estimate_and_fits_the_data():
     shape = (16, 16)
-    calls = []
-
-    class Flat(torch.nn.Module):  # exact denoiser of an isotropic Gaussian prior (std 0.5)
-        def forward(self, x, sigma, cond=None):
-            calls.append(float(sigma.reshape(-1)[0]))
-            return x * 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2)
-
-    m = mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0)
-    op = RealImageMRI(m, shape)
-    x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
-    k = mri.fft2c(x)
-    y = op.complete(op.measured * k)
+    op, x, k, y = _mri_case(shape)
     kw = dict(samples=2, steps=20, generator=torch.Generator().manual_seed(0))
-    cold = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), **kw)
-    n_cold = len(calls)
-    calls.clear()
-    warm = posterior_reconstruct(Flat(), op, y, (2, 1, *shape), init=x, start_sigma=0.05, **kw)
+    flat_cold, flat_warm = _Flat(), _Flat()
+    cold = posterior_reconstruct(flat_cold, op, y, (2, 1, *shape), **kw)
+    warm = posterior_reconstruct(flat_warm, op, y, (2, 1, *shape), init=x, start_sigma=0.05, **kw)
     # only the reverse steps below the start sigma run
+    calls, n_cold = flat_warm.sigmas, len(flat_cold.sigmas)
     assert 0 < len(calls) < n_cold / 2 and max(calls) <= 0.05 + 1e-6
     assert float(op.measured_residual(warm.flatten(0, 1), k.repeat(2, 1, 1, 1)).max()) < 1e-5
     # started from the truth, the off-data part stays close to it; from noise it does not
     err = lambda s: float((s.mean(0) - x).pow(2).mean().sqrt())  # noqa: E731
     assert err(warm) < 0.3 * err(cold)
     with pytest.raises(ValueError, match="both init and start_sigma"):
-        posterior_reconstruct(Flat(), op, y, (2, 1, *shape), init=x, **kw)
+        posterior_reconstruct(_Flat(), op, y, (2, 1, *shape), init=x, **kw)
     with pytest.raises(ValueError, match="init has shape"):
-        posterior_reconstruct(Flat(), op, y, (2, 1, *shape), init=x[:1], start_sigma=0.1, **kw)
+        posterior_reconstruct(_Flat(), op, y, (2, 1, *shape), init=x[:1], start_sigma=0.1, **kw)
