@@ -21,6 +21,7 @@ on the same validation phantoms with the trained prior of ``<workdir>/model.pt``
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from typing import Any
@@ -38,11 +39,19 @@ VALIDATION_SEED_OFFSET = 50_000
 WARM_START_GRID = [None, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0]
 
 
+def _median_psnr(pred, *, truth) -> float:
+    """Median over images of the PSNR (data range = the truth's max, as the benchmark)."""
+    from diffsci.core.metrics import psnr
+
+    per = psnr(pred.double(), truth.double(), data_range=float(truth.max()), dim=(-2, -1),
+               reduction="none")  # fmt: skip
+    return float(per.median())
+
+
 def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
     """Grid-search the baselines' weights by median PSNR on validation phantoms."""
     import torch
 
-    from diffsci.core.metrics import psnr
     from diffsci.domains.medical import baselines, ct, mri, phantoms
     from diffsci.domains.medical.task import ct_angles
 
@@ -50,10 +59,7 @@ def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
     x = torch.from_numpy(phantoms.random_ellipse_phantoms(cfg["data"]["n_test"], n, seed=seed))
     x = x[:, None]
 
-    def median_psnr(pred) -> float:
-        per = psnr(pred.double(), x.double(), data_range=float(x.max()), dim=(-2, -1),
-                   reduction="none")  # fmt: skip
-        return float(per.median())
+    median_psnr = functools.partial(_median_psnr, truth=x)
 
     m = cfg["mri"]
     mask = mri.kspace_mask((n, n), acceleration=m["acceleration"],
@@ -85,7 +91,6 @@ def tune_warm_start(cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
     :data:`WARM_START_GRID`, starting from the config's POCS-TV (MRI) and TV-iterative (CT)."""
     import torch
 
-    from diffsci.core.metrics import psnr
     from diffsci.core.stages import load_model
     from diffsci.core.task import get_task
     from diffsci.domains.medical import baselines, ct, mri, phantoms
@@ -111,10 +116,7 @@ def tune_warm_start(cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
                baselines.tv_iterative(sino, radon, **cfg["ct"]["tv"])),
     }  # fmt: skip
 
-    def median_psnr(pred) -> float:
-        per = psnr(pred.double(), x.double(), data_range=float(x.max()), dim=(-2, -1),
-                   reduction="none")  # fmt: skip
-        return float(per.median())
+    median_psnr = functools.partial(_median_psnr, truth=x)
 
     out: dict[str, Any] = {"validation": {"phantoms": len(x), "seed": seed, "size": n}}
     for name, (op, y, init) in cases.items():
