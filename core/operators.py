@@ -8,6 +8,7 @@ must pass: ``<A x, y> == <x, A^H y>`` to floating-point accuracy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ __all__ = [
     "MatrixOperator",
     "Composed",
     "check_adjoint",
+    "OperatorCase",
 ]
 
 
@@ -269,3 +271,14 @@ def check_adjoint(
             f"{type(op).__name__} fails the adjoint test: relative error {err:.3e}"
         )
     return err
+
+
+class OperatorCase(NamedTuple):
+    """One entry of a domain's operator registry (``OPERATORS`` in its ``operators`` module):
+    an instance of the operator and the input on which the shared contract test runs
+    :func:`check_adjoint` (deepinv keeps such a registry of its physics for the same test)."""
+
+    op: LinearOperator
+    x_shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float64
+    rtol: float = 1e-5

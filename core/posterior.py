@@ -20,6 +20,7 @@ sampler steps (RED-Diff's optimisation and warm starts):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .denoisers import Denoiser, _bc, as_sigma
 from .operators import LinearOperator
-from .samplers import get_sampler
+from .samplers import get_sampler, sample
 from .schedules import check_sigmas
 
 __all__ = [
@@ -39,6 +40,10 @@ __all__ = [
     "start_from",
     "JointPosterior",
     "x0_variance",
+    "Reconstruction",
+    "data_term",
+    "reconstruct",
+    "METHODS",
 ]
 
 
@@ -353,3 +358,134 @@ class JointPosterior(nn.Module):
 
     def forward(self, z: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         return self.dps(z, sigma, cond)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Posterior samples of one inverse problem and their pixel-wise summaries.
+
+    ``samples`` is ``(n_samples, *shape)``; ``mean`` and ``std`` (unbiased, over samples; zero
+    for a single sample) are taken along the first axis.
+    """
+
+    samples: Tensor
+
+    @property
+    def mean(self) -> Tensor:
+        return self.samples.mean(0)
+
+    @property
+    def std(self) -> Tensor:
+        if self.samples.shape[0] < 2:
+            return torch.zeros_like(self.samples[0])
+        return self.samples.std(0)
+
+
+METHODS = ("hard_dc", "dps", "pigdm", "prox")
+
+
+def data_term(
+    prior: Denoiser,
+    physics: LinearOperator,
+    y: Tensor,
+    *,
+    method: str,
+    noise_std: float = 0.0,
+    sigma_data: float | None = None,
+    lam: float = 1.0,
+) -> nn.Module:
+    """The prior wrapped with the data term of ``method`` for ``y = A x + n``, ``n ~ N(0, s^2)``.
+
+    - ``"hard_dc"``: :class:`DataConsistency` (noiseless data; ``noise_std`` must be 0).
+    - ``"dps"``: :class:`DPS` with the Gaussian likelihood of std ``noise_std`` (Chung et al.
+      2023); ``"pigdm"``: the same with the PiGDM variance of ``x0 | x_sigma`` for a prior of
+      std ``sigma_data`` (Song et al. 2023).
+    - ``"prox"``: :class:`ProximalDataStep` with weight ``lam`` (DiffPIR-like).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "hard_dc":
+        if noise_std:
+            raise ValueError(f"method 'hard_dc' is for noiseless data, got noise_std={noise_std}")
+        return DataConsistency(prior, physics, y)
+    if noise_std <= 0:
+        raise ValueError(f"method {method!r} needs noise_std > 0 (noiseless data: 'hard_dc')")
+    if method == "prox":
+        return ProximalDataStep(prior, physics, y, noise_std=noise_std, lam=lam)
+    if method == "pigdm" and sigma_data is None:
+        raise ValueError("method 'pigdm' needs the prior's sigma_data")
+    sd = sigma_data if method == "pigdm" else None
+    return DPS(prior, physics, y, noise_std=noise_std, sigma_data=sd)
+
+
+@torch.no_grad()
+def reconstruct(
+    prior: Denoiser,
+    physics: LinearOperator,
+    y: Tensor,
+    *,
+    sigmas: Tensor,
+    shape: Sequence[int],
+    method: str = "hard_dc",
+    noise_std: float = 0.0,
+    sampler: str = "dpmpp_2m",
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    init: Tensor | None = None,
+    start_sigma: float | None = None,
+    cond: Any = None,
+    sigma_data: float | None = None,
+    lam: float = 1.0,
+    progress: bool = False,
+    **options: Any,
+) -> Reconstruction:
+    """Posterior samples of ``x`` given ``y = physics(x) + n``: the one driver every domain uses.
+
+    deepinv's call shape ``(y, physics)``: ``physics`` is a
+    :class:`~diffsci.core.operators.LinearOperator` acting on the prior's variable, ``y`` is in
+    its range and ``noise_std`` in its units. Each of the ``n_samples`` samples draws its own
+    initial noise ``randn(shape) * sigmas[0]`` from ``generator`` (samples are drawn one after
+    the other, so a fixed generator gives the same samples whatever ``n_samples``' batching)
+    and runs ``sampler`` on :func:`data_term` (``method``, ``noise_std``, ``sigma_data``,
+    ``lam``). ``init`` with ``start_sigma``: SDEdit/CCDF warm start from an estimate
+    (:func:`start_from`; Chung, Sim & Ye, CVPR 2022). ``options`` go to the sampler (e.g.
+    ``eta``).
+    """
+    if (init is None) != (start_sigma is None):
+        raise ValueError("a warm start needs both init and start_sigma")
+    shape = tuple(int(s) for s in shape)
+    if init is not None and tuple(init.shape) != shape:
+        raise ValueError(f"init has shape {tuple(init.shape)}, expected {shape}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    y = _check_y(y)
+    sig = check_sigmas(sigmas)
+    den = data_term(
+        prior, physics, y, method=method, noise_std=noise_std, sigma_data=sigma_data, lam=lam
+    )
+    out = []
+    for _ in tqdm(range(n_samples), disable=not progress, desc=f"posterior ({method})"):
+        if init is not None:
+            z = start_from(
+                den,
+                init.to(y.device),
+                sig,
+                sigma_start=float(start_sigma),
+                sampler=sampler,
+                cond=cond,
+                generator=generator,
+                **options,
+            )
+        else:
+            z = sample(
+                den,
+                shape,
+                sig,
+                sampler=sampler,
+                cond=cond,
+                generator=generator,
+                device=y.device,
+                **options,
+            )
+        out.append(z)
+    return Reconstruction(torch.stack(out))

@@ -9,25 +9,14 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["provenance", "write_json_atomic"]
 
-_PACKAGES = (
-    "diffsci",
-    "torch",
-    "monai",
-    "numpy",
-    "scipy",
-    "snakemake",
-    "h5py",
-    "scanpy",
-    "anndata",
-    "xarray",
-    "dask",
-    "pydicom",
-)
+#: The core's own dependencies; a task adds its domain's (``Task.packages``).
+_PACKAGES = ("diffsci", "torch", "monai", "numpy", "scipy", "snakemake", "h5py")
 
 
 def _git_commit(path: Path) -> str | None:
@@ -52,10 +41,16 @@ def _git_commit(path: Path) -> str | None:
         return None
 
 
-def provenance(*, config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
-    """A JSON-serialisable record of how an output was made."""
+def provenance(
+    *,
+    config: dict[str, Any] | None = None,
+    seed: int | None = None,
+    packages: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A JSON-serialisable record of how an output was made; ``packages`` are listed with their
+    versions besides the core's."""
     versions = {}
-    for name in _PACKAGES:
+    for name in dict.fromkeys((*_PACKAGES, *packages)):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:

@@ -1,4 +1,5 @@
-"""The generic pipeline stages every domain runs: prepare, train, infer, evaluate, report.
+"""The generic pipeline stages every domain runs: prepare, train, baselines, infer, evaluate,
+report.
 
 Each stage reads a validated config, calls the domain's :class:`~diffsci.core.task.Task`, and
 writes its outputs so that a failed run never leaves an output that looks complete: folders
@@ -9,6 +10,8 @@ Every output carries a provenance record (config, seed, versions, git commit).
 from __future__ import annotations
 
 import copy
+import csv
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,19 @@ import yaml
 
 from .fileio import atomic_dir, atomic_path
 from .provenance import provenance, write_json_atomic
-from .task import Task, TaskPaths, get_task
+from .task import EvalResult, Task, TaskPaths, get_task
 from .training import TrainConfig, train
 
-__all__ = ["load_config", "run_stage", "STAGES", "TRAINING_CONFIG_KEYS"]
+__all__ = [
+    "load_config",
+    "validate_config",
+    "load_model",
+    "run_stage",
+    "STAGES",
+    "TRAINING_CONFIG_KEYS",
+]
 
-STAGES = ("prepare", "train", "infer", "evaluate", "report")
+STAGES = ("prepare", "train", "baselines", "infer", "evaluate", "report")
 #: Config keys whose values are saved with a training checkpoint and must match on resume (a
 #: task may name its own in ``training_config_keys``).
 TRAINING_CONFIG_KEYS = ("seed", "data", "model", "loss")
@@ -44,11 +54,29 @@ def load_config(path: str | Path, task: Task) -> dict[str, Any]:
     return cfg
 
 
+def _registry(schema_file: Path):
+    """A ``referencing`` registry resolving relative ``$ref`` files against ``schema_file``'s
+    folder, as ``snakemake.utils.validate`` does (so both accept the same schemas)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from referencing import Registry, Resource
+
+    def retrieve(uri: str) -> Resource:
+        return Resource.from_contents(
+            yaml.safe_load(Path(url2pathname(urlparse(uri).path)).read_text())
+        )
+
+    return Registry(retrieve=retrieve)
+
+
 def validate_config(cfg: dict[str, Any], schema_path: Path, *, source: str = "config") -> None:
     """Validate ``cfg`` in place (defaults filled) with the same schema Snakemake uses."""
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema_path = Path(schema_path).resolve()
+    schema = yaml.safe_load(schema_path.read_text())
+    schema["$id"] = schema_path.as_uri()
     validator_cls = jsonschema.validators.validator_for(schema)
 
     def set_defaults(validator, properties, instance, schema):
@@ -58,7 +86,8 @@ def validate_config(cfg: dict[str, Any], schema_path: Path, *, source: str = "co
         yield from validator_cls.VALIDATORS["properties"](validator, properties, instance, schema)
 
     filling = jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
-    errors = sorted(filling(schema).iter_errors(cfg), key=lambda e: list(e.path))
+    validator = filling(schema, registry=_registry(schema_path))
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.path))
     if errors:
         lines = [f"  {'/'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors[:10]]
         raise ValueError(f"{source} fails the schema {schema_path.name}:\n" + "\n".join(lines))
@@ -73,25 +102,40 @@ def _device(cfg: Mapping[str, Any]) -> torch.device:
     return torch.device(want)
 
 
+def _provenance(task: Task, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return provenance(config=dict(cfg), seed=cfg.get("seed"), packages=task.packages)
+
+
 def run_prepare(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
     with atomic_dir(paths.data) as tmp:
         task.prepare(cfg, tmp)
-        write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
+        write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
 
 
-def run_train(task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bool = True,
-              ckpt_dir: str | Path | None = None, **_: Any) -> None:  # fmt: skip
-    torch.manual_seed(int(cfg.get("seed", 0)))
+def run_train(
+    task: Task,
+    cfg: dict[str, Any],
+    paths: TaskPaths,
+    *,
+    progress: bool = True,
+    ckpt_dir: str | Path | None = None,
+    **_: Any,
+) -> None:
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
     model = task.build_model(cfg)
     data = task.train_dataset(cfg, paths.data)
-    tcfg = TrainConfig(**{**cfg["train"], "seed": int(cfg.get("seed", 0)), "progress": progress,
-                          "ckpt_dir": str(ckpt_dir or paths.checkpoints)})  # fmt: skip
-    keys = getattr(task, "training_config_keys", TRAINING_CONFIG_KEYS)
-    result = train(model, task.loss, data, tcfg, device=_device(cfg),
-                   settings={k: cfg[k] for k in keys if k in cfg})  # fmt: skip
+    loss = task.make_loss(cfg, paths.data)
+    ckpt = str(ckpt_dir or paths.checkpoints)
+    tcfg = TrainConfig(**{**cfg["train"], "seed": seed, "progress": progress, "ckpt_dir": ckpt})
+    settings = {k: cfg[k] for k in task.training_config_keys if k in cfg}
+    result = train(model, loss, data, tcfg, device=_device(cfg), settings=settings)
     net = result.ema if result.ema is not None else result.model
-    payload = {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
-               "step": result.step, "provenance": provenance(config=cfg, seed=cfg.get("seed"))}  # fmt: skip
+    payload = {
+        "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+        "step": result.step,
+        "provenance": _provenance(task, cfg),
+    }
     with atomic_path(paths.model) as tmp:
         torch.save(payload, tmp)
 
@@ -109,35 +153,90 @@ def load_model(task: Task, cfg: Mapping[str, Any], path: Path) -> torch.nn.Modul
     return model.eval()
 
 
-def run_infer(task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bool = True,
-              **_: Any) -> None:  # fmt: skip
+def run_baselines(
+    task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bool = True, **_: Any
+) -> None:
+    with atomic_dir(paths.baselines) as tmp:
+        task.baselines(cfg, paths.data, tmp, device=_device(cfg), progress=progress)
+        write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
+
+
+def run_infer(
+    task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bool = True, **_: Any
+) -> None:
     device = _device(cfg)
     model = load_model(task, cfg, paths.model).to(device)
     with atomic_dir(paths.predictions) as tmp:
         task.infer(cfg, model, paths.data, tmp, device=device, progress=progress)
-        write_json_atomic(tmp / "provenance.json", provenance(config=cfg, seed=cfg.get("seed")))
+        write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
 
 
 def run_evaluate(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
+    for need, stage in ((paths.predictions, "infer"), (paths.data, "prepare")):
+        if not need.is_dir():
+            raise FileNotFoundError(f"{need}: missing (run the {stage} stage first)")
     with atomic_dir(paths.figures) as tmp:
-        result = task.evaluate(cfg, paths.data, paths.predictions, tmp)
-    result["provenance"] = provenance(config=cfg, seed=cfg.get("seed"))
-    result["domain"] = task.name
-    write_json_atomic(paths.metrics, result)
+        result = task.evaluate(cfg, paths, tmp)
+    if not isinstance(result, EvalResult):
+        raise TypeError(f"{task.name}: evaluate must return an EvalResult, got {type(result)}")
+    out = {**result.to_json(), "provenance": _provenance(task, cfg), "domain": task.name}
+    write_json_atomic(paths.metrics, out)
+
+
+def _table_csv(path: Path, rows: Mapping[str, Mapping[str, Any]], first: str = "method") -> None:
+    metrics = list(dict.fromkeys(k for r in rows.values() for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([first, *metrics])
+        for method, r in rows.items():
+            w.writerow([method, *(_cell(r.get(m, "")) for m in metrics)])
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return v
+
+
+def _slug(title: str) -> str:
+    s = "".join(c if c.isalnum() else "_" for c in title.lower())
+    return "_".join(p for p in s.split("_") if p)[:80] or "table"
 
 
 def run_report(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
-    from .report import write_report
+    """The metric tables of ``metrics.json`` as CSV files (one per table, plus ``summary.csv``)
+    in ``tables/``, for ``snakemake --report`` and for notebooks."""
+    if not paths.metrics.is_file():
+        raise FileNotFoundError(f"{paths.metrics}: missing (run the evaluate stage first)")
+    m = json.loads(paths.metrics.read_text())
+    with atomic_dir(paths.tables) as tmp:
+        for i, (title, rows) in enumerate(m["tables"].items()):
+            _table_csv(tmp / f"{i:02d}_{_slug(title)}.csv", rows)
+        summary = {k: {"value": v} for k, v in m.get("summary", {}).items()}
+        _table_csv(tmp / "summary.csv", summary, first="quantity")
 
-    write_report(paths.report, [paths.metrics], title=f"diffsci report: {task.name}")
+
+_RUNNERS = {
+    "prepare": run_prepare,
+    "train": run_train,
+    "baselines": run_baselines,
+    "infer": run_infer,
+    "evaluate": run_evaluate,
+    "report": run_report,
+}
 
 
-_RUNNERS = {"prepare": run_prepare, "train": run_train, "infer": run_infer,
-            "evaluate": run_evaluate, "report": run_report}  # fmt: skip
-
-
-def run_stage(stage: str, *, domain: str, config: str | Path, workdir: str | Path,
-              progress: bool = True, **kwargs: Any) -> None:  # fmt: skip
+def run_stage(
+    stage: str,
+    *,
+    domain: str,
+    config: str | Path,
+    workdir: str | Path,
+    progress: bool = True,
+    **kwargs: Any,
+) -> None:
     """Run one stage of ``domain`` with the config file ``config`` under ``workdir``."""
     if stage not in _RUNNERS:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
