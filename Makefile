@@ -12,20 +12,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints/cpu.txt
-	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[workflow]"
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py constraints/cpu.txt
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[all,workflow]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[workflow,test]"
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[all,workflow,test]"
 	touch $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-## demo: run the default Snakemake workflow on tiny CPU data
+## demo: run the default Snakemake workflow on tiny CPU data, then Snakemake's HTML report
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --printshellcmds
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --report results/report.html
+	@echo "report: results/report.html"
 
 ## test: the default test suite (heavy, slurm and gpu tests are behind markers)
 test: install-test

@@ -1,16 +1,19 @@
 # diffsci workflows. `snakemake --cores all` runs every registered domain's tiny pipeline
 # (plus the core demo); `snakemake pde` runs one domain. Configs: workflows/config/<domain>.yaml,
-# override with `--config pde_config=workflows/config/pde_gpu.yaml`.
+# override with `--config pde_config=workflows/config/pde_gpu.yaml`. The report a person opens:
+# `snakemake --report results/report.html` (figures and metric tables of every domain).
 import os
 
 
 include: "workflows/rules/common.smk"
 include: "workflows/rules/core.smk"
-include: "workflows/rules/pde.smk"
+
+
+report: "workflows/report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         rules.core_demo.output,
-        expand("results/{domain}/report.html", domain=DOMAINS),
+        expand("results/{domain}/tables", domain=DOMAINS),

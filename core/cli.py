@@ -29,8 +29,13 @@ def _demo(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> int:
     from .stages import run_stage
 
-    run_stage(args.command, domain=args.domain, config=args.config,
-              workdir=args.workdir or f"results/{args.domain}", progress=not args.quiet)  # fmt: skip
+    run_stage(
+        args.command,
+        domain=args.domain,
+        config=args.config,
+        workdir=args.workdir or f"results/{args.domain}",
+        progress=not args.quiet,
+    )
     return 0
 
 
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+    except (ValueError, FileNotFoundError, KeyError, OSError, ImportError) as e:
         print(f"diffsci {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

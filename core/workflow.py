@@ -3,10 +3,12 @@ which Snakemake's linter wants free of function definitions)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
 from typing import Any
 
-__all__ = ["signal_lead_check"]
+__all__ = ["signal_lead_check", "domain_rules"]
 
 # sbatch's --signal=[{R|B}:]<sig_num>[@sig_time] (sig_time in seconds, default 60)
 _SIGNAL = re.compile(r"--signal[= ]['\"]?(?:[RB]+:)?(\w+)(?:@(\d+))?")
@@ -37,3 +39,14 @@ def signal_lead_check(resources: Any, *, rule: str = "train") -> str:
             f"the rule a runtime above {lead / 60:g} min or a smaller @seconds in --signal"
         )
     return ""
+
+
+def domain_rules(domain: str) -> str | None:
+    """The domain's own Snakemake rules, ``rules.smk`` in its package, if it ships one."""
+    from .task import domain_module
+
+    spec = importlib.util.find_spec(domain_module(domain))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "rules.smk"
+    return str(path) if path.is_file() else None

@@ -24,8 +24,13 @@ def _one_torch_thread():
 
 def _run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "diffsci.core.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "diffsci.core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +48,10 @@ def cli_pipeline():
     def run(domain: str, cfg: dict, root: Path) -> tuple[Path, Path]:
         path, work = root / "tiny.yaml", root / "work"
         path.write_text(yaml.safe_dump(cfg))
-        for stage in ("prepare", "train", "infer", "evaluate", "report"):
-            r = _run_cli(stage, "--domain", domain, "--config", str(path), "--workdir",
-                         str(work), "--quiet")  # fmt: skip
+        for stage in ("prepare", "train", "baselines", "infer", "evaluate", "report"):
+            r = _run_cli(
+                stage, "--domain", domain, "--config", str(path), "--workdir", str(work), "--quiet"
+            )
             assert r.returncode == 0, f"{domain} {stage}: {r.stderr[-3000:]}"
         return path, work
 

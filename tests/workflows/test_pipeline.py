@@ -23,10 +23,24 @@ ENV = {**os.environ, "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 @pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed")
 def test_pde_pipeline_end_to_end(tmp_path):
     r = subprocess.run(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
-         "pde", "--config", f"pde_config={TINY}", "domains=[pde]"],
-        capture_output=True, text=True, timeout=900, env=ENV,
-    )  # fmt: skip
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--cores",
+            "2",
+            "pde",
+            "--config",
+            f"pde_config={TINY}",
+            "domains=[pde]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=ENV,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = tmp_path / "results" / "pde"
     metrics = json.loads((res / "metrics.json").read_text())
@@ -37,10 +51,36 @@ def test_pde_pipeline_end_to_end(tmp_path):
     ev = json.loads((res / "predictions" / "events.json").read_text())
     assert 0 <= ev["p_solver_monte_carlo"] <= 1 and ev["n_solver"] == 16 and ev["n_model"] == 4
     assert metrics["provenance"]["config"]["train"]["steps"] == 30
-    assert (res / "report.html").read_text().count("<table>") >= 1
+    assert len(list((res / "tables").glob("*.csv"))) >= 2  # the tables + summary.csv
     assert (res / "checkpoints" / "last.pt").is_file()
-    for log in ("prepare", "train", "infer", "evaluate", "report"):
+    for log in ("prepare", "train", "baselines", "infer", "evaluate", "report"):
         assert (tmp_path / "logs" / "pde" / f"{log}.log").is_file()
+    # Snakemake's own report holds the domain's figures and metric tables
+    r = subprocess.run(
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "pde",
+            "--config",
+            f"pde_config={TINY}",
+            "domains=[pde]",
+            "--report",
+            "report.html",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    names = [p.name for p in (res / "figures").glob("*.png")] + [
+        p.name for p in (res / "tables").glob("*.csv")
+    ]
+    assert names and all(n in html for n in names), names
     # Retraining under another model setting must not silently continue the old checkpoint
     # (same architecture, so the weights would load): a clear error, the model left as it was.
     other = tmp_path / "other.yaml"
@@ -54,8 +94,13 @@ def test_pde_pipeline_end_to_end(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diffsci.core.cli", *args],
-                          capture_output=True, text=True, timeout=300, env=ENV)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "diffsci.core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
 
 
 def test_config_failing_schema_names_the_key(tmp_path):

@@ -21,19 +21,29 @@ TINY = Path(__file__).with_name("pde_tiny.yaml")
 _BIN = Path(sys.executable).parent
 SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 # One torch thread per process: the suite runs two workers on two cores.
-ENV = {**os.environ, "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-       "OMP_NUM_THREADS": "1"}  # fmt: skip
+ENV = {
+    **os.environ,
+    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "OMP_NUM_THREADS": "1",
+}
 STEPS = 16
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "diffsci.core.cli", *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "diffsci.core.cli", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _train(cfg: Path, workdir: Path) -> subprocess.Popen:
-    return _cli("train", "--domain", "pde", "--config", str(cfg), "--workdir", str(workdir),
-                "--quiet")  # fmt: skip
+    return _cli(
+        "train", "--domain", "pde", "--config", str(cfg), "--workdir", str(workdir), "--quiet"
+    )
 
 
 def _weights(workdir: Path) -> dict[str, torch.Tensor]:
@@ -48,8 +58,9 @@ def prepared(tmp_path_factory):
     cfg["train"].update(steps=STEPS, ckpt_every=4, log_every=4)
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    p = _cli("prepare", "--domain", "pde", "--config", str(path), "--workdir", str(root / "w"),
-             "--quiet")  # fmt: skip
+    p = _cli(
+        "prepare", "--domain", "pde", "--config", str(path), "--workdir", str(root / "w"), "--quiet"
+    )
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     return path, root / "w" / "data"
@@ -97,10 +108,26 @@ def test_unknown_resource_in_profile_is_named(tmp_path):
     prof.mkdir()
     (prof / "config.yaml").write_text("set-resources:\n  train:\n    gpus: 1\n")
     r = subprocess.run(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--workflow-profile", str(prof), "-n",
-         "--cores", "1", "pde", "--config", f"pde_config={TINY}", "domains=[pde]"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV,
-    )  # fmt: skip
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--workflow-profile",
+            str(prof),
+            "-n",
+            "--cores",
+            "1",
+            "pde",
+            "--config",
+            f"pde_config={TINY}",
+            "domains=[pde]",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert r.returncode != 0
     assert "unknown resource(s) 'gpus'" in r.stdout + r.stderr
     assert "rule 'train'" in r.stdout + r.stderr
@@ -112,10 +139,25 @@ def test_gpu_rule_without_gpu_fails_clearly(prepared, tmp_path):
     cfg, data = prepared
     shutil.copytree(data, tmp_path / "results" / "pde" / "data")
     r = subprocess.run(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--cores", "1", "results/pde/model.pt",
-         "--set-resources", "train:gpu=1", "--config", f"pde_config={cfg}", "domains=[pde]"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV,
-    )  # fmt: skip
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--cores",
+            "1",
+            "results/pde/model.pt",
+            "--set-resources",
+            "train:gpu=1",
+            "--config",
+            f"pde_config={cfg}",
+            "domains=[pde]",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert r.returncode != 0
     msg = "resource gpu=1 (resources.gpu of rule train) but torch sees 0 CUDA device(s)"
     assert msg in r.stdout + r.stderr

@@ -80,10 +80,24 @@ def test_pde_pipeline_through_slurm(slurm, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     r = subprocess.run(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--workflow-profile", str(profile),
-         "--verbose", "pde", "--config", f"pde_config={TINY}", "domains=[pde]"],
-        cwd=work, capture_output=True, text=True, timeout=1200, env=ENV,
-    )  # fmt: skip
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--workflow-profile",
+            str(profile),
+            "--verbose",
+            "pde",
+            "--config",
+            f"pde_config={TINY}",
+            "domains=[pde]",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=ENV,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
     # Every job went through sbatch: one SLURM job id per rule that ran.
@@ -104,8 +118,8 @@ def test_pde_pipeline_through_slurm(slurm, tmp_path):
     assert numbers and all(math.isfinite(v) for v in numbers)
     assert metrics["provenance"]["config"]["train"]["steps"] == 30
     assert (res / "model.pt").is_file() and (res / "checkpoints" / "last.pt").is_file()
-    assert (res / "report.html").is_file()
-    for log in ("prepare", "train", "infer", "evaluate", "report"):
+    assert list((res / "tables").glob("*.csv"))
+    for log in ("prepare", "train", "baselines", "infer", "evaluate", "report"):
         assert (work / "logs" / "pde" / f"{log}.log").is_file()
 
 
@@ -123,8 +137,9 @@ def _numbers(obj):
 
 
 def _running_jobs() -> list[str]:
-    r = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True,
-                       text=True, timeout=30)  # fmt: skip
+    r = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True, timeout=30
+    )
     return r.stdout.split()
 
 
@@ -143,10 +158,23 @@ def test_train_preempted_by_usr1_resumes_through_slurm(slurm, tmp_path):
     work.mkdir()
     metrics = work / "results" / "pde" / "checkpoints" / "metrics.jsonl"
     proc = subprocess.Popen(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--workflow-profile", str(profile),
-         "results/pde/model.pt", "--config", f"pde_config={cfg_path}", "domains=[pde]"],
-        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-    )  # fmt: skip
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--workflow-profile",
+            str(profile),
+            "results/pde/model.pt",
+            "--config",
+            f"pde_config={cfg_path}",
+            "domains=[pde]",
+        ],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 600
         signalled = None

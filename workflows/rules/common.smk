@@ -1,6 +1,9 @@
-# Generic pipeline shared by every domain: prepare -> train -> infer -> evaluate -> report.
-# Rules are parameterised by the {domain} wildcard and call the thin `diffsci` CLI. A domain's
-# own .smk only adds its extra rules and may list extra evaluate inputs in EXTRA_EVAL_INPUTS.
+# Generic pipeline shared by every domain:
+#   prepare -> train -> baselines -> infer -> evaluate -> report
+# Rules are parameterised by the {domain} wildcard and call the thin `diffsci` CLI. A domain
+# with rules of its own ships them as `rules.smk` in its package; the Snakefile includes it.
+# Figures and metric tables are flagged for Snakemake's own report:
+#   snakemake --report results/report.html
 # Checkpoints live in results/{domain}/checkpoints (a param, not an output), so a failed or
 # preempted train job never loses them and a retry resumes.
 import os
@@ -10,10 +13,10 @@ import yaml
 from snakemake.utils import validate
 
 from diffsci.core.task import config_path, list_tasks, schema_path
-from diffsci.core.workflow import signal_lead_check
+from diffsci.core.workflow import domain_rules, signal_lead_check
 
 DOMAINS = config.get("domains", list_tasks())
-EXTRA_EVAL_INPUTS = {}
+CAPTIONS = "../report"  # caption files, relative to this file
 
 # Resources a rule or profile may set: Snakemake's own and those the SLURM executor plugin
 # reads. Anything else (a typo such as `gpus` or `mem_gb`) would be silently ignored by the
@@ -139,6 +142,28 @@ rule train:
         "--workdir {params.workdir} --quiet >> {log} 2>&1"
 
 
+rule baselines:
+    input:
+        data="results/{domain}/data",
+        config=lambda wc: config_path(wc.domain, config),
+    output:
+        directory("results/{domain}/baselines"),
+    log:
+        "logs/{domain}/baselines.log",
+    benchmark:
+        "benchmarks/snakemake/{domain}/baselines.tsv"
+    params:
+        workdir=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=4000,
+        runtime=lambda wc, attempt: 60 * attempt,
+    shell:
+        "diffsci baselines --domain {wildcards.domain} --config {input.config} "
+        "--workdir {params.workdir} --quiet > {log} 2>&1"
+
+
 rule infer:
     input:
         model="results/{domain}/model.pt",
@@ -165,12 +190,19 @@ rule infer:
 rule evaluate:
     input:
         predictions="results/{domain}/predictions",
+        baselines="results/{domain}/baselines",
         data="results/{domain}/data",
         config=lambda wc: config_path(wc.domain, config),
-        extra=lambda wc: EXTRA_EVAL_INPUTS.get(wc.domain, []),
     output:
         metrics="results/{domain}/metrics.json",
-        figures=directory("results/{domain}/figures"),
+        figures=report(
+            directory("results/{domain}/figures"),
+            patterns=["{name}.png"],
+            caption=f"{CAPTIONS}/figures.rst",
+            category="{domain}",
+            subcategory="figures",
+            labels={"figure": "{name}"},
+        ),
     log:
         "logs/{domain}/evaluate.log",
     params:
@@ -188,10 +220,16 @@ rule evaluate:
 rule report:
     input:
         metrics="results/{domain}/metrics.json",
-        figures="results/{domain}/figures",
         config=lambda wc: config_path(wc.domain, config),
     output:
-        "results/{domain}/report.html",
+        report(
+            directory("results/{domain}/tables"),
+            patterns=["{name}.csv"],
+            caption=f"{CAPTIONS}/tables.rst",
+            category="{domain}",
+            subcategory="metric tables",
+            labels={"table": "{name}"},
+        ),
     log:
         "logs/{domain}/report.log",
     params:
@@ -206,6 +244,12 @@ rule report:
         "--workdir {params.workdir} --quiet > {log} 2>&1"
 
 
+# A domain's own rules (`rules.smk` in its package), when it has any.
+for _smk in filter(None, map(domain_rules, DOMAINS)):
+
+    include: _smk
+
+
 # `snakemake <domain>` runs one domain's whole pipeline.
 for _d in DOMAINS:
 
@@ -213,5 +257,5 @@ for _d in DOMAINS:
         name:
             _d
         input:
-            f"results/{_d}/report.html",
+            f"results/{_d}/tables",
         default_target: False

@@ -3,7 +3,11 @@ rule core_demo:
     output:
         metrics="results/core_demo/metrics.json",
         samples="results/core_demo/samples.h5",
-        figure="results/core_demo/demo.png",
+        figure=report(
+            "results/core_demo/demo.png",
+            caption="../report/core_demo.rst",
+            category="core demo",
+        ),
     log:
         "logs/core_demo.log",
     benchmark:

@@ -1,0 +1,173 @@
+"""Adding a domain needs its package, one entry-point line and a config, nothing else: a
+throwaway domain, registered by an entry point this test writes (no file of the project is
+changed), runs its whole chain through the ``diffsci`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CORE_SCHEMA = (Path(__file__).resolve().parents[2] / "core" / "config.schema.yaml").as_uri()
+
+TASK = '''
+"""A throwaway domain: a diffusion model of a 2-D Gaussian vs the Gaussian fit as baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffsci.core.denoisers import KarrasDenoiser, edm_loss
+from diffsci.core.metrics import energy_distance
+from diffsci.core.networks import MLPDenoiser
+from diffsci.core.samplers import sample
+from diffsci.core.schedules import karras
+from diffsci.core.task import DomainTask, EvalResult
+
+
+class ToyTask(DomainTask):
+    name = "toy"
+    schema_path = Path(__file__).with_name("config.schema.yaml")
+
+    def prepare(self, cfg, data_dir):
+        g = np.random.default_rng(cfg["seed"])
+        for split in ("train", "test"):
+            x = g.normal([1.0, -2.0], [0.5, 0.2], size=(cfg["n"], 2)).astype(np.float32)
+            np.save(Path(data_dir) / f"{split}.npy", x)
+
+    def build_model(self, cfg):
+        return KarrasDenoiser(MLPDenoiser(2, hidden=32, depth=1), sigma_data=1.0)
+
+    def train_dataset(self, cfg, data_dir):
+        return torch.from_numpy(np.load(Path(data_dir) / "train.npy"))
+
+    def make_loss(self, cfg, data_dir):
+        return lambda model, x0, rng: edm_loss(model, x0, rng)
+
+    def baselines(self, cfg, data_dir, out_dir, *, device, progress):
+        x = np.load(Path(data_dir) / "train.npy")
+        fit = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
+        (Path(out_dir) / "gaussian_fit.json").write_text(json.dumps(fit))
+
+    def infer(self, cfg, model, data_dir, out_dir, *, device, progress):
+        g = torch.Generator().manual_seed(cfg["seed"])
+        x = sample(model, (cfg["n"], 2), karras(8, 0.01, 10.0), sampler="heun", generator=g)
+        np.save(Path(out_dir) / "samples.npy", x.numpy())
+
+    def evaluate(self, cfg, paths, fig_dir):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        test = np.load(paths.data / "test.npy")
+        ours = np.load(paths.predictions / "samples.npy")
+        fit = json.loads((paths.baselines / "gaussian_fit.json").read_text())
+        g = np.random.default_rng(1)
+        base = g.normal(fit["mean"], fit["std"], size=test.shape)
+        rows = {m: {"energy distance": float(energy_distance(x, test))}
+                for m, x in (("diffusion", ours), ("Gaussian fit", base))}
+        fig, ax = plt.subplots()
+        ax.scatter(*ours.T, s=2)
+        fig.savefig(fig_dir / "samples.png")
+        plt.close(fig)
+        return EvalResult(tables={"toy": rows}, lower_is_better=["energy distance"],
+                          figures=["figures/samples.png"], summary={"n": cfg["n"]})
+'''
+
+SCHEMA = f"""
+$schema: "https://json-schema.org/draft/2020-12/schema"
+type: object
+additionalProperties: false
+required: [train]
+properties:
+  seed: {{$ref: "{CORE_SCHEMA}#/$defs/seed", default: 0}}
+  device: {{$ref: "{CORE_SCHEMA}#/$defs/device", default: cpu}}
+  n: {{type: integer, minimum: 8, default: 64}}
+  train: {{$ref: "{CORE_SCHEMA}#/$defs/train"}}
+"""
+
+
+def _install(site: Path) -> None:
+    pkg = site / "toydomain"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "task.py").write_text(TASK)
+    (pkg / "config.schema.yaml").write_text(SCHEMA)
+    dist = site / "toydomain-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toydomain\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[diffsci.tasks]\ntoy = toydomain.task:ToyTask\n")
+
+
+@pytest.fixture()
+def cli(tmp_path):
+    site = tmp_path / "site"
+    _install(site)
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "diffsci.core.cli", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    return run
+
+
+def test_a_registered_domain_runs_its_chain(cli, tmp_path):
+    r = cli("domains")
+    assert r.returncode == 0 and "toy" in r.stdout.split(), r.stderr
+    config = tmp_path / "toy.yaml"
+    config.write_text("n: 64\ntrain: {steps: 20, batch_size: 32, ckpt_every: 10}\n")
+    work = tmp_path / "work"
+    for stage in ("prepare", "train", "baselines", "infer", "evaluate", "report"):
+        r = cli(stage, "--domain", "toy", "--config", str(config), "--workdir", str(work))
+        assert r.returncode == 0, f"{stage}: {r.stderr[-2000:]}"
+    m = json.loads((work / "metrics.json").read_text())
+    assert set(m["tables"]["toy"]) == {"diffusion", "Gaussian fit"}
+    assert m["provenance"]["config"]["train"]["lr"] == 0.0002  # the core schema's default
+    assert (work / "figures" / "samples.png").is_file()
+    assert (work / "baselines" / "gaussian_fit.json").is_file()
+    assert sorted(p.name for p in (work / "tables").glob("*.csv")) == ["00_toy.csv", "summary.csv"]
+
+
+def test_a_bad_config_names_the_key(cli, tmp_path):
+    config = tmp_path / "toy.yaml"
+    config.write_text("train: {steps: 0, batch_size: 4}\n")
+    r = cli("prepare", "--domain", "toy", "--config", str(config), "--workdir", str(tmp_path))
+    assert r.returncode == 2
+    assert str(config) in r.stderr and "train/steps" in r.stderr
+
+
+def test_an_unknown_domain_lists_the_registered_ones(cli, tmp_path):
+    r = cli("prepare", "--domain", "nope", "--config", "x.yaml", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "registered:" in r.stderr and "toy" in r.stderr
+
+
+def test_a_domain_that_cannot_load_names_its_extra(tmp_path):
+    site = tmp_path / "site"
+    pkg = site / "brokendomain"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "task.py").write_text("import not_installed_dependency_xyz\n")
+    dist = site / "brokendomain-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokendomain\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[diffsci.tasks]\nbroken = brokendomain.task:Task [broken]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    cmd = [sys.executable, "-m", "diffsci.core.cli", "prepare", "--domain", "broken"]
+    r = subprocess.run(
+        [*cmd, "--config", "x.yaml"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert r.returncode == 2, r.stderr
+    assert "not_installed_dependency_xyz" in r.stderr and "diffsci[broken]" in r.stderr
