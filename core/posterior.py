@@ -436,6 +436,7 @@ def reconstruct(
     cond: Any = None,
     sigma_data: float | None = None,
     lam: float = 1.0,
+    dtype: torch.dtype = torch.float32,
     progress: bool = False,
     **options: Any,
 ) -> Reconstruction:
@@ -447,7 +448,7 @@ def reconstruct(
     initial noise ``randn(shape) * sigmas[0]`` from ``generator`` (samples are drawn one after
     the other, so a fixed generator gives the same samples whatever ``n_samples``' batching)
     and runs ``sampler`` on :func:`data_term` (``method``, ``noise_std``, ``sigma_data``,
-    ``lam``). ``init`` with ``start_sigma``: SDEdit/CCDF warm start from an estimate
+    ``lam``) in ``dtype``. ``init`` with ``start_sigma``: SDEdit/CCDF warm start from an estimate
     (:func:`start_from`; Chung, Sim & Ye, CVPR 2022). ``options`` go to the sampler (e.g.
     ``eta``).
     """
@@ -485,6 +486,7 @@ def reconstruct(
                 cond=cond,
                 generator=generator,
                 device=y.device,
+                dtype=dtype,
                 **options,
             )
         out.append(z)
