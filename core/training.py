@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -428,8 +428,12 @@ def training_log(ckpt_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     events = _read_metrics(ck / "events.jsonl", math.inf)
     last = rows[-1]
-    return {"last_logged_step": last["step"], "train_seconds": last.get("elapsed"),
-            "final_loss": last.get("loss"), "events": events}  # fmt: skip
+    return {
+        "last_logged_step": last["step"],
+        "train_seconds": last.get("elapsed"),
+        "final_loss": last.get("loss"),
+        "events": events,
+    }
 
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
@@ -445,8 +449,14 @@ def _log_event(ckpt_dir: str | None, event: str, step: int, **extra: Any) -> Non
     """
     if not ckpt_dir:
         return
-    rec = {"event": event, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), **extra}  # fmt: skip
+    rec = {
+        "event": event,
+        "step": step,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        **extra,
+    }
     with open(Path(ckpt_dir) / "events.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
 
@@ -574,12 +584,18 @@ def train(
     ValueError
         If ``batch_size`` does not split evenly across DDP ranks.
     """
-    cfg = config
     rank, world, _, device = _setup_distributed(device)
-    return _train(
-        model, loss_fn, data, cfg, rank=rank, world=world, device=device,
-        resume=resume, metrics_path=metrics_path, settings=_json_like(settings),
-    )  # fmt: skip
+    run = _new_run(
+        model,
+        data,
+        config,
+        rank=rank,
+        world=world,
+        device=device,
+        metrics_path=metrics_path,
+        settings=_json_like(settings),
+    )
+    return _train(run, loss_fn, data, resume=resume)
 
 
 def _json_like(obj: Any) -> Any:
@@ -599,246 +615,432 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 def _settings_diff(saved: Any, current: Any) -> list[str]:
     a, b = _flat(saved), _flat(current)
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
-    return [f"{k}: checkpoint {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}"
-            for k in keys]  # fmt: skip
+    return [
+        f"{k}: checkpoint {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}" for k in keys
+    ]
 
 
-def _train(model, loss_fn, data, cfg: TrainConfig, *, rank, world, device, resume, metrics_path,
-           settings=None):  # fmt: skip
-    ddp = world > 1
-    local_bs = _local_batch(cfg.batch_size, world)
+# --------------------------------------------------------------------------------------------
+# The loop, in pieces: the run's state (_Run), resume (validate, then restore), DDP setup, one
+# optimiser step, the log window, checkpoint writing and the exit on a signal.
+
+
+@dataclass
+class _Run:
+    """The state one :func:`train` call shares between the pieces of its loop.
+
+    ``step``, ``elapsed0`` (seconds of earlier runs), the log window (``window``: sums of the
+    logged scalars, ``window_n``: steps in them), ``ema``, ``opt`` and ``gen`` are what a
+    checkpoint saves besides the weights. ``window_steps``/``t_window`` (this process's steps
+    and start of the window, for samples/s) and ``t_start`` are not saved.
+    """
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    base: nn.Module
+    was_training: bool
+    named: list[tuple[str, nn.Parameter]]
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    ema: dict[str, Tensor] | None
+    gen: torch.Generator
+    n_data: int
+    local_bs: int
+    settings: Any
+    ckpt_path: Path | None
+    mpath: Path | None
+    step: int = 0
+    elapsed0: float = 0.0
+    window: dict[str, float] = field(default_factory=dict)
+    window_n: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    comm_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    t_start: float = 0.0
+    t_window: float = 0.0
+    window_steps: int = 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    def result(self, ema: Mapping[str, Tensor] | None) -> TrainResult:
+        return _result(self.base, self.was_training, ema, self.named, self.step, self.history)
+
+
+def _data_len(data: Dataset | Tensor) -> int:
     try:
         n_data = data.shape[0] if isinstance(data, Tensor) else len(data)
     except TypeError as e:
         raise TypeError("data must be a Tensor or a map-style Dataset with __len__") from e
     if n_data < 1:
         raise ValueError("data is empty")
+    return n_data
 
+
+def _metrics_file(cfg: TrainConfig, metrics_path: str | os.PathLike | None) -> Path | None:
+    if metrics_path:
+        return Path(metrics_path)
+    return Path(cfg.ckpt_dir) / "metrics.jsonl" if cfg.ckpt_dir else None
+
+
+def _new_run(model, data, cfg: TrainConfig, *, rank, world, device, metrics_path, settings) -> _Run:
+    """A fresh run: the model on ``device``, AdamW, the EMA copy and the seeded generator."""
+    local_bs = _local_batch(cfg.batch_size, world)
+    n_data = _data_len(data)
     base = _base(model).to(device)
-    was_training = base.training
-    ckpt_path = Path(cfg.ckpt_dir) / "last.pt" if cfg.ckpt_dir else None
-    mpath = Path(metrics_path) if metrics_path else (
-        Path(cfg.ckpt_dir) / "metrics.jsonl" if cfg.ckpt_dir else None
-    )  # fmt: skip
-
     named = [(n, p) for n, p in base.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema: dict[str, Tensor] | None = None
     if cfg.ema_decay is not None:
         ema = {n: p.detach().to(_ema_dtype(p.dtype), copy=True) for n, p in named}
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, elapsed0 = 0, 0.0
-    window: dict[str, float] = {}
-    window_n = 0
-    history: list[dict[str, Any]] = []
+    return _Run(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        base=base,
+        was_training=base.training,
+        named=named,
+        params=params,
+        opt=opt,
+        ema=ema,
+        gen=torch.Generator().manual_seed(cfg.seed),
+        n_data=n_data,
+        local_bs=local_bs,
+        settings=settings,
+        ckpt_path=Path(cfg.ckpt_dir) / "last.pt" if cfg.ckpt_dir else None,
+        mpath=_metrics_file(cfg, metrics_path),
+    )
 
-    # ---- resume
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = _read_checkpoint(ckpt_path)
-        _check_model(ckpt_path, ckpt, base)
-        saved = ckpt["config"]
-        diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {getattr(cfg, k)!r}"
-                 for k in _STRICT_FIELDS if saved.get(k) != getattr(cfg, k)]  # fmt: skip
-        if ckpt["n_data"] != n_data:
-            diffs.append(f"dataset length: checkpoint {ckpt['n_data']} vs data {n_data}")
-        if settings is not None:
-            if ckpt.get("settings") is None:  # an older checkpoint: cannot be checked
-                diffs.append("settings: the checkpoint records none (made before they were saved)")
-            else:
-                diffs += _settings_diff(ckpt["settings"], settings)
-        if (ckpt["ema"] is None) != (ema is None):
-            diffs.append(
-                f"ema_decay: checkpoint {saved.get('ema_decay')!r} vs config {cfg.ema_decay!r}"
-            )
-        if diffs:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} was made with different settings, so continuing it would "
-                f"not reproduce the run: {'; '.join(diffs)}. Use another ckpt_dir (or delete "
-                f"{ckpt_path.parent}), or resume=False, to start afresh."
-            )
-        soft = [f"{k} {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in _SOFT_FIELDS
-                if k in saved and _norm(saved[k]) != _norm(getattr(cfg, k))]  # fmt: skip
-        if soft and rank == 0:
-            warnings.warn(
-                f"resuming {ckpt_path} with changed settings ({', '.join(soft)}): "
-                "the continuation will differ from an uninterrupted run",
-                stacklevel=3,
-            )
-        _load_state(ckpt_path, base, ckpt["model"])
-        step = int(ckpt["step"])
-        if rank == 0 and step < cfg.steps:  # the log and events.jsonl say a run was resumed
-            print(f"resuming from checkpoint {ckpt_path} at step {step} of {cfg.steps}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            _log_event(cfg.ckpt_dir, "resumed", step)
-        if step >= cfg.steps:
-            history = _read_metrics(mpath, step) if mpath else []
-            return _result(base, was_training, ckpt["ema"], named, step, history)
-        opt.load_state_dict(ckpt["optimizer"])
-        for g in opt.param_groups:  # the config's settings win over the saved ones
-            g.update(betas=cfg.betas, weight_decay=cfg.weight_decay)
-        if ema is not None:
-            for n, t in ckpt["ema"].items():
-                ema[n].copy_(t)
-        gen.set_state(ckpt["generator"])
-        states = ckpt["rng"]
-        _set_rng_state(states[rank % len(states)])
-        elapsed0 = float(ckpt.get("elapsed", 0.0))
-        window = dict(ckpt["log_window"]["sums"])
-        window_n = int(ckpt["log_window"]["n"])
-        if mpath:
-            history = _read_metrics(mpath, step)
-            if rank == 0:
-                _write_metrics(mpath, history)
-        del ckpt
-    elif mpath and rank == 0:
-        _write_metrics(mpath, [])
-    if step >= cfg.steps:
-        return _result(base, was_training, ema, named, step, history)
 
-    # ---- setup
-    net = _DDP(base, device_ids=[device.index] if device.type == "cuda" else None) if ddp else base
-    base.train()
-    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    order = _EpochOrder(n_data, cfg.batch_size, cfg.seed)
-    rng = ShardedRNG(gen, rank=rank, world_size=world)
-    comm_device = device if (ddp and dist.get_backend() == "nccl") else torch.device("cpu")
-    t_start = time.perf_counter()
-    t_window = t_start
-    window_steps = 0  # steps in the window of *this* process (for samples/s)
+def _train(run: _Run, loss_fn, data, *, resume: bool) -> TrainResult:
+    """Resume (or start afresh), then run the loop."""
+    if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
+        finished = _resume(run)
+        if finished is not None:
+            return finished
+    elif run.mpath and run.rank == 0:
+        _write_metrics(run.mpath, [])
+    if run.step >= run.cfg.steps:
+        return run.result(run.ema)
+    return _loop(run, loss_fn, data)
 
-    def save(at: int) -> None:
-        if ckpt_path is None:
-            return
-        states = [None] * world
-        if ddp:
-            dist.all_gather_object(states, _rng_state())
+
+# ---- resume
+
+
+def _resume_mismatches(run: _Run, ckpt: Mapping[str, Any]) -> list[str]:
+    """What differs from the checkpoint in ways that would not reproduce the run."""
+    cfg, saved = run.cfg, ckpt["config"]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs config {getattr(cfg, k)!r}"
+        for k in _STRICT_FIELDS
+        if saved.get(k) != getattr(cfg, k)
+    ]
+    if ckpt["n_data"] != run.n_data:
+        diffs.append(f"dataset length: checkpoint {ckpt['n_data']} vs data {run.n_data}")
+    if run.settings is not None:
+        if ckpt.get("settings") is None:  # an older checkpoint: cannot be checked
+            diffs.append("settings: the checkpoint records none (made before they were saved)")
         else:
-            states = [_rng_state()]
-        err: BaseException | None = None
-        if rank == 0:
-            obj = {
-                "format": _FORMAT,
-                "step": at,
-                "model": base.state_dict(),
-                "ema": ema,
-                "optimizer": opt.state_dict(),
-                "generator": gen.get_state(),
-                "rng": states,
-                "config": asdict(cfg),
-                "fingerprint": _fingerprint(base),
-                "n_data": n_data,
-                "settings": settings,
-                "world_size": world,
-                "elapsed": elapsed0 + time.perf_counter() - t_start,
-                "log_window": {"n": window_n, "sums": dict(window)},
-            }
-            try:
-                _atomic_save(obj, ckpt_path)
-            except BaseException as e:
-                err = e
-        if ddp:  # a barrier that also tells the other ranks whether rank 0 succeeded
-            flag = torch.tensor([0.0 if err is None else 1.0], device=comm_device)
-            dist.all_reduce(flag)
-            if err is None and flag.item() > 0:
-                raise CheckpointError(f"rank 0 failed to write checkpoint {ckpt_path}")
-        if err is not None:
-            raise err
+            diffs += _settings_diff(ckpt["settings"], run.settings)
+    if (ckpt["ema"] is None) != (run.ema is None):
+        diffs.append(
+            f"ema_decay: checkpoint {saved.get('ema_decay')!r} vs config {cfg.ema_decay!r}"
+        )
+    return diffs
 
+
+def _validate_resume(run: _Run, ckpt: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint this run cannot continue reproducibly; warn of allowed changes."""
+    path, cfg, saved = run.ckpt_path, run.cfg, ckpt["config"]
+    _check_model(path, ckpt, run.base)
+    diffs = _resume_mismatches(run, ckpt)
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} was made with different settings, so continuing it would "
+            f"not reproduce the run: {'; '.join(diffs)}. Use another ckpt_dir (or delete "
+            f"{path.parent}), or resume=False, to start afresh."
+        )
+    soft = [
+        f"{k} {saved.get(k)!r} -> {getattr(cfg, k)!r}"
+        for k in _SOFT_FIELDS
+        if k in saved and _norm(saved[k]) != _norm(getattr(cfg, k))
+    ]
+    if soft and run.rank == 0:
+        warnings.warn(
+            f"resuming {path} with changed settings ({', '.join(soft)}): "
+            "the continuation will differ from an uninterrupted run",
+            stacklevel=5,  # the caller of train() (-> _train -> _resume -> here)
+        )
+
+
+def _restore(run: _Run, ckpt: Mapping[str, Any]) -> None:
+    """Everything but the weights: optimiser, EMA, generators, elapsed time, log window."""
+    cfg = run.cfg
+    run.opt.load_state_dict(ckpt["optimizer"])
+    for g in run.opt.param_groups:  # the config's settings win over the saved ones
+        g.update(betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if run.ema is not None:
+        for n, t in ckpt["ema"].items():
+            run.ema[n].copy_(t)
+    run.gen.set_state(ckpt["generator"])
+    states = ckpt["rng"]
+    _set_rng_state(states[run.rank % len(states)])
+    run.elapsed0 = float(ckpt.get("elapsed", 0.0))
+    run.window = dict(ckpt["log_window"]["sums"])
+    run.window_n = int(ckpt["log_window"]["n"])
+    if run.mpath:
+        run.history = _read_metrics(run.mpath, run.step)
+        if run.rank == 0:
+            _write_metrics(run.mpath, run.history)
+
+
+def _resume(run: _Run) -> TrainResult | None:
+    """Continue from ``last.pt``: the result at once if it holds ``cfg.steps`` steps already,
+    else ``None`` with the whole state restored."""
+    path, cfg = run.ckpt_path, run.cfg
+    ckpt = _read_checkpoint(path)
+    _validate_resume(run, ckpt)
+    _load_state(path, run.base, ckpt["model"])
+    run.step = int(ckpt["step"])
+    if run.rank == 0 and run.step < cfg.steps:  # the log and events.jsonl say a run was resumed
+        print(
+            f"resuming from checkpoint {path} at step {run.step} of {cfg.steps}",
+            file=sys.stderr,
+            flush=True,
+        )
+        _log_event(cfg.ckpt_dir, "resumed", run.step)
+    if run.step >= cfg.steps:
+        run.history = _read_metrics(run.mpath, run.step) if run.mpath else []
+        return run.result(ckpt["ema"])
+    _restore(run, ckpt)
+    return None
+
+
+# ---- DDP, the steps, the log window
+
+
+def _setup_ddp(run: _Run) -> nn.Module:
+    """The network ``loss_fn`` sees: DDP-wrapped across ranks (collectives then run on
+    ``run.comm_device``: the GPU under NCCL, else the CPU)."""
+    if not run.ddp:
+        return run.base
+    device = run.device
+    net = _DDP(run.base, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist.get_backend() == "nccl":
+        run.comm_device = device
+    return net
+
+
+def _loop(run: _Run, loss_fn, data) -> TrainResult:
+    cfg = run.cfg
+    net = _setup_ddp(run)
+    run.base.train()
+    use_bf16 = cfg.bf16 if cfg.bf16 is not None else run.device.type == "cuda"
+    order = _EpochOrder(run.n_data, cfg.batch_size, cfg.seed)
+    rng = ShardedRNG(run.gen, rank=run.rank, world_size=run.world)
+    run.t_start = time.perf_counter()
+    run.t_window = run.t_start
+    run.window_steps = 0
     pbar = None
-    if cfg.progress and rank == 0:
+    if cfg.progress and run.rank == 0:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
-    mfile = open(mpath, "a") if (mpath and rank == 0) else None
+        pbar = tqdm(total=cfg.steps, initial=run.step, desc="train", dynamic_ncols=True)
+    mfile = open(run.mpath, "a") if (run.mpath and run.rank == 0) else None
     try:
         with _SignalFlag() as sigflag:
-            while step < cfg.steps:
-                idx = order.global_indices(step)[rank * local_bs : (rank + 1) * local_bs]
-                batch = _to_device(_fetch(data, idx), device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    out = loss_fn(net, batch, rng)
-                loss, extras = _split_loss(out, device)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    gn = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                else:
-                    gn = _total_norm([p.grad for p in params if p.grad is not None], device)
-                stop = 0.0 if sigflag.signum is None else 1.0
-                vals = torch.stack(
-                    [loss.detach().float(), gn.detach().float().to(device)]
-                    + [v.float() for v in extras.values()]
-                    + [torch.tensor(stop, device=device)]
-                )
-                if ddp:
-                    vals = vals.to(comm_device)
-                    dist.all_reduce(vals)
-                    vals = vals / world
-                vl = vals.tolist()
-                loss_v, gn_v, stop_any = vl[0], vl[1], vl[-1] > 0
-                if not math.isfinite(loss_v) or not math.isfinite(gn_v):
-                    what = "loss" if not math.isfinite(loss_v) else "gradient norm"
-                    raise FloatingPointError(
-                        f"non-finite {what} at step {step + 1} (loss={loss_v}, "
-                        f"grad_norm={gn_v}); nothing was saved for this step"
-                    )
-                lr = (
-                    cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-                )
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                opt.step()
-                if ema is not None:
-                    ev = list(ema.values())
-                    torch._foreach_lerp_(ev, [p.detach().to(e.dtype) for p, e in zip(params, ev, strict=True)],
-                                         1.0 - cfg.ema_decay)  # fmt: skip
-                step += 1
-                window_steps += 1
-                window_n += 1
-                for k, v in zip(["loss", "grad_norm", *extras], vl[:-1], strict=True):
-                    window[k] = window.get(k, 0.0) + v
+            while run.step < cfg.steps:
+                lo, hi = run.rank * run.local_bs, (run.rank + 1) * run.local_bs
+                batch = _to_device(_fetch(data, order.global_indices(run.step)[lo:hi]), run.device)
+                lr, stop_any = _train_step(run, net, loss_fn, batch, rng, use_bf16, sigflag)
                 if pbar is not None:
                     pbar.update(1)
-
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    now = time.perf_counter()
-                    rec = {"step": step}
-                    rec.update({k: v / window_n for k, v in window.items()})
-                    rec["lr"] = lr
-                    rec["samples_per_s"] = window_steps * cfg.batch_size / max(now - t_window, 1e-9)
-                    rec["elapsed"] = elapsed0 + now - t_start
-                    history.append(rec)
-                    if mfile is not None:
-                        mfile.write(json.dumps(rec) + "\n")
-                        mfile.flush()
-                    if pbar is not None:
-                        pbar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
-                    window, window_n, window_steps, t_window = {}, 0, 0, now
-
-                saved_now = False
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                    save(step)
-                    saved_now = True
+                if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                    _log_window(run, lr, mfile, pbar)
+                saved_now = run.step % cfg.ckpt_every == 0 or run.step == cfg.steps
+                if saved_now:
+                    _save_checkpoint(run, run.step)
                 if stop_any:
-                    if not saved_now:
-                        save(step)
-                    where = (
-                        f"checkpoint {ckpt_path}" if ckpt_path else "no checkpoint (ckpt_dir=None)"
-                    )
-                    msg = f"training interrupted by a signal at step {step}; saved {where}"
-                    if rank == 0:
-                        print(msg, file=sys.stderr, flush=True)
-                        _log_event(cfg.ckpt_dir, "interrupted", step,
-                                   signal=(signal.Signals(sigflag.signum).name
-                                           if sigflag.signum else "on another rank"))  # fmt: skip
-                    raise TrainingInterrupted(msg, step=step, signum=sigflag.signum)
+                    _interrupt(run, sigflag, saved_now)
     finally:
         if pbar is not None:
             pbar.close()
         if mfile is not None:
             mfile.close()
-    return _result(base, was_training, ema, named, step, history)
+    return run.result(run.ema)
+
+
+def _train_step(run: _Run, net, loss_fn, batch, rng, use_bf16: bool, sigflag) -> tuple[float, bool]:
+    """One optimiser step on this rank's ``batch``, added to the log window.
+
+    Returns the learning rate used and whether any rank has been signalled to stop.
+    """
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        out = loss_fn(net, batch, rng)
+    loss, extras = _split_loss(out, run.device)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = _grad_norm(run)
+    vl = _rank_mean(run, loss, gn, extras, stop=0.0 if sigflag.signum is None else 1.0)
+    _check_finite(vl[0], vl[1], run.step)
+    lr = _lr_at(run.cfg, run.step)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    run.opt.step()
+    _update_ema(run)
+    run.step += 1
+    run.window_steps += 1
+    run.window_n += 1
+    for k, v in zip(["loss", "grad_norm", *extras], vl[:-1], strict=True):
+        run.window[k] = run.window.get(k, 0.0) + v
+    return lr, vl[-1] > 0
+
+
+def _grad_norm(run: _Run) -> Tensor:
+    """The global gradient norm, clipping the gradients to ``cfg.grad_clip`` if set."""
+    if run.cfg.grad_clip is not None:
+        return nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip)
+    return _total_norm([p.grad for p in run.params if p.grad is not None], run.device)
+
+
+def _rank_mean(run: _Run, loss, gn, extras, *, stop: float) -> list[float]:
+    """``[loss, grad_norm, *extras, stop]`` averaged over the ranks (``stop > 0``: some rank
+    was signalled)."""
+    device = run.device
+    vals = torch.stack(
+        [loss.detach().float(), gn.detach().float().to(device)]
+        + [v.float() for v in extras.values()]
+        + [torch.tensor(stop, device=device)]
+    )
+    if run.ddp:
+        vals = vals.to(run.comm_device)
+        dist.all_reduce(vals)
+        vals = vals / run.world
+    return vals.tolist()
+
+
+def _check_finite(loss_v: float, gn_v: float, step: int) -> None:
+    if not math.isfinite(loss_v) or not math.isfinite(gn_v):
+        what = "loss" if not math.isfinite(loss_v) else "gradient norm"
+        raise FloatingPointError(
+            f"non-finite {what} at step {step + 1} (loss={loss_v}, "
+            f"grad_norm={gn_v}); nothing was saved for this step"
+        )
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of (0-based) ``step``: linear warm-up, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def _update_ema(run: _Run) -> None:
+    if run.ema is not None:
+        ev = list(run.ema.values())
+        torch._foreach_lerp_(
+            ev,
+            [p.detach().to(e.dtype) for p, e in zip(run.params, ev, strict=True)],
+            1.0 - run.cfg.ema_decay,
+        )
+
+
+def _log_window(run: _Run, lr: float, mfile, pbar) -> None:
+    """Close the log window: one record of its means, to the history and the metrics file."""
+    now = time.perf_counter()
+    rec = {"step": run.step}
+    rec.update({k: v / run.window_n for k, v in run.window.items()})
+    rec["lr"] = lr
+    rec["samples_per_s"] = run.window_steps * run.cfg.batch_size / max(now - run.t_window, 1e-9)
+    rec["elapsed"] = run.elapsed0 + now - run.t_start
+    run.history.append(rec)
+    if mfile is not None:
+        mfile.write(json.dumps(rec) + "\n")
+        mfile.flush()
+    if pbar is not None:
+        pbar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+    run.window, run.window_n, run.window_steps, run.t_window = {}, 0, 0, now
+
+
+# ---- checkpoints and signals
+
+
+def _save_checkpoint(run: _Run, at: int) -> None:
+    """Write ``last.pt`` (rank 0) holding every rank's RNG state; under DDP every rank learns
+    whether rank 0 succeeded (and raises if not)."""
+    if run.ckpt_path is None:
+        return
+    states = _gather_rng_states(run)
+    err: BaseException | None = None
+    if run.rank == 0:
+        obj = _checkpoint(run, at, states)
+        try:
+            _atomic_save(obj, run.ckpt_path)
+        except BaseException as e:
+            err = e
+    if run.ddp:
+        _agree_saved(run, err)
+    if err is not None:
+        raise err
+
+
+def _gather_rng_states(run: _Run) -> list[Any]:
+    """The global RNG states of every rank, in rank order."""
+    if not run.ddp:
+        return [_rng_state()]
+    states: list[Any] = [None] * run.world
+    dist.all_gather_object(states, _rng_state())
+    return states
+
+
+def _checkpoint(run: _Run, at: int, states: list[Any]) -> dict[str, Any]:
+    """The contents of ``last.pt`` (format ``diffsci.training/1``)."""
+    return {
+        "format": _FORMAT,
+        "step": at,
+        "model": run.base.state_dict(),
+        "ema": run.ema,
+        "optimizer": run.opt.state_dict(),
+        "generator": run.gen.get_state(),
+        "rng": states,
+        "config": asdict(run.cfg),
+        "fingerprint": _fingerprint(run.base),
+        "n_data": run.n_data,
+        "settings": run.settings,
+        "world_size": run.world,
+        "elapsed": run.elapsed0 + time.perf_counter() - run.t_start,
+        "log_window": {"n": run.window_n, "sums": dict(run.window)},
+    }
+
+
+def _agree_saved(run: _Run, err: BaseException | None) -> None:
+    """A barrier that also tells the other ranks whether rank 0 succeeded."""
+    flag = torch.tensor([0.0 if err is None else 1.0], device=run.comm_device)
+    dist.all_reduce(flag)
+    if err is None and flag.item() > 0:
+        raise CheckpointError(f"rank 0 failed to write checkpoint {run.ckpt_path}")
+
+
+def _interrupt(run: _Run, sigflag: _SignalFlag, saved_now: bool) -> NoReturn:
+    """Some rank got SIGTERM/SIGUSR1: checkpoint (unless this step already did), record the
+    event and raise :class:`TrainingInterrupted` (exit code 75)."""
+    if not saved_now:
+        _save_checkpoint(run, run.step)
+    ckpt_path = run.ckpt_path
+    where = f"checkpoint {ckpt_path}" if ckpt_path else "no checkpoint (ckpt_dir=None)"
+    msg = f"training interrupted by a signal at step {run.step}; saved {where}"
+    if run.rank == 0:
+        print(msg, file=sys.stderr, flush=True)
+        _log_event(
+            run.cfg.ckpt_dir,
+            "interrupted",
+            run.step,
+            signal=(signal.Signals(sigflag.signum).name if sigflag.signum else "on another rank"),
+        )
+    raise TrainingInterrupted(msg, step=run.step, signum=sigflag.signum)
 
 
 def _total_norm(grads: list[Tensor], device: torch.device) -> Tensor:
