@@ -39,8 +39,9 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
         If ``tile > length``, ``overlap < 0`` or ``overlap >= tile``.
     """
     if tile < 1 or overlap < 0 or overlap >= tile:
-        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, "
-                         f"overlap={overlap}")  # fmt: skip
+        raise ValueError(
+            f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}"
+        )
     if tile > length:
         raise ValueError(f"tile={tile} is larger than the field ({length} pixels)")
     stride = tile - overlap
@@ -69,8 +70,13 @@ def _ramp(tile: int, overlap: int, margin: int, lo_edge: bool, hi_edge: bool) ->
     return w
 
 
-def blend_window(shape: tuple[int, int], *, overlap: int, margin: int = 0,
-                 edges: tuple[bool, bool, bool, bool] = (False,) * 4) -> np.ndarray:  # fmt: skip
+def blend_window(
+    shape: tuple[int, int],
+    *,
+    overlap: int,
+    margin: int = 0,
+    edges: tuple[bool, bool, bool, bool] = (False,) * 4,
+) -> np.ndarray:
     """Blending weights of one tile: outer product of two 1-D windows.
 
     Parameters
@@ -92,8 +98,15 @@ def blend_window(shape: tuple[int, int], *, overlap: int, margin: int = 0,
     return np.outer(wy, wx)
 
 
-def positional_noise(shape_lead: Sequence[int], rows: slice, cols: slice, *, seed: int,
-                     cell: int = 64, dtype=np.float32) -> np.ndarray:  # fmt: skip
+def positional_noise(
+    shape_lead: Sequence[int],
+    rows: slice,
+    cols: slice,
+    *,
+    seed: int,
+    cell: int = 64,
+    dtype=np.float32,
+) -> np.ndarray:
     """Standard normal noise ``(*shape_lead, rows, cols)`` that depends only on global position.
 
     The plane is cut into ``cell x cell`` cells; the noise of a cell comes from its own
@@ -182,11 +195,7 @@ def tiled_map(
     dict
         ``{"tiles": tiles computed, "blocks": blocks written}``; every tile is computed once.
     """
-    shape = (
-        tuple(int(s) for s in np.shape(source))
-        if not hasattr(source, "shape")
-        else tuple(int(s) for s in source.shape)
-    )
+    shape = _shape(source)
     if len(shape) != 3:
         raise ValueError(f"source must be (C, H, W), got shape {shape}")
     _, h, w = shape
@@ -195,55 +204,95 @@ def tiled_map(
         raise ValueError(f"target spatial shape {tshape[-2:]} != source spatial shape {(h, w)}")
     th, tw = (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
     rows, cols = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    bh, bw = _block_shape(target, block, h, w)
+    tiling = _Tiling(h, w, th, tw, overlap, margin, lead=tshape[:-2], block=(bh, bw))
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    n_tiles = n_blocks = 0
+    from tqdm.auto import tqdm
+
+    all_blocks = list(_blocks(h, w, bh, bw))
+    for rs, cs in tqdm(all_blocks, disable=not progress, desc="tiles", unit="block"):
+        need = [
+            (r, c)
+            for r in rows
+            if r < rs.stop and r + th > rs.start
+            for c in cols
+            if c < cs.stop and c + tw > cs.start
+        ]
+        todo = [t for t in need if t not in cache]
+        if todo:
+            n_tiles += tiling.compute(fn, source, todo, batch, cache)
+        out = tiling.blend(rs, cs, need, cache)
+        if postprocess is not None:
+            src = np.asarray(source[:, rs, cs], dtype=np.float32)
+            out = np.asarray(postprocess(out, (rs, cs), src), dtype=np.float32)
+        target[(Ellipsis, rs, cs)] = out
+        n_blocks += 1
+        tiling.free_written(rs, cs, cache)
+    return {"tiles": n_tiles, "blocks": n_blocks}
+
+
+def _shape(source: Any) -> tuple[int, ...]:
+    if hasattr(source, "shape"):
+        return tuple(int(s) for s in source.shape)
+    return tuple(int(s) for s in np.shape(source))
+
+
+def _block_shape(target: Any, block: tuple[int, int] | None, h: int, w: int) -> tuple[int, int]:
+    """The output block: ``block``, else the target's (first) chunk, else the whole field."""
     if block is None:
         chunks = getattr(target, "chunks", None)
         if chunks:  # zarr: (..., bh, bw); dask: (..., (bh, bh, ...), (bw, ...)): the first
             block = tuple(int(c[0] if isinstance(c, tuple) else c) for c in chunks[-2:])
         else:
             block = (h, w)
-    bh, bw = int(block[0]), int(block[1])
-    lead = tshape[:-2]
+    return int(block[0]), int(block[1])
 
-    # For each tile: the index (row-major) of the last block it touches, to free it after.
-    def blocks_of(r0: int, c0: int) -> tuple[int, int, int, int]:
-        return r0 // bh, (r0 + th - 1) // bh, c0 // bw, (c0 + tw - 1) // bw
 
-    nbw = math.ceil(w / bw)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-    windows: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
-    n_tiles = n_blocks = 0
-    from tqdm.auto import tqdm
+class _Tiling:
+    """The fixed geometry of one :func:`tiled_map` call: computes tiles and blends blocks."""
 
-    all_blocks = list(_blocks(h, w, bh, bw))
-    for rs, cs in tqdm(all_blocks, disable=not progress, desc="tiles", unit="block"):
-        bi, bj = rs.start // bh, cs.start // bw
-        need = [(r, c) for r in rows if r < rs.stop and r + th > rs.start
-                for c in cols if c < cs.stop and c + tw > cs.start]  # fmt: skip
-        todo = [t for t in need if t not in cache]
-        if todo:
-            r_lo, r_hi = min(t[0] for t in todo), max(t[0] for t in todo) + th
-            c_lo, c_hi = min(t[1] for t in todo), max(t[1] for t in todo) + tw
-            win = np.asarray(source[:, r_lo:r_hi, c_lo:c_hi], dtype=np.float32)
-            for k in range(0, len(todo), batch):
-                part = todo[k : k + batch]
-                x = np.stack([win[:, r - r_lo : r - r_lo + th, c - c_lo : c - c_lo + tw]
-                              for r, c in part])  # fmt: skip
-                y = np.asarray(fn(x, part))
-                if y.shape[0] != len(part) or y.shape[-2:] != (th, tw) or y.shape[1:-2] != lead:
-                    raise ValueError(f"fn returned shape {y.shape}, expected "
-                                     f"{(len(part), *lead, th, tw)}")  # fmt: skip
-                for t, yt in zip(part, y, strict=True):
-                    cache[t] = yt
-                n_tiles += len(part)
-            del win
-        acc = np.zeros((*lead, rs.stop - rs.start, cs.stop - cs.start), dtype=np.float64)
+    def __init__(self, h, w, th, tw, overlap, margin, *, lead, block) -> None:
+        self.h, self.w, self.th, self.tw, self.block = h, w, th, tw, block
+        self.overlap, self.margin, self.lead = overlap, margin, lead
+        self.windows: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+
+    def compute(self, fn, source, todo, batch: int, cache) -> int:
+        """Run ``fn`` on the tiles ``todo`` (reading their input window once) into ``cache``;
+        returns how many were computed."""
+        th, tw = self.th, self.tw
+        r_lo, r_hi = min(t[0] for t in todo), max(t[0] for t in todo) + th
+        c_lo, c_hi = min(t[1] for t in todo), max(t[1] for t in todo) + tw
+        win = np.asarray(source[:, r_lo:r_hi, c_lo:c_hi], dtype=np.float32)
+        for k in range(0, len(todo), batch):
+            part = todo[k : k + batch]
+            x = np.stack(
+                [win[:, r - r_lo : r - r_lo + th, c - c_lo : c - c_lo + tw] for r, c in part]
+            )
+            y = np.asarray(fn(x, part))
+            if y.shape[0] != len(part) or y.shape[-2:] != (th, tw) or y.shape[1:-2] != self.lead:
+                raise ValueError(
+                    f"fn returned shape {y.shape}, expected {(len(part), *self.lead, th, tw)}"
+                )
+            for t, yt in zip(part, y, strict=True):
+                cache[t] = yt
+        return len(todo)
+
+    def _window(self, r: int, c: int) -> np.ndarray:
+        edges = (r == 0, r + self.th == self.h, c == 0, c + self.tw == self.w)
+        if edges not in self.windows:
+            self.windows[edges] = blend_window(
+                (self.th, self.tw), overlap=self.overlap, margin=self.margin, edges=edges
+            )
+        return self.windows[edges]
+
+    def blend(self, rs: slice, cs: slice, need, cache) -> np.ndarray:
+        """The block ``(rows, cols)``: the tiles ``need`` weighted by their blend windows."""
+        th, tw = self.th, self.tw
+        acc = np.zeros((*self.lead, rs.stop - rs.start, cs.stop - cs.start), dtype=np.float64)
         wsum = np.zeros((rs.stop - rs.start, cs.stop - cs.start), dtype=np.float64)
         for r, c in need:
-            edges = (r == 0, r + th == h, c == 0, c + tw == w)
-            if edges not in windows:
-                windows[edges] = blend_window((th, tw), overlap=overlap, margin=margin,
-                                              edges=edges)  # fmt: skip
-            wt = windows[edges]
+            wt = self._window(r, c)
             a0, a1 = max(r, rs.start), min(r + th, rs.stop)
             b0, b1 = max(c, cs.start), min(c + tw, cs.stop)
             sub = wt[a0 - r : a1 - r, b0 - c : b1 - c]
@@ -252,18 +301,18 @@ def tiled_map(
             )
             wsum[a0 - rs.start : a1 - rs.start, b0 - cs.start : b1 - cs.start] += sub
         if (wsum <= 0).any():
-            raise ValueError(f"tiling leaves pixels without weight (overlap={overlap}, "
-                             f"margin={margin}): increase overlap or reduce margin")  # fmt: skip
-        out = (acc / wsum).astype(np.float32)
-        if postprocess is not None:
-            src = np.asarray(source[:, rs, cs], dtype=np.float32)
-            out = np.asarray(postprocess(out, (rs, cs), src), dtype=np.float32)
-        target[(Ellipsis, rs, cs)] = out
-        n_blocks += 1
-        # free tiles whose last block (row-major) has now been written
-        done = bi * nbw + bj
-        for t in list(cache):
-            _, last_r, _, last_c = blocks_of(*t)
+            raise ValueError(
+                f"tiling leaves pixels without weight (overlap={self.overlap}, "
+                f"margin={self.margin}): increase overlap or reduce margin"
+            )
+        return (acc / wsum).astype(np.float32)
+
+    def free_written(self, rs: slice, cs: slice, cache) -> None:
+        """Drop the tiles whose last block (row-major) is the block ``(rs, cs)`` or earlier."""
+        bh, bw = self.block
+        nbw = math.ceil(self.w / bw)
+        done = (rs.start // bh) * nbw + cs.start // bw
+        for r0, c0 in list(cache):
+            last_r, last_c = (r0 + self.th - 1) // bh, (c0 + self.tw - 1) // bw
             if last_r * nbw + last_c <= done:
-                del cache[t]
-    return {"tiles": n_tiles, "blocks": n_blocks}
+                del cache[(r0, c0)]
