@@ -74,8 +74,14 @@ def write_result(name: str, results: dict[str, Any], *, config: dict[str, Any], 
     return path
 
 
-def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
-               reuse_model: bool = False, progress: bool = False) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
+def run_stages(
+    task,
+    cfg: dict[str, Any],
+    workdir: str | os.PathLike,
+    *,
+    reuse_model: bool = False,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Run a task's prepare, train, infer and evaluate stages in ``workdir``.
 
     ``reuse_model`` skips train when ``model.pt`` exists and was trained with exactly this
@@ -89,8 +95,12 @@ def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
     from diffsci.core.task import TaskPaths
 
     paths = TaskPaths(workdir)
-    stages = [("prepare", run_prepare), ("train", run_train), ("infer", run_infer),
-              ("evaluate", run_evaluate)]  # fmt: skip
+    stages = [
+        ("prepare", run_prepare),
+        ("train", run_train),
+        ("infer", run_infer),
+        ("evaluate", run_evaluate),
+    ]
     if reuse_model and paths.model.is_file():
         payload = torch.load(paths.model, map_location="cpu", weights_only=False)
         if payload.get("provenance", {}).get("config") == cfg:
@@ -98,8 +108,10 @@ def run_stages(task, cfg: dict[str, Any], workdir: str | os.PathLike, *,
         else:
             # a fresh start: the checkpoint belongs to the other config (the train stage would
             # refuse to resume it)
-            print(f"--reuse-model: {paths.model} was trained with another config; retraining "
-                  f"from scratch (removing {paths.checkpoints})")  # fmt: skip
+            print(
+                f"--reuse-model: {paths.model} was trained with another config; retraining "
+                f"from scratch (removing {paths.checkpoints})"
+            )
             shutil.rmtree(paths.checkpoints, ignore_errors=True)
     times: dict[str, float] = {}
     for name, fn in stages:
@@ -121,8 +133,11 @@ def domain_parser(domain: str, *, reuse_model: bool = True):
     p.add_argument("--steps", type=int, help="override train.steps")
     p.add_argument("--workdir", default=str(here / "work" / domain))
     if reuse_model:
-        p.add_argument("--reuse-model", action="store_true",
-                       help="skip train if model.pt exists and was trained with this config")  # fmt: skip
+        p.add_argument(
+            "--reuse-model",
+            action="store_true",
+            help="skip train if model.pt exists and was trained with this config",
+        )
     return p
 
 

@@ -34,14 +34,25 @@ REL_TOL = 2e-6  # max|diff| / max|x|: ~16 float32 ulps
 
 
 def ddim_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(num_train_timesteps=T_TRAIN, beta_schedule="linear", clip_sample=False,
-                         set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")  # fmt: skip
+    return DDIMScheduler(
+        num_train_timesteps=T_TRAIN,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
+    )
 
 
 def dpm_scheduler() -> DPMSolverMultistepScheduler:
-    return DPMSolverMultistepScheduler(num_train_timesteps=T_TRAIN, beta_schedule="linear",
-                                       algorithm_type="dpmsolver++", solver_order=2,
-                                       lower_order_final=True, final_sigmas_type="zero")  # fmt: skip
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=T_TRAIN,
+        beta_schedule="linear",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
 
 
 @torch.no_grad()
@@ -187,8 +198,11 @@ def check_float64(net: nn.Module, z: Tensor, steps: int) -> dict[str, float]:
     sigmas = torch.cat([((1 - ab) / ab).sqrt(), ab.new_zeros(1)])
     x_ours = run_ours(sample_dpmpp_2m, den, z, sigmas)
     dpm = (x_ours - run_diffusers_dpm_f64(net, z, steps, sigmas)).abs().max()
-    return {"ddim_max_abs_diff": ddim.item(), "dpmpp_2m_max_abs_diff": dpm.item(),
-            "output_abs_max": x_ours.abs().max().item()}  # fmt: skip
+    return {
+        "ddim_max_abs_diff": ddim.item(),
+        "dpmpp_2m_max_abs_diff": dpm.item(),
+        "output_abs_max": x_ours.abs().max().item(),
+    }
 
 
 def timing(unet: EpsUNet, z: Tensor, steps: int, repeats: int, ac: Tensor) -> dict[str, Any]:
@@ -246,10 +260,12 @@ def timing(unet: EpsUNet, z: Tensor, steps: int, repeats: int, ac: Tensor) -> di
 
 def _print_eq(tag: str, n: int, r: dict[str, Any]) -> None:
     for kind, v in r.items():
-        print(f"{tag:10s} {kind:9s} steps={n:3d}  max|diff|={v['max_abs_diff']:.2e}  "
-              f"rel={v['max_rel_diff']:.1e}  |x|max={v['output_abs_max']:.3g}  "
-              f"t-dev={v['max_abs_timestep_deviation_ours_vs_diffusers']:.1e}  "
-              f"abs<={TOL:g}: {v['pass_abs']}")  # fmt: skip
+        print(
+            f"{tag:10s} {kind:9s} steps={n:3d}  max|diff|={v['max_abs_diff']:.2e}  "
+            f"rel={v['max_rel_diff']:.1e}  |x|max={v['output_abs_max']:.3g}  "
+            f"t-dev={v['max_abs_timestep_deviation_ours_vs_diffusers']:.1e}  "
+            f"abs<={TOL:g}: {v['pass_abs']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,14 +331,19 @@ def main(argv: list[str] | None = None) -> None:
         )
     config = {
         "network": "monai DiffusionModelUNet 2-D, 1ch 32x32, channels (32, 64, 64), attention "
-                   "(F, F, T), num_res_blocks 1, zero-init convs re-randomised; unet_raw = that "
-                   "UNet as eps; unet_gauss = sqrt(1-ab) x_t + sqrt(ab) UNet (O(1) samples)",
+        "(F, F, T), num_res_blocks 1, zero-init convs re-randomised; unet_raw = that "
+        "UNet as eps; unet_gauss = sqrt(1-ab) x_t + sqrt(ab) UNet (O(1) samples)",
         "schedule": "DDPM linear betas 1e-4..0.02, T=1000",
-        "steps": a.steps, "batch": a.batch, "timing_steps": a.timing_steps,
-        "timing_network": "unet_raw", "repeats": a.repeats, "threads": a.threads,
-        "dtype": "float32 (equality_float64: float64)", "abs_tolerance": TOL,
+        "steps": a.steps,
+        "batch": a.batch,
+        "timing_steps": a.timing_steps,
+        "timing_network": "unet_raw",
+        "repeats": a.repeats,
+        "threads": a.threads,
+        "dtype": "float32 (equality_float64: float64)",
+        "abs_tolerance": TOL,
         "rel_tolerance": REL_TOL,
-    }  # fmt: skip
+    }
     write_result("diffusers_crosscheck", results, config=config, seed=a.seed)
 
 

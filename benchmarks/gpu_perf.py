@@ -125,9 +125,12 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    domain: str, device_kind: str, *, path: str | Path | None = None,
+    domain: str,
+    device_kind: str,
+    *,
+    path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The validated (defaults filled) workflow config of ``domain`` for a device kind.
 
     Parameters
@@ -187,9 +190,14 @@ class Workload:
 
 
 def make_workload(
-    domain: str, cfg: Mapping[str, Any], *, config: str = "", train_batch: int | None = None,
-    sample_batch: int | None = None, sample_steps: int | None = None,
-) -> Workload:  # fmt: skip
+    domain: str,
+    cfg: Mapping[str, Any],
+    *,
+    config: str = "",
+    train_batch: int | None = None,
+    sample_batch: int | None = None,
+    sample_steps: int | None = None,
+) -> Workload:
     """The training and sampling workload of ``domain`` under ``cfg`` (optional overrides).
 
     Medical: ``(1, size, size)`` images, ``train.batch_size`` per step, ``sampling.batch``
@@ -220,11 +228,19 @@ def make_workload(
     else:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
     return Workload(
-        domain=domain, config=config, x_shape=tuple(x_shape), sample_shape=tuple(sample_shape),
-        cond_channels=cond, train_batch=int(train_batch or tb), sample_batch=int(sample_batch or sb),
-        sample_steps=int(sample_steps or s["steps"]), sigma_min=float(s["sigma_min"]),
-        sigma_max=float(s["sigma_max"]), lr=float(t["lr"]), description=desc,
-    )  # fmt: skip
+        domain=domain,
+        config=config,
+        x_shape=tuple(x_shape),
+        sample_shape=tuple(sample_shape),
+        cond_channels=cond,
+        train_batch=int(train_batch or tb),
+        sample_batch=int(sample_batch or sb),
+        sample_steps=int(sample_steps or s["steps"]),
+        sigma_min=float(s["sigma_min"]),
+        sigma_max=float(s["sigma_max"]),
+        lr=float(t["lr"]),
+        description=desc,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,14 +262,16 @@ class DeviceRNG:
 
     def randn(self, shape, *, device=None, dtype=torch.float32) -> Tensor:
         """Standard normal draw of ``shape``."""
-        out = torch.randn(tuple(shape), generator=self.generator,
-                          device=self.generator.device, dtype=dtype)  # fmt: skip
+        out = torch.randn(
+            tuple(shape), generator=self.generator, device=self.generator.device, dtype=dtype
+        )
         return out.to(device) if device is not None else out
 
     def rand(self, shape, *, device=None, dtype=torch.float32) -> Tensor:
         """Uniform ``[0, 1)`` draw of ``shape``."""
-        out = torch.rand(tuple(shape), generator=self.generator,
-                         device=self.generator.device, dtype=dtype)  # fmt: skip
+        out = torch.rand(
+            tuple(shape), generator=self.generator, device=self.generator.device, dtype=dtype
+        )
         return out.to(device) if device is not None else out
 
 
@@ -271,9 +289,11 @@ def attention_info(model: nn.Module) -> dict[str, Any]:
     net = getattr(model, "net", None)
     levels = getattr(net, "config", {}).get("attention_levels") if net is not None else None
     return {
-        "present": bool(blocks), "blocks": len(blocks), "attention_levels": levels,
+        "present": bool(blocks),
+        "blocks": len(blocks),
+        "attention_levels": levels,
         "note": "MONAI's UNet middle block always attends" if levels is not None else None,
-    }  # fmt: skip
+    }
 
 
 def enable_flash_attention(model: nn.Module) -> int:
@@ -320,9 +340,14 @@ class Prepared:
 
 
 def prepare(
-    model: nn.Module, mode: str, device: torch.device, *, lr: float, compile: bool,
+    model: nn.Module,
+    mode: str,
+    device: torch.device,
+    *,
+    lr: float,
+    compile: bool,
     compile_mode: str | None,
-) -> Prepared:  # fmt: skip
+) -> Prepared:
     """Move ``model`` to ``device`` and set it up for ``mode`` (see the module docs)."""
     model = model.to(device).train()
     fast = mode == "fast"
@@ -343,8 +368,14 @@ def prepare(
     return Prepared(model, call, opt, autocast, fmt, flash)
 
 
-def _inputs(w: Workload, shape: tuple[int, ...], batch: int, device: torch.device,
-            fmt: torch.memory_format, seed: int) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+def _inputs(
+    w: Workload,
+    shape: tuple[int, ...],
+    batch: int,
+    device: torch.device,
+    fmt: torch.memory_format,
+    seed: int,
+) -> tuple[Tensor, Tensor | None]:
     g = torch.Generator().manual_seed(seed)
     x = (0.5 * torch.randn(batch, *shape, generator=g)).to(device)
     cond = None
@@ -395,11 +426,21 @@ def count_flops(model: nn.Module, w: Workload, device: torch.device, seed: int) 
 
 
 def bench_domain(
-    w: Workload, cfg: Mapping[str, Any], device: torch.device, *, modes=MODES, compile=True,
-    compile_mode: str | None = None, warmup: int = 2, iters: int = 5, repeats: int = 3,
-    sample_repeats: int = 3, seed: int = 0, peak: dict[str, float] | None = None,
+    w: Workload,
+    cfg: Mapping[str, Any],
+    device: torch.device,
+    *,
+    modes=MODES,
+    compile=True,
+    compile_mode: str | None = None,
+    warmup: int = 2,
+    iters: int = 5,
+    repeats: int = 3,
+    sample_repeats: int = 3,
+    seed: int = 0,
+    peak: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Training throughput and sampling latency of one domain in each mode.
 
     Parameters
@@ -433,9 +474,13 @@ def bench_domain(
     sigmas = karras(w.sample_steps, w.sigma_min, w.sigma_max)
 
     out: dict[str, Any] = {
-        "workload": asdict(w), "attention": attn, "flops": flops,
-        "sampler": "dpmpp_2m", "nfe": n_nfe, "modes": {},
-    }  # fmt: skip
+        "workload": asdict(w),
+        "attention": attn,
+        "flops": flops,
+        "sampler": "dpmpp_2m",
+        "nfe": n_nfe,
+        "modes": {},
+    }
     preps: dict[str, Prepared] = {}
     steps: dict[str, Callable[[], None]] = {}
     samplers: dict[str, Callable[[], Tensor]] = {}
@@ -443,8 +488,14 @@ def bench_domain(
         model = eager if mode == "fp32_eager" else build_model(w.domain, cfg, seed=seed)
         res: dict[str, Any] = out["modes"].setdefault(mode, {})
         try:
-            p = prepare(model, mode, device, lr=w.lr, compile=compile and mode == "fast",
-                        compile_mode=compile_mode)  # fmt: skip
+            p = prepare(
+                model,
+                mode,
+                device,
+                lr=w.lr,
+                compile=compile and mode == "fast",
+                compile_mode=compile_mode,
+            )
             x0, cond = _inputs(w, w.x_shape, w.train_batch, device, p.memory_format, seed + 1)
             xs, cs = _inputs(w, w.sample_shape, w.sample_batch, device, p.memory_format, seed + 2)
             rng = DeviceRNG(torch.Generator(device).manual_seed(seed + 3))
@@ -474,8 +525,10 @@ def bench_domain(
             if device.type == "cuda":
                 res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             preps[mode], steps[mode], samplers[mode] = p, step, draw
-            log(f"  {w.domain:8s} {mode:10s} first train step {res['train_first_call_s']:.2f}s, "
-                f"first sampling call {res['sample_first_call_s']:.2f}s")  # fmt: skip
+            log(
+                f"  {w.domain:8s} {mode:10s} first train step {res['train_first_call_s']:.2f}s, "
+                f"first sampling call {res['sample_first_call_s']:.2f}s"
+            )
         except Exception as e:  # a GPU node should still report the other modes
             res["error"] = f"{type(e).__name__}: {e}"
             log(f"  {w.domain:8s} {mode:10s} FAILED: {res['error']}")
@@ -495,20 +548,27 @@ def bench_domain(
         sps = statistics.median(train_runs[mode])
         lat = statistics.median(sample_runs[mode])
         step_s = w.train_batch / sps
-        res.update({
-            "samples_per_s": sps, "train_step_s": step_s, "train_runs_samples_per_s": train_runs[mode],
-            "train_compile_s": max(0.0, res["train_first_call_s"] - step_s),
-            "sampling_latency_s": lat, "sampling_runs_s": sample_runs[mode],
-            "sampling_compile_s": max(0.0, res["sample_first_call_s"] - lat),
-            "train_tflops": flops["train_step"] / step_s / 1e12,
-            "sampling_tflops": flops["sampling_nfe"] * n_nfe / lat / 1e12,
-        })  # fmt: skip
+        res.update(
+            {
+                "samples_per_s": sps,
+                "train_step_s": step_s,
+                "train_runs_samples_per_s": train_runs[mode],
+                "train_compile_s": max(0.0, res["train_first_call_s"] - step_s),
+                "sampling_latency_s": lat,
+                "sampling_runs_s": sample_runs[mode],
+                "sampling_compile_s": max(0.0, res["sample_first_call_s"] - lat),
+                "train_tflops": flops["train_step"] / step_s / 1e12,
+                "sampling_tflops": flops["sampling_nfe"] * n_nfe / lat / 1e12,
+            }
+        )
         pk = None if peak is None else peak["bf16" if mode == "fast" else "fp32"]
         res["peak_tflops"] = pk
         res["train_utilisation"] = None if pk is None else res["train_tflops"] / pk
         res["sampling_utilisation"] = None if pk is None else res["sampling_tflops"] / pk
-        log(f"  {w.domain:8s} {mode:10s} {sps:9.1f} samples/s  sampling {lat:.3f}s  "
-            f"train {res['train_tflops']:.3g} TFLOP/s")  # fmt: skip
+        log(
+            f"  {w.domain:8s} {mode:10s} {sps:9.1f} samples/s  sampling {lat:.3f}s  "
+            f"train {res['train_tflops']:.3g} TFLOP/s"
+        )
 
     ok = all(m in steps for m in MODES)
     fp, fa = out["modes"].get("fp32_eager", {}), out["modes"].get("fast", {})
@@ -535,14 +595,24 @@ def float32_settings() -> dict[str, Any]:
 
 
 def run_benchmark(
-    domains=DEFAULT_DOMAINS, device: str | torch.device = "cpu", *, modes=MODES,
-    compile: bool = True, compile_mode: str | None = None, warmup: int = 2, iters: int = 5,
-    repeats: int = 3, sample_repeats: int = 3, train_batch: int | None = None,
-    sample_batch: int | None = None, sample_steps: int | None = None,
+    domains=DEFAULT_DOMAINS,
+    device: str | torch.device = "cpu",
+    *,
+    modes=MODES,
+    compile: bool = True,
+    compile_mode: str | None = None,
+    warmup: int = 2,
+    iters: int = 5,
+    repeats: int = 3,
+    sample_repeats: int = 3,
+    train_batch: int | None = None,
+    sample_batch: int | None = None,
+    sample_steps: int | None = None,
     configs: Mapping[str, str | Path] | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Benchmark every domain in ``domains`` on ``device``; the JSON ``results`` payload.
 
     Parameters
@@ -579,9 +649,14 @@ def run_benchmark(
     else:
         peak_note = "dense peak: bf16 tensor cores for 'fast', fp32 (non-tensor) for 'fp32_eager'"
     results: dict[str, Any] = {
-        "device": name, "device_kind": dev.type, "peak_tflops": peak, "peak_note": peak_note,
-        "float32": float32_settings(), "target_speedup": TARGET_SPEEDUP, "domains": {},
-    }  # fmt: skip
+        "device": name,
+        "device_kind": dev.type,
+        "peak_tflops": peak,
+        "peak_note": peak_note,
+        "float32": float32_settings(),
+        "target_speedup": TARGET_SPEEDUP,
+        "domains": {},
+    }
     for d in domains:
         path = (configs or {}).get(d)
         cfg = load_config(d, dev.type, path=path, overrides=(overrides or {}).get(d))
@@ -589,15 +664,33 @@ def run_benchmark(
         src = str(
             path or f"workflows/config/{task_name}{'_gpu' if dev.type == 'cuda' else ''}.yaml"
         )
-        w = make_workload(d, cfg, config=src, train_batch=train_batch,
-                          sample_batch=sample_batch, sample_steps=sample_steps)  # fmt: skip
-        log(f"{d}: {w.description}; train batch {w.train_batch} x {w.x_shape}, sampling batch "
-            f"{w.sample_batch} x {w.sample_shape}, {w.sample_steps} steps")  # fmt: skip
+        w = make_workload(
+            d,
+            cfg,
+            config=src,
+            train_batch=train_batch,
+            sample_batch=sample_batch,
+            sample_steps=sample_steps,
+        )
+        log(
+            f"{d}: {w.description}; train batch {w.train_batch} x {w.x_shape}, sampling batch "
+            f"{w.sample_batch} x {w.sample_shape}, {w.sample_steps} steps"
+        )
         results["domains"][d] = bench_domain(
-            w, cfg, dev, modes=modes, compile=compile, compile_mode=compile_mode, warmup=warmup,
-            iters=iters, repeats=repeats, sample_repeats=sample_repeats, seed=seed, peak=peak,
+            w,
+            cfg,
+            dev,
+            modes=modes,
+            compile=compile,
+            compile_mode=compile_mode,
+            warmup=warmup,
+            iters=iters,
+            repeats=repeats,
+            sample_repeats=sample_repeats,
+            seed=seed,
+            peak=peak,
             log=log,
-        )  # fmt: skip
+        )
     bars: dict[str, Any] = {}
     for d, r in results["domains"].items():
         ratio = r["speedup"]["train"]
@@ -624,8 +717,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-batch", type=int, default=None, help="default: the config's")
     p.add_argument("--sample-batch", type=int, default=None, help="default: the config's")
     p.add_argument("--sample-steps", type=int, default=None, help="default: the config's")
-    p.add_argument("--config", action="append", default=[], metavar="DOMAIN=FILE",
-                   help="config file of a domain (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="DOMAIN=FILE",
+        help="config file of a domain (repeatable)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="result name (default gpu_perf_<device kind>)")
@@ -648,28 +746,50 @@ def main(argv: list[str] | None = None) -> None:
     srep = a.sample_repeats if a.sample_repeats is not None else 3
     configs = dict(c.split("=", 1) for c in a.config)
     results = run_benchmark(
-        a.domains, dev, modes=tuple(a.modes), compile=not a.no_compile,
-        compile_mode=a.compile_mode, warmup=warmup, iters=iters, repeats=repeats,
-        sample_repeats=srep, train_batch=tb, sample_batch=sb, sample_steps=ss, configs=configs,
+        a.domains,
+        dev,
+        modes=tuple(a.modes),
+        compile=not a.no_compile,
+        compile_mode=a.compile_mode,
+        warmup=warmup,
+        iters=iters,
+        repeats=repeats,
+        sample_repeats=srep,
+        train_batch=tb,
+        sample_batch=sb,
+        sample_steps=ss,
+        configs=configs,
         seed=a.seed,
-    )  # fmt: skip
+    )
     for d, s in results["speedups"].items():
         tr, sa = s["train"], s["sampling"]
-        print(f"{d}: fast/fp32 training {tr if tr is None else f'{tr:.2f}x'}, sampling "
-              f"{sa if sa is None else f'{sa:.2f}x'}; bar >= {TARGET_SPEEDUP}x: "
-              f"{results['bars'][d]}")  # fmt: skip
+        print(
+            f"{d}: fast/fp32 training {tr if tr is None else f'{tr:.2f}x'}, sampling "
+            f"{sa if sa is None else f'{sa:.2f}x'}; bar >= {TARGET_SPEEDUP}x: "
+            f"{results['bars'][d]}"
+        )
     config = {
-        "device": str(dev), "domains": a.domains, "modes": a.modes, "compile": not a.no_compile,
-        "compile_mode": a.compile_mode, "warmup": warmup, "iters": iters, "repeats": repeats,
-        "sample_repeats": srep, "train_batch": tb, "sample_batch": sb, "sample_steps": ss,
+        "device": str(dev),
+        "domains": a.domains,
+        "modes": a.modes,
+        "compile": not a.no_compile,
+        "compile_mode": a.compile_mode,
+        "warmup": warmup,
+        "iters": iters,
+        "repeats": repeats,
+        "sample_repeats": srep,
+        "train_batch": tb,
+        "sample_batch": sb,
+        "sample_steps": ss,
         "configs": configs or "workflows/config/<task>" + ("_gpu" if not cpu else "") + ".yaml",
-        "threads": torch.get_num_threads(), "sampler": "dpmpp_2m (karras schedule)",
+        "threads": torch.get_num_threads(),
+        "sampler": "dpmpp_2m (karras schedule)",
         "optimizer": "torch.optim.AdamW (default foreach/fused choice), lr from config",
         "rng": "noise and training sigmas drawn on the device (DeviceRNG)",
         "fast": "bf16 autocast + channels_last + torch.compile(dynamic=False) + SDPA attention",
         "note": a.note,
         "cudnn_benchmark": bool(a.cudnn_benchmark),
-    }  # fmt: skip
+    }
     write_result(a.name or f"gpu_perf_{dev.type}", results, config=config, seed=a.seed)
 
 

@@ -145,12 +145,15 @@ def run(n: int, seed: int) -> dict[str, Any]:
                 m["ks"] = float(stats.kstest(x[:, 0].numpy(), cdf).statistic)
             return m
 
-        nulls = [metrics(gm.sample(n, generator=torch.Generator().manual_seed(seed + 20_000 + r)))
-                 for r in range(NULL_REPS)]  # fmt: skip
+        nulls = [
+            metrics(gm.sample(n, generator=torch.Generator().manual_seed(seed + 20_000 + r)))
+            for r in range(NULL_REPS)
+        ]
         out["null"][key] = {
             f"{k}_{stat}": float(fn([v[k] for v in nulls]))
-            for k in nulls[0] for stat, fn in (("median", np.median), ("max", np.max))
-        }  # fmt: skip
+            for k in nulls[0]
+            for stat, fn in (("median", np.median), ("max", np.max))
+        }
         print(f"[{key}] null: {out['null'][key]}", flush=True)
         for name, fn in SAMPLERS.items():
             for target in TARGET_NFE:
@@ -160,14 +163,27 @@ def run(n: int, seed: int) -> dict[str, Any]:
                 x = x0 + SIGMA_MAX * torch.randn(x0.shape, generator=g, dtype=torch.float64)
                 t0 = time.perf_counter()
                 y = fn(den, x, karras(steps, SIGMA_MIN, SIGMA_MAX), generator=g)
-                row = {"dim": gm.dim, "sampler": name, "target_nfe": target, "steps": steps,
-                       "nfe": nfe(name, steps), "seconds": time.perf_counter() - t0, **metrics(y)}  # fmt: skip
+                row = {
+                    "dim": gm.dim,
+                    "sampler": name,
+                    "target_nfe": target,
+                    "steps": steps,
+                    "nfe": nfe(name, steps),
+                    "seconds": time.perf_counter() - t0,
+                    **metrics(y),
+                }
                 out["runs"].append(row)
-                print(f"[{key}] {name:16s} nfe={row['nfe']:4d} " + " ".join(
-                    f"{k}={row[k]:.5f}" for k in ("energy_distance", "ks") if k in row), flush=True)  # fmt: skip
+                print(
+                    f"[{key}] {name:16s} nfe={row['nfe']:4d} "
+                    + " ".join(f"{k}={row[k]:.5f}" for k in ("energy_distance", "ks") if k in row),
+                    flush=True,
+                )
         g = torch.Generator().manual_seed(seed)
-        y = SAMPLERS["dpmpp_2m"](den, SIGMA_MAX * torch.randn(n, gm.dim, generator=g, dtype=torch.float64),
-                                 karras(200, SIGMA_MIN, SIGMA_MAX))  # fmt: skip
+        y = SAMPLERS["dpmpp_2m"](
+            den,
+            SIGMA_MAX * torch.randn(n, gm.dim, generator=g, dtype=torch.float64),
+            karras(200, SIGMA_MIN, SIGMA_MAX),
+        )
         out["prior_mismatch"][key] = {"sampler": "dpmpp_2m", "steps": 200, **metrics(y)}
     return out
 
@@ -178,16 +194,25 @@ def plot(results: dict[str, Any], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("1d", "energy_distance", "1-D energy distance"), ("1d", "ks", "1-D KS statistic"),
-              ("8d", "energy_distance", "8-D energy distance")]  # fmt: skip
+    panels = [
+        ("1d", "energy_distance", "1-D energy distance"),
+        ("1d", "ks", "1-D KS statistic"),
+        ("8d", "energy_distance", "8-D energy distance"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (key, metric, title) in zip(axes, panels, strict=True):
         dim = int(key[0])
         for j, name in enumerate(SAMPLERS):
             rows = [r for r in results["runs"] if r["dim"] == dim and r["sampler"] == name]
             style = "x--" if name == "ddim" else "os^vDP"[j % 6] + "-"  # ddim(eta=0) == euler
-            ax.loglog([r["nfe"] for r in rows], [max(r[metric], 1e-7) for r in rows], style,
-                      label=name, ms=6, mfc="none")  # fmt: skip
+            ax.loglog(
+                [r["nfe"] for r in rows],
+                [max(r[metric], 1e-7) for r in rows],
+                style,
+                label=name,
+                ms=6,
+                mfc="none",
+            )
         floor = results["null"][key][f"{metric}_median"]
         ax.axhline(floor, color="gray", ls="--", label="null (exact sample), median")
         ax.set(title=title, xlabel="NFE (network evaluations)", ylabel=metric)
@@ -205,10 +230,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     results = run(args.n, args.seed)
-    config = {"n": args.n, "target_nfe": list(TARGET_NFE), "schedule": "karras",
-              "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": 7.0,
-              "start": "x0 + sigma_max * z (exact marginal)", "null_reps": NULL_REPS,
-              "dtype": "float64", "samplers": list(SAMPLERS)}  # fmt: skip
+    config = {
+        "n": args.n,
+        "target_nfe": list(TARGET_NFE),
+        "schedule": "karras",
+        "sigma_min": SIGMA_MIN,
+        "sigma_max": SIGMA_MAX,
+        "rho": 7.0,
+        "start": "x0 + sigma_max * z (exact marginal)",
+        "null_reps": NULL_REPS,
+        "dtype": "float64",
+        "samplers": list(SAMPLERS),
+    }
     write_result("sampler_convergence", results, config=config, seed=args.seed)
     plot(results, RESULTS / "sampler_convergence.png")
     print(f"\n{'dim':>3} {'sampler':16s} {'nfe':>4} {'energy_dist':>12} {'ks':>8}")

@@ -62,9 +62,12 @@ def randomize_zero_init(net: nn.Module) -> nn.Module:
 
 
 def make_unet(
-    channels: tuple[int, ...] = (32, 64, 64), *, seed: int = 0,
-    attention: tuple[bool, ...] | None = None, num_res_blocks: int = 1,
-) -> EpsUNet:  # fmt: skip
+    channels: tuple[int, ...] = (32, 64, 64),
+    *,
+    seed: int = 0,
+    attention: tuple[bool, ...] | None = None,
+    num_res_blocks: int = 1,
+) -> EpsUNet:
     """2-D, 1-channel eps-prediction UNet with random (seeded) weights, in eval mode.
 
     Attention at the last level by default (MONAI's mid block always has one; it needs
@@ -73,9 +76,14 @@ def make_unet(
     torch.manual_seed(seed)
     attention = attention if attention is not None else (False,) * (len(channels) - 1) + (True,)
     unet = DiffusionModelUNet(
-        spatial_dims=2, in_channels=1, out_channels=1, channels=channels,
-        attention_levels=attention, num_res_blocks=num_res_blocks, num_head_channels=channels[-1],
-    )  # fmt: skip
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=channels,
+        attention_levels=attention,
+        num_res_blocks=num_res_blocks,
+        num_head_channels=channels[-1],
+    )
     return EpsUNet(randomize_zero_init(unet)).eval()
 
 
@@ -108,10 +116,14 @@ def timed_run(fn: Any, timed: TimedNet) -> dict[str, float]:
     fn()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     return {
-        "total_s": wall, "network_s": timed.wall, "overhead": (wall - timed.wall) / wall,
-        "total_cpu_s": cpu, "network_cpu_s": timed.cpu, "overhead_cpu": (cpu - timed.cpu) / cpu,
+        "total_s": wall,
+        "network_s": timed.wall,
+        "overhead": (wall - timed.wall) / wall,
+        "total_cpu_s": cpu,
+        "network_cpu_s": timed.cpu,
+        "overhead_cpu": (cpu - timed.cpu) / cpu,
         "nfe": timed.calls,
-    }  # fmt: skip
+    }
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -167,9 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         r["pass"] = r["median_overhead"] <= TARGET
         r["pass_cpu"] = r["median_overhead_cpu"] <= TARGET
         results.setdefault(d, {})[s] = r
-        print(f"{d:6s} {s:13s} nfe={r['nfe']:2d}  total {r['median_total_s']:.3f}s  "
-              f"net {r['median_network_s']:.3f}s  overhead {100 * r['median_overhead']:.2f}% "
-              f"(cpu {100 * r['median_overhead_cpu']:.2f}%)")  # fmt: skip
+        print(
+            f"{d:6s} {s:13s} nfe={r['nfe']:2d}  total {r['median_total_s']:.3f}s  "
+            f"net {r['median_network_s']:.3f}s  overhead {100 * r['median_overhead']:.2f}% "
+            f"(cpu {100 * r['median_overhead_cpu']:.2f}%)"
+        )
     results["max_median_overhead"] = max(
         v["median_overhead"] for d in denoisers for v in results[d].values()
     )
@@ -179,12 +193,20 @@ def main(argv: list[str] | None = None) -> None:
     results["all_pass"] = results["max_median_overhead"] <= TARGET
     config = {
         "network": f"monai DiffusionModelUNet 2-D, 1ch {a.size}x{a.size}, channels {channels}, "
-                   "attention (F, F, T), num_res_blocks 2, zero-init convs re-randomised",
-        "denoisers": {"karras": "KarrasDenoiser(sigma_data=0.5), karras(steps, 0.002, 80)",
-                      "vp": "VPDenoiser(eps, DDPM linear T=1000), karras(steps, table min, max)"},
-        "steps": a.steps, "batch": a.batch, "repeats": a.repeats, "threads": a.threads,
-        "samplers": a.samplers, "target_overhead": TARGET, "device": "cpu", "dtype": "float32",
-    }  # fmt: skip
+        "attention (F, F, T), num_res_blocks 2, zero-init convs re-randomised",
+        "denoisers": {
+            "karras": "KarrasDenoiser(sigma_data=0.5), karras(steps, 0.002, 80)",
+            "vp": "VPDenoiser(eps, DDPM linear T=1000), karras(steps, table min, max)",
+        },
+        "steps": a.steps,
+        "batch": a.batch,
+        "repeats": a.repeats,
+        "threads": a.threads,
+        "samplers": a.samplers,
+        "target_overhead": TARGET,
+        "device": "cpu",
+        "dtype": "float32",
+    }
     write_result("sampler_overhead", results, config=config, seed=a.seed)
 
 

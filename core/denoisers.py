@@ -91,9 +91,14 @@ class KarrasDenoiser(nn.Module):
         value) and through whatever ``F`` fails to ignore. ``None`` (default): plain EDM.
     """
 
-    def __init__(self, net: nn.Module, *, sigma_data: float = 0.5,
-                 train_sigma: Callable | None = None,
-                 regression_sigma: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        sigma_data: float = 0.5,
+        train_sigma: Callable | None = None,
+        regression_sigma: float | None = None,
+    ) -> None:
         super().__init__()
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
