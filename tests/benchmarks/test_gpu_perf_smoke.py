@@ -29,10 +29,19 @@ TINY = {
 
 def test_gpu_perf_cpu_smoke():
     r = gpu_perf.run_benchmark(
-        ["medical", "pde"], "cpu", compile=False, warmup=1, iters=1, repeats=1,
-        sample_repeats=1, train_batch=2, sample_batch=2, sample_steps=2, overrides=TINY,
+        ["medical", "pde"],
+        "cpu",
+        compile=False,
+        warmup=1,
+        iters=1,
+        repeats=1,
+        sample_repeats=1,
+        train_batch=2,
+        sample_batch=2,
+        sample_steps=2,
+        overrides=TINY,
         log=lambda _: None,
-    )  # fmt: skip
+    )
     assert r["device_kind"] == "cpu" and r["peak_tflops"] is None
     assert r["bars"] == {"medical": gpu_perf.CPU_BAR, "pde": gpu_perf.CPU_BAR}
     for d in ("medical", "pde"):

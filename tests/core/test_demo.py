@@ -33,9 +33,23 @@ def test_demo_learns_the_mixture(tmp_path):
 
 
 def test_cli_bad_argument_exits_nonzero(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "diffsci.core.cli", "demo", "--out", str(tmp_path),
-                        "--sampler", "nope", "--steps", "2", "--quiet"],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffsci.core.cli",
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--sampler",
+            "nope",
+            "--steps",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
     assert "unknown sampler 'nope'" in r.stderr
     assert not (tmp_path / "metrics.json").exists()

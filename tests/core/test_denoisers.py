@@ -279,8 +279,11 @@ def test_flow_denoiser_recovers_exact() -> None:
 # any rank, per-sample sigma
 # --------------------------------------------------------------------------------------------
 
-GM24 = GaussianMixture(torch.tensor([0.4, 0.6]), torch.randn(2, 24, generator=torch.Generator().manual_seed(3),
-                       dtype=torch.float64), torch.stack([0.5 * torch.eye(24), 2.0 * torch.eye(24)]))  # fmt: skip
+GM24 = GaussianMixture(
+    torch.tensor([0.4, 0.6]),
+    torch.randn(2, 24, generator=torch.Generator().manual_seed(3), dtype=torch.float64),
+    torch.stack([0.5 * torch.eye(24), 2.0 * torch.eye(24)]),
+)
 SHAPES = [(5, 24), (5, 4, 6), (5, 2, 3, 4), (5, 2, 3, 2, 2)]
 
 

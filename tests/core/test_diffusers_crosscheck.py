@@ -47,15 +47,25 @@ class TinyEps(nn.Module):
 
 
 def _ddim() -> diffusers.DDIMScheduler:
-    return diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                   clip_sample=False, set_alpha_to_one=True, steps_offset=0,
-                                   timestep_spacing="leading")  # fmt: skip
+    return diffusers.DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
+    )
 
 
 def _dpm() -> diffusers.DPMSolverMultistepScheduler:
-    return diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                                 algorithm_type="dpmsolver++", solver_order=2,
-                                                 lower_order_final=True, final_sigmas_type="zero")  # fmt: skip
+    return diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
 
 
 @torch.no_grad()

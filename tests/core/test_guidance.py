@@ -110,9 +110,12 @@ def test_cfg_batched_path_equals_two_call_path():
     s = 0.7
     torch.testing.assert_close(
         ClassifierFreeGuidance(den_b, scale=3.0, null_cond=_null_batch)(x, s, cond),
-        ClassifierFreeGuidance(den_2, scale=3.0, null_cond=NULL)(x, torch.full((16,), s, dtype=F64), cond),
-        rtol=0, atol=1e-12,
-    )  # fmt: skip
+        ClassifierFreeGuidance(den_2, scale=3.0, null_cond=NULL)(
+            x, torch.full((16,), s, dtype=F64), cond
+        ),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_cfg_requires_a_condition():

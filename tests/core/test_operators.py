@@ -99,8 +99,9 @@ def test_check_adjoint_passes_in_float64(name):
     factory, shape, dtype = ADJOINT_CASES[name]
     op = factory()
     for seed in (0, 1):
-        err = check_adjoint(op, shape, dtype=dtype, rtol=1e-12,
-                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        err = check_adjoint(
+            op, shape, dtype=dtype, rtol=1e-12, generator=torch.Generator().manual_seed(seed)
+        )
         assert err < 1e-12, (name, err)
 
 
@@ -116,8 +117,9 @@ def test_adjoint_is_the_conjugate_transpose_of_the_dense_matrix(name):
     torch.testing.assert_close(MH, M.conj().T, rtol=0, atol=1e-14)
     # and forward agrees with the dense matrix on a random batch
     x = _randn(*shape, seed=9, dtype=dtype)
-    torch.testing.assert_close(op.forward(x).reshape(shape[0], -1), x.reshape(shape[0], -1) @ M.T,
-                               rtol=0, atol=1e-13)  # fmt: skip
+    torch.testing.assert_close(
+        op.forward(x).reshape(shape[0], -1), x.reshape(shape[0], -1) @ M.T, rtol=0, atol=1e-13
+    )
 
 
 def test_composed_matches_matrix_product():
@@ -198,7 +200,7 @@ def test_mask_pinv_is_exact_and_minimum_norm():
         (BlockMean(2), (2, 3, 8, 8)),
         (BlockMean((2, 3)), (2, 1, 4, 6)),
         (BlockMean((2, 1, 3), spatial_dims=3), (1, 2, 4, 3, 6)),
-    ],  # fmt: skip
+    ],
     ids=["2d", "2d-anisotropic", "3d"],
 )
 def test_blockmean_pinv(op, shape):

@@ -300,8 +300,9 @@ def test_proximal_step_with_matched_weight_is_the_exact_posterior_denoiser(sigma
     got = ProximalDataStep(PRIOR.denoiser(), Mask(MASK), Y.expand(5, D), noise_std=S, lam=lam)(
         x, sigma
     )
-    ref = _exact_posterior_denoiser(M, SD**2 * torch.eye(D, dtype=F64), torch.diag(MASK), S, x, sigma,
-                                    Y.expand(5, D))  # fmt: skip
+    ref = _exact_posterior_denoiser(
+        M, SD**2 * torch.eye(D, dtype=F64), torch.diag(MASK), S, x, sigma, Y.expand(5, D)
+    )
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
 
 
@@ -386,8 +387,17 @@ def _red_problem():
 
 
 def _run_red(A, y, x_init, *, lam=0.25, seed=0, steps=1000):
-    return red_diff(PRIOR.denoiser(), MatrixOperator(A), y, x_init, karras(steps, 0.01, 10.0),
-                    noise_std=S, lam=lam, lr=0.1, generator=_g(seed))  # fmt: skip
+    return red_diff(
+        PRIOR.denoiser(),
+        MatrixOperator(A),
+        y,
+        x_init,
+        karras(steps, 0.01, 10.0),
+        noise_std=S,
+        lam=lam,
+        lr=0.1,
+        generator=_g(seed),
+    )
 
 
 def test_red_diff_approaches_the_map():
@@ -436,8 +446,14 @@ def test_start_from_an_exact_sample_stays_exact(sampler):
     # x_init ~ p exactly => x_init + 1.0 n is exactly the noisy marginal at sigma = 1, and the
     # reverse process from there returns p (SDEdit with an exact denoiser).
     x0 = GM1.sample(N, generator=_g(30))
-    out = start_from(GM1.denoiser(), x0, karras(50, 0.002, SMAX), sigma_start=1.0, sampler=sampler,
-                     generator=_g(31))  # fmt: skip
+    out = start_from(
+        GM1.denoiser(),
+        x0,
+        karras(50, 0.002, SMAX),
+        sigma_start=1.0,
+        sampler=sampler,
+        generator=_g(31),
+    )
     assert out.shape == x0.shape
     assert not torch.equal(out, x0)
     p = stats.kstest(out[:, 0].numpy(), _gm1_cdf).pvalue
@@ -454,8 +470,12 @@ def test_start_from_a_wrong_sample_is_detected():
 @pytest.mark.parametrize("sigma_start", [0.0, -1.0, 80.5, float("nan")])
 def test_start_from_rejects_sigma_start_out_of_range(sigma_start):
     with pytest.raises(ValueError, match="sigma_start"):
-        start_from(GM1.denoiser(), torch.zeros(4, 1, dtype=F64), karras(10, 0.002, SMAX),
-                   sigma_start=sigma_start)  # fmt: skip
+        start_from(
+            GM1.denoiser(),
+            torch.zeros(4, 1, dtype=F64),
+            karras(10, 0.002, SMAX),
+            sigma_start=sigma_start,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,9 +497,17 @@ J_MEAN, J_COV = J_PROB.posterior(J_Y[0])
 
 
 def _joint(n: int) -> JointPosterior:
-    return JointPosterior(_iso(M1, JA).denoiser(), _iso(M2, JB).denoiser(), shape_x=(JX,), shape_h=(JX,),
-                          y=J_Y.expand(n, JX), gamma=GAMMA, noise_std=JS, sigma_data_x=JA,
-                          sigma_data_h=JB)  # fmt: skip
+    return JointPosterior(
+        _iso(M1, JA).denoiser(),
+        _iso(M2, JB).denoiser(),
+        shape_x=(JX,),
+        shape_h=(JX,),
+        y=J_Y.expand(n, JX),
+        gamma=GAMMA,
+        noise_std=JS,
+        sigma_data_x=JA,
+        sigma_data_h=JB,
+    )
 
 
 @cache

@@ -56,8 +56,14 @@ N1, N8 = 10_000, 3_000
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 ALPHA = 1e-3  # family-wise level of the KS tests (Bonferroni over dimensions in 8-D)
 NULL_REPS = 10
-STEPS = {"euler": 200, "ddim": 200, "euler_ancestral": 400, "heun": 50, "dpmpp_2m": 50,
-         "dpmpp_2m_sde": 100}  # fmt: skip
+STEPS = {
+    "euler": 200,
+    "ddim": 200,
+    "euler_ancestral": 400,
+    "heun": 50,
+    "dpmpp_2m": 50,
+    "dpmpp_2m_sde": 100,
+}
 STOCHASTIC = {"euler_ancestral", "dpmpp_2m_sde"}
 assert set(STEPS) == set(SAMPLERS), "a new sampler needs a step count here"
 
@@ -94,8 +100,15 @@ def _start(gm: GaussianMixture, n: int, seed: int, sigma_max: float = SIGMA_MAX)
     return x0 + sigma_max * torch.randn(x0.shape, generator=g, dtype=torch.float64), g
 
 
-def _run(fn: Callable[..., Tensor] | str, gm: GaussianMixture, n: int, steps: int, *,
-         seed: int = 0, **opts: object) -> Tensor:  # fmt: skip
+def _run(
+    fn: Callable[..., Tensor] | str,
+    gm: GaussianMixture,
+    n: int,
+    steps: int,
+    *,
+    seed: int = 0,
+    **opts: object,
+) -> Tensor:
     fn = get_sampler(fn) if isinstance(fn, str) else fn
     x, g = _start(gm, n, seed)
     return fn(FastExact(gm), x, karras(steps, SIGMA_MIN, SIGMA_MAX), generator=g, **opts)
@@ -187,10 +200,14 @@ def test_sampler_matches_mixture_8d(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "steps", "opts"),
-    [("heun", 50, {"s_churn": 20.0}), ("heun", 50, {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}),
-     ("ddim", 200, {"eta": 0.5}), ("dpmpp_2m_sde", 100, {"eta": 0.5}),
-     ("dpmpp_2m_sde", 100, {"s_noise": 1.0, "eta": 1.0})],
-)  # fmt: skip
+    [
+        ("heun", 50, {"s_churn": 20.0}),
+        ("heun", 50, {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0}),
+        ("ddim", 200, {"eta": 0.5}),
+        ("dpmpp_2m_sde", 100, {"eta": 0.5}),
+        ("dpmpp_2m_sde", 100, {"s_noise": 1.0, "eta": 1.0}),
+    ],
+)
 def test_sampler_options_match_mixture_1d(name: str, steps: int, opts: dict) -> None:
     assert _matches(_run(name, GM1, N1, steps, seed=2, **opts), GM1)
 
@@ -262,10 +279,13 @@ def _dpmpp_2m_bad_r(den, x, sigmas, *, generator=None):
 
 @pytest.mark.parametrize(
     ("fn", "steps", "gms"),
-    [(_euler_flipped, 200, (GM1, GM8)), (_euler_sigma_scaled, 200, (GM1,)),
-     (_ancestral_cold, 400, (GM1, GM8))],
+    [
+        (_euler_flipped, 200, (GM1, GM8)),
+        (_euler_sigma_scaled, 200, (GM1,)),
+        (_ancestral_cold, 400, (GM1, GM8)),
+    ],
     ids=["euler_flipped", "euler_sigma_x1.1", "ancestral_noise_x0.8"],
-)  # fmt: skip
+)
 def test_broken_samplers_fail_the_check(fn, steps: int, gms: tuple) -> None:
     # euler_sigma_x1.1 is asserted in 1-D only: its 8-D energy distance (~0.015, measured at
     # n=4000) is at the 8-D threshold, while 1-D KS rejects it at p ~ 1e-8.
@@ -323,8 +343,10 @@ def _orders(fn: Callable[..., Tensor], gm: GaussianMixture = GM1, n: int = 1000)
     x, _ = _start(gm, n, seed=4)
     den = FastExact(gm)
     ref = _ode_reference(den, x)
-    errs = [(fn(den, x, karras(k, SIGMA_MIN, SIGMA_MAX)) - ref).abs().mean().item()
-            for k in (40, 80, 160)]  # fmt: skip
+    errs = [
+        (fn(den, x, karras(k, SIGMA_MIN, SIGMA_MAX)) - ref).abs().mean().item()
+        for k in (40, 80, 160)
+    ]
     return np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
 
 
@@ -351,8 +373,10 @@ def test_convergence_order_catches_bad_r() -> None:
 def test_dpmpp_2m_beats_euler_at_10_steps() -> None:
     # Measured (n=3000, seed 3): dpmpp_2m 0.044, euler 0.135, heun (19 NFE) 0.027; null
     # median 0.005.
-    ed = {name: energy_distance(_run(name, GM8, N8, 10, seed=3), _null(GM8, N8)[0]).item()
-          for name in ("euler", "dpmpp_2m")}  # fmt: skip
+    ed = {
+        name: energy_distance(_run(name, GM8, N8, 10, seed=3), _null(GM8, N8)[0]).item()
+        for name in ("euler", "dpmpp_2m")
+    }
     assert ed["dpmpp_2m"] < 0.6 * ed["euler"], ed
 
 
@@ -364,10 +388,15 @@ def test_dpmpp_2m_beats_euler_at_10_steps() -> None:
 def test_ddim_eta0_is_euler_and_ancestral_is_ddim_eta1() -> None:
     x, _ = _start(GM8, 200, seed=0)
     den, sig = FastExact(GM8), karras(15)
-    torch.testing.assert_close(sample_ddim(den, x, sig), sample_euler(den, x, sig),
-                               rtol=1e-12, atol=1e-12)  # fmt: skip
-    torch.testing.assert_close(sample_euler_ancestral(den, x, sig, eta=0.0), sample_euler(den, x, sig),
-                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(
+        sample_ddim(den, x, sig), sample_euler(den, x, sig), rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        sample_euler_ancestral(den, x, sig, eta=0.0),
+        sample_euler(den, x, sig),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     a = sample_euler_ancestral(den, x, sig, generator=torch.Generator().manual_seed(1))
     b = sample_ddim(den, x, sig, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
@@ -378,8 +407,12 @@ def test_dpmpp_2m_sde_eta0_is_dpmpp_2m() -> None:
     algebraically the 2M extrapolation: this pins the SDE variant's second-order term."""
     x, _ = _start(GM8, 200, seed=0)
     den, sig = FastExact(GM8), karras(15)
-    torch.testing.assert_close(SAMPLERS["dpmpp_2m_sde"](den, x, sig, eta=0.0), sample_dpmpp_2m(den, x, sig),
-                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(
+        SAMPLERS["dpmpp_2m_sde"](den, x, sig, eta=0.0),
+        sample_dpmpp_2m(den, x, sig),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,8 +468,9 @@ def test_callback_once_per_step(name: str) -> None:
         calls.append((x.clone(), DEN8(x, sigma)))
         return calls[-1][1]
 
-    out = SAMPLERS[name](den, _x8(), SIG10, generator=torch.Generator().manual_seed(0),
-                         callback=infos.append)  # fmt: skip
+    out = SAMPLERS[name](
+        den, _x8(), SIG10, generator=torch.Generator().manual_seed(0), callback=infos.append
+    )
     assert len(infos) == len(SIG10) - 1
     per_step = 2 if name == "heun" else 1  # heun: two calls per step except the last
     for i, info in enumerate(infos):
@@ -515,8 +549,15 @@ def test_get_sampler() -> None:
 def test_sample_helper_equals_manual_and_matches_1d() -> None:
     sig = karras(50)
     infos: list[dict] = []
-    out = sample(DEN8, (20, 8), sig, sampler="dpmpp_2m_sde", generator=torch.Generator().manual_seed(4),
-                 dtype=torch.float64, callback=infos.append)  # fmt: skip
+    out = sample(
+        DEN8,
+        (20, 8),
+        sig,
+        sampler="dpmpp_2m_sde",
+        generator=torch.Generator().manual_seed(4),
+        dtype=torch.float64,
+        callback=infos.append,
+    )
     g = torch.Generator().manual_seed(4)
     x = torch.randn(20, 8, generator=g, dtype=torch.float64) * 80.0
     ref = SAMPLERS["dpmpp_2m_sde"](DEN8, x, sig, generator=g)
@@ -527,8 +568,15 @@ def test_sample_helper_equals_manual_and_matches_1d() -> None:
     with pytest.raises(ValueError, match="strictly descending"):
         sample(DEN8, (3, 8), sig.flip(0))
     # end to end from randn * sigma_max (the prior mismatch is negligible in 1-D)
-    out = sample(FastExact(GM1), (N1, 1), sig, generator=torch.Generator().manual_seed(5),
-                 dtype=torch.float64, progress=False, sampler="dpmpp_2m")  # fmt: skip
+    out = sample(
+        FastExact(GM1),
+        (N1, 1),
+        sig,
+        generator=torch.Generator().manual_seed(5),
+        dtype=torch.float64,
+        progress=False,
+        sampler="dpmpp_2m",
+    )
     assert _matches(out, GM1)
 
 

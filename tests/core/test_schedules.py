@@ -112,9 +112,12 @@ def test_schedule_argument_errors() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "dkind", "b0", "b1"),
-    [("linear", "linear", 1e-4, 0.02), ("scaled_linear", "scaled_linear", 0.00085, 0.012),
-     ("cosine", "squaredcos_cap_v2", 1e-4, 0.02)],
-)  # fmt: skip
+    [
+        ("linear", "linear", 1e-4, 0.02),
+        ("scaled_linear", "scaled_linear", 0.00085, 0.012),
+        ("cosine", "squaredcos_cap_v2", 1e-4, 0.02),
+    ],
+)
 def test_ddpm_alphas_cumprod_match_diffusers(kind: str, dkind: str, b0: float, b1: float) -> None:
     diffusers = pytest.importorskip("diffusers")
     ref = diffusers.DDIMScheduler(
@@ -132,8 +135,9 @@ def test_ddpm_sigmas_timesteps_match_diffusers_ddim(spacing: str, n: int) -> Non
     diffusers = pytest.importorskip("diffusers")
     offsets = [0, 1] if spacing == "leading" else [0]
     for off in offsets:
-        sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing,
-                                        steps_offset=off)  # fmt: skip
+        sched = diffusers.DDIMScheduler(
+            num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=off
+        )
         sched.set_timesteps(n)
         ac = S.ddpm_alphas_cumprod(1000)
         sig, ts = S.ddpm_sigmas(ac, n, spacing=spacing, steps_offset=off)
@@ -148,9 +152,14 @@ def test_ddpm_sigmas_timesteps_match_diffusers_ddim(spacing: str, n: int) -> Non
 
 @pytest.mark.parametrize(
     ("n", "spacing", "offset"),
-    [(1500, "leading", 0), (1500, "trailing", 0), (1500, "linspace", 0),
-     (1000, "leading", 1), (10, "leading", -1)],
-)  # fmt: skip
+    [
+        (1500, "leading", 0),
+        (1500, "trailing", 0),
+        (1500, "linspace", 0),
+        (1000, "leading", 1),
+        (10, "leading", -1),
+    ],
+)
 def test_ddpm_sigmas_rejects_impossible_step_counts(n: int, spacing: str, offset: int) -> None:
     """KNOWN BUG (fails today): more steps than training timesteps, or an offset that pushes a
     timestep outside [0, T), must raise. Today n > T silently returns repeated timesteps and a
@@ -261,8 +270,12 @@ def test_discrete_sigma_frequencies() -> None:
 
 def test_training_sigma_sharded_ranks_tile_global_draw() -> None:
     """Two ranks with the same seed get the two halves of the single-process draw."""
-    for sampler in (S.LogNormalSigma(), S.LogUniformSigma(), S.UniformTimeSigma("flow"),
-                    S.DiscreteSigma([80.0, 0.1, 0.01])):  # fmt: skip
+    for sampler in (
+        S.LogNormalSigma(),
+        S.LogUniformSigma(),
+        S.UniformTimeSigma("flow"),
+        S.DiscreteSigma([80.0, 0.1, 0.01]),
+    ):
         full = sampler(64, _rng(5))
         halves = [sampler(32, _rng(5, rank=r, world_size=2)) for r in range(2)]
         assert torch.equal(torch.cat(halves), full)

@@ -30,8 +30,9 @@ def test_blend_windows_sum_to_one_on_a_regular_stride(length, tile, overlap, mar
     for r in starts:
         for c in starts:
             edges = (r == 0, r + tile == length, c == 0, c + tile == length)
-            total[r : r + tile, c : c + tile] += blend_window((tile, tile), overlap=overlap,
-                                                              margin=margin, edges=edges)  # fmt: skip
+            total[r : r + tile, c : c + tile] += blend_window(
+                (tile, tile), overlap=overlap, margin=margin, edges=edges
+            )
     np.testing.assert_allclose(total, 1.0, atol=1e-12)
 
 
@@ -87,8 +88,9 @@ def test_local_model_exact_with_margin_and_seams_without():
     hard = np.zeros((64, 64), np.float32)
     for r in tile_starts(64, 20, 10):
         for c in tile_starts(64, 20, 10):
-            hard[r : r + 20, c : c + 20] = correlate(src[0, r : r + 20, c : c + 20], k,
-                                                     mode="constant")  # fmt: skip
+            hard[r : r + 20, c : c + 20] = correlate(
+                src[0, r : r + 20, c : c + 20], k, mode="constant"
+            )
     assert np.abs(hard - want).max() > 1.5 * err_blend
 
 
@@ -108,13 +110,15 @@ def test_noisy_model_is_seamless_with_positional_noise():
     src = np.zeros((1, 96, 96), np.float32)
 
     def fn(x, origins):
-        return np.stack([positional_noise((1,), slice(r, r + 32), slice(c, c + 32), seed=3)
-                         for r, c in origins])  # fmt: skip
+        return np.stack(
+            [positional_noise((1,), slice(r, r + 32), slice(c, c + 32), seed=3) for r, c in origins]
+        )
 
     out = np.zeros((1, 96, 96), np.float32)
     tiled_map(fn, src, out, tile=32, overlap=12, batch=4)
-    np.testing.assert_allclose(out, positional_noise((1,), slice(0, 96), slice(0, 96), seed=3),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        out, positional_noise((1,), slice(0, 96), slice(0, 96), seed=3), atol=1e-6
+    )
 
 
 def test_lazy_dask_source_and_zarr_target_block_by_block(tmp_path):
@@ -122,8 +126,9 @@ def test_lazy_dask_source_and_zarr_target_block_by_block(tmp_path):
     zarr = pytest.importorskip("zarr")
     src = da.random.RandomState(0).standard_normal((1, 256, 256), chunks=(1, 64, 64))
     src = src.astype(np.float32)
-    target = zarr.create_array(str(tmp_path / "o.zarr"), shape=(1, 256, 256), chunks=(1, 64, 64),
-                               dtype="float32")  # fmt: skip
+    target = zarr.create_array(
+        str(tmp_path / "o.zarr"), shape=(1, 256, 256), chunks=(1, 64, 64), dtype="float32"
+    )
     calls = []
 
     def fn(x, origins):

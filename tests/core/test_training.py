@@ -29,8 +29,7 @@ from diffsci.core.training import (
 SCRIPT = Path(__file__).with_name("_train_script.py")
 # Loopback only for gloo/rendezvous: a sandbox whose hostname resolves to an unreachable
 # address otherwise hangs the DDP test until the timeout (seen in CI).
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-       "MASTER_ADDR": "127.0.0.1"}  # fmt: skip
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
 
 
 def _mlp(seed: int = 0, hidden: int = 16, dropout: float = 0.0) -> nn.Module:
@@ -100,8 +99,15 @@ def test_learns_logs_and_returns_ema(tmp_path):
         x, y = batch
         return ((m(x) - y) ** 2).mean()
 
-    cfg = TrainConfig(steps=150, batch_size=32, lr=5e-2, log_every=10, ema_decay=0.9,
-                      ckpt_dir=str(tmp_path), progress=True)  # fmt: skip
+    cfg = TrainConfig(
+        steps=150,
+        batch_size=32,
+        lr=5e-2,
+        log_every=10,
+        ema_decay=0.9,
+        ckpt_dir=str(tmp_path),
+        progress=True,
+    )
     res = train(model, loss_fn, _Pairs(), cfg)
     assert res.step == 150 and res.model is model and not model.training
     assert [r["step"] for r in res.history] == list(range(10, 151, 10))
@@ -153,7 +159,11 @@ def test_resume_is_bit_identical(tmp_path, data_kind, how):
     assert [r["step"] for r in res.history] == [5, 10, 15, 20]
     for a, b in zip(res.history, ref.history, strict=True):
         assert (a["loss"], a["grad_norm"], a["sigma_mean"], a["lr"]) == (
-            b["loss"], b["grad_norm"], b["sigma_mean"], b["lr"])  # fmt: skip
+            b["loss"],
+            b["grad_norm"],
+            b["sigma_mean"],
+            b["lr"],
+        )
     lines = [json.loads(s) for s in (ck / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [5, 10, 15, 20]
 
@@ -220,8 +230,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
     train(_mlp(), _denoise_loss, _data(), _cfg(3, ckpt_dir=str(tmp_path)))
     p = tmp_path / "last.pt"
     raw = p.read_bytes()
-    p.write_bytes({"garbage": b"\x00not a checkpoint" * 50, "truncated": raw[: len(raw) // 2],
-                   "empty": b""}[damage])  # fmt: skip
+    p.write_bytes(
+        {"garbage": b"\x00not a checkpoint" * 50, "truncated": raw[: len(raw) // 2], "empty": b""}[
+            damage
+        ]
+    )
     with pytest.raises(CheckpointError, match="cannot read checkpoint") as e:
         train(_mlp(), _denoise_loss, _data(), _cfg(6, ckpt_dir=str(tmp_path)))
     assert str(p) in str(e.value)
@@ -317,8 +330,9 @@ def test_epoch_order_covers_each_sample_once_per_epoch():
     for block in (idx[:10], idx[10:]):
         assert sorted(block.tolist()) == list(range(10))
     assert not torch.equal(idx[:10], idx[10:])
-    assert not torch.equal(idx, torch.cat([training._EpochOrder(10, 4, 1).global_indices(s)
-                                           for s in range(5)]))  # fmt: skip
+    assert not torch.equal(
+        idx, torch.cat([training._EpochOrder(10, 4, 1).global_indices(s) for s in range(5)])
+    )
     assert torch.equal(training._EpochOrder(10, 4, seed=0).global_indices(3), idx[12:16])
 
 
@@ -345,8 +359,7 @@ def _run_in_process(*args, **kw):
 
 def _script(*args, launcher=(sys.executable,)) -> subprocess.Popen:
     cmd = [*launcher, str(SCRIPT), *map(str, args)]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(p: subprocess.Popen, timeout: float = 240) -> str:
@@ -388,13 +401,20 @@ def test_sigterm_subprocess_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_ddp_torchrun_matches_single_process(tmp_path):
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-                "--nproc-per-node=2", "--rdzv-backend=c10d",
-                "--rdzv-endpoint=127.0.0.1:0")  # fmt: skip
+    torchrun = (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+    )
     ck = tmp_path / "ck"
     # DDP for 6 steps (rank 0 checkpoints), then a second train() call resumes to 12.
-    p = _script("--steps", 6, "--then", 12, "--ckpt-dir", ck, "--out", tmp_path / "a.pt",
-                launcher=torchrun)  # fmt: skip
+    p = _script(
+        "--steps", 6, "--then", 12, "--ckpt-dir", ck, "--out", tmp_path / "a.pt", launcher=torchrun
+    )
     ref = _run_in_process(12)
     _finish(p)
     a = torch.load(tmp_path / "a.pt", weights_only=True)
