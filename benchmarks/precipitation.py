@@ -41,7 +41,7 @@ LIMIT_GB = 4.0
 
 GEN_CHILD = """
 import sys, numpy as np
-from diffsci.domains.precipitation.synthetic import make_dataset
+from diffsci.domains.precipitation.simulate import make_dataset
 from diffsci.domains.precipitation.io import write_dataset
 size, path = int(sys.argv[1]), sys.argv[2]
 ds = make_dataset(1, size, factor=8, seed=123, oro_seed=0)
@@ -71,15 +71,25 @@ def _scale(model_dir: Path, work: Path, size: int, opts: dict) -> dict:
     if not inp.exists():
         subprocess.run([sys.executable, "-c", GEN_CHILD, str(size), str(inp)], check=True, env=env)
     gen_s = time.perf_counter() - t0
-    args = ["--model", str(model_dir / "model.pt"), "--stats", str(model_dir / "data/stats.json"),
-            "--input", str(inp), "--output", str(out), "--no-progress"]  # fmt: skip
+    args = [
+        "--model",
+        str(model_dir / "model.pt"),
+        "--stats",
+        str(model_dir / "data/stats.json"),
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     for k, v in opts.items():
         if isinstance(v, bool):
             args += [f"--{k.replace('_', '-')}"] if v else []
         else:
             args += [f"--{k.replace('_', '-')}", str(v)]
-    r = subprocess.run([sys.executable, "-c", DOWN_CHILD, *args], capture_output=True, text=True,
-                       env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", DOWN_CHILD, *args], capture_output=True, text=True, env=env
+    )
     if r.returncode != 0:
         raise RuntimeError(f"scale downscaling failed:\n{r.stderr[-3000:]}")
     lines = dict(
@@ -92,7 +102,7 @@ def _scale(model_dir: Path, work: Path, size: int, opts: dict) -> dict:
     # mass check on a corner block (the whole field would be read again: not needed)
     import numpy as np
 
-    from diffsci.domains.precipitation.synthetic import block_mean
+    from diffsci.domains.precipitation.operators import block_mean
 
     blk = p.isel(ensemble=0, time=0, y=slice(0, 512), x=slice(0, 512)).values
     cin = inp_ds["input"].isel(time=0, input_variable=0, y=slice(0, 512), x=slice(0, 512)).values
@@ -105,7 +115,7 @@ def _scale(model_dir: Path, work: Path, size: int, opts: dict) -> dict:
         "downscale_seconds": round(float(lines["SECONDS"]), 1),
         "megapixels_per_second": round(
             size * size * opts["members"] / float(lines["SECONDS"]) / 1e6, 4
-        ),  # fmt: skip
+        ),
         "peak_rss_gb": round(rss_gb, 3),
         "options": opts,
         "corner_block_mass_error_max": float(np.abs(block_mean(blk, 8) - block_mean(cin, 8)).max()),
@@ -138,9 +148,16 @@ def main() -> None:
         if name == "sw_on" and not a.skip_scale:
             # the scale run needs only the regulariser-on model: its child processes run
             # while the regulariser-off model trains (this thread only waits on them)
-            opts = {"members": a.scale_members, "steps": a.scale_steps, "sampler": "euler",
-                    "tile": base["data"]["size"], "overlap": 8, "block": 512, "batch": 16,
-                    "mass_consistency": True}  # fmt: skip
+            opts = {
+                "members": a.scale_members,
+                "steps": a.scale_steps,
+                "sampler": "euler",
+                "tile": base["data"]["size"],
+                "overlap": 8,
+                "block": 512,
+                "batch": 16,
+                "mass_consistency": True,
+            }
 
             def job(opts=opts):
                 try:

@@ -1,15 +1,17 @@
 """diffsci.domains.precipitation: x8 precipitation downscaling ensembles.
 
-Submodules: :mod:`.synthetic` (intermittent log-normal fields from power-law Gaussian random
-fields, orography invariant, block-mean coarse inputs), :mod:`.io` (CorrDiff's xarray schema
-in netCDF/zarr, lazy dask reads, validation of variables/grids/units/values, atomic writes,
-statistics JSON), :mod:`.transforms` (``log1p`` + standardisation), :mod:`.models`
-(regression UNet, residual conditional diffusion model, ensemble sampling), :mod:`.losses`
-(EDM + WassDiff's sliced-Wasserstein regulariser), :mod:`.downscale` (tiled ensemble
-downscaling in memory or store to store, mass constraint, command line), :mod:`.baselines`
-(bilinear, bicubic, regression), :mod:`.metrics` (CRPS, MAE/RMSE/bias, CSI, FSS, EMD,
-99.9th-percentile error, radial PSD, spread-skill, rank histogram) and :mod:`.plots`.
-Their public names are re-exported here lazily.
+Submodules (the roles every domain shares, plus what is this field's own):
+:mod:`.simulate` (intermittent log-normal fields from power-law Gaussian random fields,
+orography invariant, block-mean coarse inputs), :mod:`.operators` (the coarse-graining
+forward model, block means, with its registry for the adjoint test), :mod:`.io` (CorrDiff's
+xarray schema in netCDF/zarr, lazy dask reads, validation of variables/grids/units/values,
+atomic writes, statistics JSON, the predictions Dataset), :mod:`.models` (regression UNet,
+residual conditional diffusion model, ensemble sampling, the ``log1p`` + standardisation
+codec), :mod:`.losses` (EDM + WassDiff's sliced-Wasserstein regulariser), :mod:`.downscale`
+(tiled ensemble downscaling in memory or store to store, mass constraint, command line),
+:mod:`.baselines` (bilinear, bicubic, regression), :mod:`.metrics` (CRPS, MAE/RMSE/bias,
+CSI, FSS, EMD, 99.9th-percentile error, radial PSD, spread-skill, rank histogram, the metric
+table) and :mod:`.plots`. Their public names are re-exported here lazily.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from __future__ import annotations
 from diffsci.core.lazy import lazy_getattr
 
 _EXPORTS = {
-    # synthetic
-    "gaussian_random_field": "synthetic",
-    "orography": "synthetic",
-    "precipitation_from_grf": "synthetic",
-    "block_mean": "synthetic",
-    "upsample_nearest": "synthetic",
-    "make_dataset": "synthetic",
+    # simulate
+    "gaussian_random_field": "simulate",
+    "orography": "simulate",
+    "precipitation_from_grf": "simulate",
+    "make_dataset": "simulate",
+    "make_split": "simulate",
+    # operators
+    "block_mean": "operators",
+    "upsample_nearest": "operators",
+    "coarse_graining": "operators",
     # io
     "build_dataset": "io",
     "open_dataset": "io",
@@ -34,8 +39,9 @@ _EXPORTS = {
     "compute_stats": "io",
     "write_stats": "io",
     "read_stats": "io",
-    # transforms / models / losses
-    "Normaliser": "transforms",
+    "predictions_dataset": "io",
+    # models / losses
+    "Normaliser": "models",
     "RegressionUNet": "models",
     "DownscalingModel": "models",
     "sample_ensemble": "models",

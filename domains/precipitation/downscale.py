@@ -27,9 +27,8 @@ import torch
 
 from diffsci.core.tiling import positional_noise, tiled_map
 
-from .models import DownscalingModel, sample_ensemble
-from .synthetic import block_mean, upsample_nearest
-from .transforms import Normaliser
+from .models import DownscalingModel, Normaliser, sample_ensemble
+from .operators import block_mean, upsample_nearest
 
 __all__ = [
     "enforce_mass",
@@ -61,10 +60,18 @@ class DownscaleOptions(dict):
     """Sampling options (a plain dict): ``members, steps, sampler, sigma_min, sigma_max,
     tile, overlap, batch, mass_consistency, seed``."""
 
-    DEFAULTS: Mapping[str, Any] = {"members": 13, "steps": 18, "sampler": "heun",
-                                   "sigma_min": 0.002, "sigma_max": 80.0, "tile": None,
-                                   "overlap": 16, "batch": 4, "mass_consistency": False,
-                                   "seed": 0}  # fmt: skip
+    DEFAULTS: Mapping[str, Any] = {
+        "members": 13,
+        "steps": 18,
+        "sampler": "heun",
+        "sigma_min": 0.002,
+        "sigma_max": 80.0,
+        "tile": None,
+        "overlap": 16,
+        "batch": 4,
+        "mass_consistency": False,
+        "seed": 0,
+    }
 
     def __init__(self, **kw: Any) -> None:
         unknown = set(kw) - set(self.DEFAULTS)
@@ -73,8 +80,15 @@ class DownscaleOptions(dict):
         super().__init__({**self.DEFAULTS, **kw})
 
 
-def _tile_fn(model: DownscalingModel, norm: Normaliser, n_in: int, opt: Mapping[str, Any],
-             noise_key: int, device: torch.device, source: str):  # fmt: skip
+def _tile_fn(
+    model: DownscalingModel,
+    norm: Normaliser,
+    n_in: int,
+    opt: Mapping[str, Any],
+    noise_key: int,
+    device: torch.device,
+    source: str,
+):
     from .io import check_block
 
     tp_idx = norm.input_variables.index("tp")
@@ -88,11 +102,23 @@ def _tile_fn(model: DownscalingModel, norm: Normaliser, n_in: int, opt: Mapping[
         xt = torch.from_numpy(x)
         cond = norm.encode_condition(xt[:, :n_in], xt[:, n_in:] if xt.shape[1] > n_in else None)
         th, tw = x.shape[-2:]
-        noise = np.stack([positional_noise((m, 1), slice(r, r + th), slice(c, c + tw),
-                                           seed=noise_key) for r, c in origins], axis=1)  # fmt: skip
-        ens, _ = sample_ensemble(model, cond.to(device), members=m, steps=int(opt["steps"]),
-                                 sampler=opt["sampler"], sigma_min=opt["sigma_min"],
-                                 sigma_max=opt["sigma_max"], noise=torch.from_numpy(noise))  # fmt: skip
+        noise = np.stack(
+            [
+                positional_noise((m, 1), slice(r, r + th), slice(c, c + tw), seed=noise_key)
+                for r, c in origins
+            ],
+            axis=1,
+        )
+        ens, _ = sample_ensemble(
+            model,
+            cond.to(device),
+            members=m,
+            steps=int(opt["steps"]),
+            sampler=opt["sampler"],
+            sigma_min=opt["sigma_min"],
+            sigma_max=opt["sigma_max"],
+            noise=torch.from_numpy(noise),
+        )
         phys = norm.decode_target(ens[:, :, 0]).cpu().numpy()  # (M, n, th, tw)
         return np.moveaxis(phys, 1, 0)
 
@@ -116,10 +142,18 @@ def _check_tiling(h: int, w: int, tile: int, factor: int, block: tuple[int, int]
 
 
 @torch.no_grad()
-def downscale_arrays(model: DownscalingModel, norm: Normaliser, inputs: np.ndarray,
-                     invariant: np.ndarray | None, *, factor: int, source: str = "inputs",
-                     device: torch.device | str = "cpu", progress: bool = False,
-                     **options: Any) -> np.ndarray:  # fmt: skip
+def downscale_arrays(
+    model: DownscalingModel,
+    norm: Normaliser,
+    inputs: np.ndarray,
+    invariant: np.ndarray | None,
+    *,
+    factor: int,
+    source: str = "inputs",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    **options: Any,
+) -> np.ndarray:
     """Ensembles for in-memory cases: ``inputs (N, C, H, W)`` -> ``(M, N, H, W)`` (mm h-1)."""
     opt = DownscaleOptions(**options)
     n, c_in, h, w = inputs.shape
@@ -131,11 +165,21 @@ def downscale_arrays(model: DownscalingModel, norm: Normaliser, inputs: np.ndarr
     model = model.eval().to(device)
     for t in range(n):
         src = inputs[t] if invariant is None else np.concatenate([inputs[t], invariant], 0)
-        fn = _tile_fn(model, norm, c_in, opt, int(opt["seed"]) * 2**32 + t, torch.device(device),
-                      source)  # fmt: skip
+        fn = _tile_fn(
+            model, norm, c_in, opt, int(opt["seed"]) * 2**32 + t, torch.device(device), source
+        )
         view = _TimeView(out, t)
-        tiled_map(fn, src, view, tile=tile, overlap=min(overlap, tile - 1), batch=int(opt["batch"]),
-                  block=(h, w), postprocess=post, progress=progress)  # fmt: skip
+        tiled_map(
+            fn,
+            src,
+            view,
+            tile=tile,
+            overlap=min(overlap, tile - 1),
+            batch=int(opt["batch"]),
+            block=(h, w),
+            postprocess=post,
+            progress=progress,
+        )
     return out
 
 
@@ -157,8 +201,11 @@ def _source(ds, t: int, n_in: int, has_inv: bool):
     inp = ds["input"].data  # dask, lazily chunked
 
     class _Src:
-        shape = (n_in + (ds.sizes["invariant_variable"] if has_inv else 0), ds.sizes["y"],
-                 ds.sizes["x"])  # fmt: skip
+        shape = (
+            n_in + (ds.sizes["invariant_variable"] if has_inv else 0),
+            ds.sizes["y"],
+            ds.sizes["x"],
+        )
 
         def __getitem__(self, key):
             _, rs, cs = key
@@ -171,10 +218,18 @@ def _source(ds, t: int, n_in: int, has_inv: bool):
 
 
 @torch.no_grad()
-def downscale_store(model: DownscalingModel, norm: Normaliser, input_path: str | Path,
-                    output_path: str | Path, *, block: int = 512, device: str = "cpu",
-                    progress: bool = True, factor: int | None = None,
-                    **options: Any) -> Path:  # fmt: skip
+def downscale_store(
+    model: DownscalingModel,
+    norm: Normaliser,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    block: int = 512,
+    device: str = "cpu",
+    progress: bool = True,
+    factor: int | None = None,
+    **options: Any,
+) -> Path:
     """Downscale every time step of a netCDF/zarr dataset into a zarr store, block by block.
 
     The output ``precip(ensemble, time, y, x)`` (mm h-1, CF attributes) is written chunk by
@@ -190,59 +245,97 @@ def downscale_store(model: DownscalingModel, norm: Normaliser, input_path: str |
     from .io import atomic_zarr, open_dataset
 
     opt = DownscaleOptions(**options)
-    ds = open_dataset(input_path, chunks={}, require_output=False, values=False,
-                      required_inputs=norm.input_variables)  # fmt: skip
+    ds = open_dataset(
+        input_path,
+        chunks={},
+        require_output=False,
+        values=False,
+        required_inputs=norm.input_variables,
+    )
     names = [str(v) for v in ds["input_variable"].values]
     if names != norm.input_variables:
-        raise ValueError(f"{input_path}: input_variable {names} != the model's "
-                         f"{norm.input_variables}")  # fmt: skip
+        raise ValueError(
+            f"{input_path}: input_variable {names} != the model's {norm.input_variables}"
+        )
     has_inv = bool(norm.invariant_variables)
     if has_inv and "invariant" not in ds.variables:
-        raise KeyError(f"{input_path}: missing variable 'invariant' (the model needs "
-                       f"{norm.invariant_variables})")  # fmt: skip
+        raise KeyError(
+            f"{input_path}: missing variable 'invariant' (the model needs "
+            f"{norm.invariant_variables})"
+        )
     if "downscaling_factor" not in ds.attrs:
         raise KeyError(f"{input_path}: no 'downscaling_factor' attribute")
     if factor is not None and int(ds.attrs["downscaling_factor"]) != int(factor):
-        raise ValueError(f"{input_path}: downscaling_factor {ds.attrs['downscaling_factor']} "
-                         f"but the model was trained for x{factor}")  # fmt: skip
+        raise ValueError(
+            f"{input_path}: downscaling_factor {ds.attrs['downscaling_factor']} "
+            f"but the model was trained for x{factor}"
+        )
     factor = int(ds.attrs["downscaling_factor"])
     nt, h, w = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     m = int(opt["members"])
     tile = int(opt["tile"] or 64)
     _check_tiling(h, w, tile, factor, (block, block))
     tmpl = xr.Dataset(
-        {"precip": (("ensemble", "time", "y", "x"),
-                    da.zeros((m, nt, h, w), chunks=(m, 1, block, block), dtype=np.float32),
-                    {"standard_name": "lwe_precipitation_rate", "units": "mm h-1",
-                     "long_name": "downscaled precipitation ensemble",
-                     "mass_consistent": int(bool(opt["mass_consistency"]))})},
-        coords={"ensemble": ("ensemble", np.arange(m), {"standard_name": "realization"}),
-                "time": ds["time"].values, "lat": ds["lat"], "lon": ds["lon"]},
-        attrs={"Conventions": "CF-1.8", "source": f"diffsci precipitation downscaling of "
-               f"{Path(input_path).name}", "downscaling_factor": factor,
-               "sampler": f"{opt['sampler']}, {opt['steps']} steps", "tile": tile,
-               "overlap": int(opt["overlap"])},
-    )  # fmt: skip
+        {
+            "precip": (
+                ("ensemble", "time", "y", "x"),
+                da.zeros((m, nt, h, w), chunks=(m, 1, block, block), dtype=np.float32),
+                {
+                    "standard_name": "lwe_precipitation_rate",
+                    "units": "mm h-1",
+                    "long_name": "downscaled precipitation ensemble",
+                    "mass_consistent": int(bool(opt["mass_consistency"])),
+                },
+            )
+        },
+        coords={
+            "ensemble": ("ensemble", np.arange(m), {"standard_name": "realization"}),
+            "time": ds["time"].values,
+            "lat": ds["lat"],
+            "lon": ds["lon"],
+        },
+        attrs={
+            "Conventions": "CF-1.8",
+            "source": f"diffsci precipitation downscaling of {Path(input_path).name}",
+            "downscaling_factor": factor,
+            "sampler": f"{opt['sampler']}, {opt['steps']} steps",
+            "tile": tile,
+            "overlap": int(opt["overlap"]),
+        },
+    )
     post = _mass_post(norm, factor) if opt["mass_consistency"] else None
     model = model.eval().to(device)
     with atomic_zarr(output_path) as tmp:
         tmpl.to_zarr(tmp, compute=False, zarr_format=2, consolidated=False, mode="w")
         arr = zarr.open_array(str(tmp / "precip"), mode="r+")
         for t in range(nt):
-            fn = _tile_fn(model, norm, len(names), opt, int(opt["seed"]) * 2**32 + t,
-                          torch.device(device), str(input_path))  # fmt: skip
-            tiled_map(fn, _source(ds, t, len(names), has_inv), _TimeView(arr, t), tile=tile,
-                      overlap=int(opt["overlap"]), block=(block, block),
-                      batch=int(opt["batch"]), postprocess=post, progress=progress)  # fmt: skip
+            fn = _tile_fn(
+                model,
+                norm,
+                len(names),
+                opt,
+                int(opt["seed"]) * 2**32 + t,
+                torch.device(device),
+                str(input_path),
+            )
+            tiled_map(
+                fn,
+                _source(ds, t, len(names), has_inv),
+                _TimeView(arr, t),
+                tile=tile,
+                overlap=int(opt["overlap"]),
+                block=(block, block),
+                batch=int(opt["batch"]),
+                postprocess=post,
+                progress=progress,
+            )
         zarr.consolidate_metadata(str(tmp))
     return Path(output_path)
 
 
 def load_trained(model_path: str | Path, stats_path: str | Path):
     """``(model, normaliser, cfg)`` from a ``model.pt`` written by the train stage."""
-    from .io import read_stats
     from .models import build_model
-    from .task import INVARIANTS
 
     p = Path(model_path)
     if not p.is_file():
@@ -256,9 +349,7 @@ def load_trained(model_path: str | Path, stats_path: str | Path):
         raise KeyError(f"{p}: no provenance config (not written by the train stage?)")
     # channel order is the trained config's, never the stats file's key order
     inputs = list(cfg["data"]["input_variables"])
-    stats = read_stats(stats_path, names={"input": inputs, "output": ["tp"],
-                                          "invariant": list(INVARIANTS)})  # fmt: skip
-    norm = Normaliser(stats, inputs, list(INVARIANTS))
+    norm = Normaliser.from_file(stats_path, inputs)
     model = build_model(cfg, norm.cond_channels)
     try:
         model.load_state_dict(payload["state_dict"])
@@ -286,11 +377,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         model, norm, cfg = load_trained(a.model, a.stats)
-        downscale_store(model, norm, a.input, a.output, block=a.block, members=a.members,
-                        steps=a.steps, sampler=a.sampler, tile=a.tile or cfg["data"]["size"],
-                        overlap=a.overlap, batch=a.batch, seed=a.seed,
-                        mass_consistency=a.mass_consistency, progress=not a.no_progress,
-                        factor=int(cfg["data"]["factor"]))  # fmt: skip
+        downscale_store(
+            model,
+            norm,
+            a.input,
+            a.output,
+            block=a.block,
+            members=a.members,
+            steps=a.steps,
+            sampler=a.sampler,
+            tile=a.tile or cfg["data"]["size"],
+            overlap=a.overlap,
+            batch=a.batch,
+            seed=a.seed,
+            mass_consistency=a.mass_consistency,
+            progress=not a.no_progress,
+            factor=int(cfg["data"]["factor"]),
+        )
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

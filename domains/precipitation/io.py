@@ -14,7 +14,11 @@ no stable string type for the variable-name coordinates):
 
 The statistics JSON holds, per group (``input``/``output``/``invariant``) and variable,
 ``mean`` and ``std`` of the *model-space* values (``log1p`` for precipitation, see
-:mod:`.transforms`) and the ``transform`` used.
+:class:`.models.Normaliser`) and the ``transform`` used.
+
+The predictions of the infer stage (:func:`predictions_dataset`) are one CF-annotated Dataset:
+``precip(ensemble, time, y, x)`` (the members), ``ensemble_mean`` and one variable per
+baseline (mm h-1), written as ``predictions.zarr`` and ``predictions.nc``.
 
 Bad input raises an error naming the file and the key: missing variables, mismatched grids or
 coordinates, NaNs, negative precipitation, a wrong units attribute. Writers build the file
@@ -35,6 +39,7 @@ from diffsci.core.fileio import atomic_dir, atomic_path
 
 __all__ = [
     "PRECIP_UNITS",
+    "INVARIANT_VARIABLES",
     "UNIT_ALIASES",
     "build_dataset",
     "open_dataset",
@@ -45,6 +50,11 @@ __all__ = [
     "compute_stats",
     "write_stats",
     "read_stats",
+    "case_arrays",
+    "target_array",
+    "read_truth",
+    "read_predictions",
+    "predictions_dataset",
 ]
 
 PRECIP_UNITS = "mm h-1"
@@ -56,14 +66,24 @@ UNIT_ALIASES: dict[str, set[str]] = {
     "m": {"m", "meters", "metres"},
 }
 PRECIP_VARIABLES = ("tp",)
+#: The static fields a model is conditioned on, in channel order.
+INVARIANT_VARIABLES = ("orography",)
+#: Baseline variables of a predictions file, in the order infer writes them.
+BASELINE_VARIABLES = ("bilinear", "bicubic", "regression")
 CF_ATTRS = {
-    "tp": {"standard_name": "lwe_precipitation_rate", "long_name": "precipitation rate",
-           "units": "mm h-1"},
-    "tcwv": {"standard_name": "atmosphere_mass_content_of_water_vapor",
-             "long_name": "total column water vapour", "units": "kg m-2"},
+    "tp": {
+        "standard_name": "lwe_precipitation_rate",
+        "long_name": "precipitation rate",
+        "units": "mm h-1",
+    },
+    "tcwv": {
+        "standard_name": "atmosphere_mass_content_of_water_vapor",
+        "long_name": "total column water vapour",
+        "units": "kg m-2",
+    },
     "t2m": {"standard_name": "air_temperature", "long_name": "2 m temperature", "units": "K"},
     "orography": {"standard_name": "surface_altitude", "long_name": "orography", "units": "m"},
-}  # fmt: skip
+}
 
 
 def _canonical(unit: str) -> str | None:
@@ -73,52 +93,89 @@ def _canonical(unit: str) -> str | None:
     return None
 
 
-def build_dataset(inputs: np.ndarray, outputs: np.ndarray | None, invariant: np.ndarray | None,
-                  *, factor: int, input_variables: Sequence[str] = ("tp", "tcwv", "t2m"),
-                  lat0: float = 30.0, lon0: float = 10.0, dlat: float = 0.01,
-                  times: Sequence[Any] | None = None):  # fmt: skip
+def build_dataset(
+    inputs: np.ndarray,
+    outputs: np.ndarray | None,
+    invariant: np.ndarray | None,
+    *,
+    factor: int,
+    input_variables: Sequence[str] = ("tp", "tcwv", "t2m"),
+    lat0: float = 30.0,
+    lon0: float = 10.0,
+    dlat: float = 0.01,
+    times: Sequence[Any] | None = None,
+):
     """An in-memory :class:`xarray.Dataset` in the schema above from numpy arrays."""
     import xarray as xr
 
     t, _, h, w = inputs.shape
-    times = np.asarray(times) if times is not None else (
-        np.datetime64("2000-01-01T00") + np.arange(t) * np.timedelta64(1, "h"))  # fmt: skip
+    times = (
+        np.asarray(times)
+        if times is not None
+        else (np.datetime64("2000-01-01T00") + np.arange(t) * np.timedelta64(1, "h"))
+    )
     units = [CF_ATTRS.get(v, {}).get("units", "1") for v in input_variables]
     coords: dict[str, Any] = {
         "time": ("time", times),
         "input_variable": ("input_variable", list(input_variables)),
         "input_units": ("input_variable", units),
-        "lat": ("y", (lat0 + dlat * np.arange(h)).astype(np.float64),
-                {"standard_name": "latitude", "units": "degrees_north"}),
-        "lon": ("x", (lon0 + dlat * np.arange(w)).astype(np.float64),
-                {"standard_name": "longitude", "units": "degrees_east"}),
-    }  # fmt: skip
+        "lat": (
+            "y",
+            (lat0 + dlat * np.arange(h)).astype(np.float64),
+            {"standard_name": "latitude", "units": "degrees_north"},
+        ),
+        "lon": (
+            "x",
+            (lon0 + dlat * np.arange(w)).astype(np.float64),
+            {"standard_name": "longitude", "units": "degrees_east"},
+        ),
+    }
     data: dict[str, Any] = {
-        "input": (("time", "input_variable", "y", "x"), inputs.astype(np.float32),
-                  {"long_name": "coarse predictors (block means on the fine grid)"}),
-    }  # fmt: skip
+        "input": (
+            ("time", "input_variable", "y", "x"),
+            inputs.astype(np.float32),
+            {"long_name": "coarse predictors (block means on the fine grid)"},
+        ),
+    }
     if outputs is not None:
         coords["output_variable"] = ("output_variable", ["tp"])
         coords["output_units"] = ("output_variable", [PRECIP_UNITS])
-        data["output"] = (("time", "output_variable", "y", "x"), outputs.astype(np.float32),
-                          {"long_name": "fine-scale target", **CF_ATTRS["tp"]})  # fmt: skip
+        data["output"] = (
+            ("time", "output_variable", "y", "x"),
+            outputs.astype(np.float32),
+            {"long_name": "fine-scale target", **CF_ATTRS["tp"]},
+        )
     if invariant is not None:
-        coords["invariant_variable"] = ("invariant_variable", ["orography"])
+        coords["invariant_variable"] = ("invariant_variable", list(INVARIANT_VARIABLES))
         coords["invariant_units"] = ("invariant_variable", ["m"])
-        data["invariant"] = (("invariant_variable", "y", "x"), invariant.astype(np.float32),
-                             {"long_name": "static fields"})  # fmt: skip
-    return xr.Dataset(data, coords=coords,
-                      attrs={"Conventions": "CF-1.8", "downscaling_factor": int(factor),
-                             "title": "diffsci synthetic precipitation (CorrDiff schema)"})  # fmt: skip
+        data["invariant"] = (
+            ("invariant_variable", "y", "x"),
+            invariant.astype(np.float32),
+            {"long_name": "static fields"},
+        )
+    return xr.Dataset(
+        data,
+        coords=coords,
+        attrs={
+            "Conventions": "CF-1.8",
+            "downscaling_factor": int(factor),
+            "title": "diffsci synthetic precipitation (CorrDiff schema)",
+        },
+    )
 
 
 def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path.is_dir() and (path / ".zgroup").exists())
 
 
-def open_dataset(path: str | os.PathLike, *, chunks: Mapping[str, int] | str | None = "auto",
-                 require_output: bool = True, required_inputs: Sequence[str] = ("tp",),
-                 values: bool = True):  # fmt: skip
+def open_dataset(
+    path: str | os.PathLike,
+    *,
+    chunks: Mapping[str, int] | str | None = "auto",
+    require_output: bool = True,
+    required_inputs: Sequence[str] = ("tp",),
+    values: bool = True,
+):
     """Open a netCDF (``h5netcdf``) or zarr dataset lazily (dask) and validate it.
 
     Parameters
@@ -147,8 +204,9 @@ def open_dataset(path: str | os.PathLike, *, chunks: Mapping[str, int] | str | N
         raise ValueError(
             f"{p}: not a readable netCDF/zarr dataset ({type(e).__name__}: {e})"
         ) from e
-    validate_dataset(ds, source=str(p), require_output=require_output,
-                     required_inputs=required_inputs)  # fmt: skip
+    validate_dataset(
+        ds, source=str(p), require_output=require_output, required_inputs=required_inputs
+    )
     if values:
         check_values(ds, source=str(p))
     return ds
@@ -156,11 +214,11 @@ def open_dataset(path: str | os.PathLike, *, chunks: Mapping[str, int] | str | N
 
 def _need(ds, name: str, dims: tuple[str, ...], source: str) -> None:
     if name not in ds.variables:
-        raise KeyError(f"{source}: missing variable {name!r} (CorrDiff schema needs "
-                       f"{name}{dims})")  # fmt: skip
+        raise KeyError(f"{source}: missing variable {name!r} (CorrDiff schema needs {name}{dims})")
     if tuple(ds[name].dims) != dims:
-        raise ValueError(f"{source}: variable {name!r} has dims {tuple(ds[name].dims)}, "
-                         f"expected {dims}")  # fmt: skip
+        raise ValueError(
+            f"{source}: variable {name!r} has dims {tuple(ds[name].dims)}, expected {dims}"
+        )
 
 
 def _check_units(ds, group: str, source: str, expected: Mapping[str, str]) -> None:
@@ -172,12 +230,19 @@ def _check_units(ds, group: str, source: str, expected: Mapping[str, str]) -> No
     for name, unit in zip(names, units, strict=True):
         want = expected.get(name)
         if want is not None and _canonical(unit) != want:
-            raise ValueError(f"{source}: {group} variable {name!r} has units {unit!r}, expected "
-                             f"{want!r} (or {sorted(UNIT_ALIASES[want] - {want})})")  # fmt: skip
+            raise ValueError(
+                f"{source}: {group} variable {name!r} has units {unit!r}, expected "
+                f"{want!r} (or {sorted(UNIT_ALIASES[want] - {want})})"
+            )
 
 
-def validate_dataset(ds, *, source: str = "dataset", require_output: bool = True,
-                     required_inputs: Sequence[str] = ("tp",)) -> None:  # fmt: skip
+def validate_dataset(
+    ds,
+    *,
+    source: str = "dataset",
+    require_output: bool = True,
+    required_inputs: Sequence[str] = ("tp",),
+) -> None:
     """Check the schema (variables, dims, grids, coordinates, units); raise naming ``source``."""
     _need(ds, "input", ("time", "input_variable", "y", "x"), source)
     names = [str(v) for v in ds["input_variable"].values]
@@ -192,8 +257,9 @@ def validate_dataset(ds, *, source: str = "dataset", require_output: bool = True
             raise KeyError(f"{source}: missing coordinate {c!r}")
         cd = ds[c].dims
         if cd not in ((dim,), ("y", "x")):
-            raise ValueError(f"{source}: coordinate {c!r} has dims {cd}, expected ({dim},) or "
-                             "(y, x)")  # fmt: skip
+            raise ValueError(
+                f"{source}: coordinate {c!r} has dims {cd}, expected ({dim},) or (y, x)"
+            )
     if require_output:
         _need(ds, "output", ("time", "output_variable", "y", "x"), source)
         _check_units(ds, "output", source, expected)
@@ -219,11 +285,15 @@ def validate_dataset(ds, *, source: str = "dataset", require_output: bool = True
 def check_block(values: np.ndarray, *, name: str, source: str, precip: bool) -> None:
     """NaN / negative-precipitation check of one array (a block of a tiled read)."""
     if np.isnan(values).any():
-        raise ValueError(f"{source}: {name} contains NaN (fill or mask missing values before "
-                         "downscaling; NaNs are not masked silently)")  # fmt: skip
+        raise ValueError(
+            f"{source}: {name} contains NaN (fill or mask missing values before "
+            "downscaling; NaNs are not masked silently)"
+        )
     if precip and (values < 0).any():
-        raise ValueError(f"{source}: {name} contains negative precipitation "
-                         f"(min {float(values.min()):.3g} {PRECIP_UNITS})")  # fmt: skip
+        raise ValueError(
+            f"{source}: {name} contains negative precipitation "
+            f"(min {float(values.min()):.3g} {PRECIP_UNITS})"
+        )
 
 
 def check_values(ds, *, source: str = "dataset") -> None:
@@ -247,10 +317,13 @@ def check_values(ds, *, source: str = "dataset") -> None:
     if bad:
         what = bad[0]
         if what.endswith("NaN"):
-            raise ValueError(f"{source}: {what.replace(' NaN', '')} contains NaN (fill or mask "
-                             "missing values before downscaling; NaNs are not masked silently)")  # fmt: skip
-        raise ValueError(f"{source}: {what.replace(' negative', '')} contains negative "
-                         "precipitation")  # fmt: skip
+            raise ValueError(
+                f"{source}: {what.replace(' NaN', '')} contains NaN (fill or mask "
+                "missing values before downscaling; NaNs are not masked silently)"
+            )
+        raise ValueError(
+            f"{source}: {what.replace(' negative', '')} contains negative precipitation"
+        )
 
 
 def atomic_zarr(path: str | os.PathLike):
@@ -282,7 +355,7 @@ def write_dataset(ds, path: str | os.PathLike, *, chunks: Mapping[str, int] | No
 
 def compute_stats(ds) -> dict[str, Any]:
     """Model-space mean/std per variable (``log1p`` for precipitation), for the stats JSON."""
-    from .transforms import forward_transform
+    from .models import forward_transform
 
     out: dict[str, Any] = {}
     for group, var in (("input", "input"), ("output", "output"), ("invariant", "invariant")):
@@ -293,8 +366,11 @@ def compute_stats(ds) -> dict[str, Any]:
             vals = np.asarray(ds[var].sel({f"{group}_variable": name}).values, dtype=np.float64)
             tr = "log1p" if name in PRECIP_VARIABLES else "none"
             z = forward_transform(vals, tr)
-            out[group][name] = {"mean": float(z.mean()), "std": float(max(z.std(), 1e-6)),
-                                "transform": tr}  # fmt: skip
+            out[group][name] = {
+                "mean": float(z.mean()),
+                "std": float(max(z.std(), 1e-6)),
+                "transform": tr,
+            }
     return out
 
 
@@ -322,3 +398,99 @@ def read_stats(path: str | os.PathLike, *, names: Mapping[str, Sequence[str]] | 
             if not entry["std"] > 0:
                 raise ValueError(f"{p}: {group}.{v}.std must be > 0, got {entry['std']}")
     return stats
+
+
+def case_arrays(
+    ds, input_variables: Sequence[str], source: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(inputs (N, C, H, W), invariant (C_inv, H, W))`` as float32, after checking that the
+    dataset's channels are ``input_variables`` and :data:`INVARIANT_VARIABLES`, in order."""
+    names = [str(v) for v in ds["input_variable"].values]
+    want = list(input_variables)
+    if names != want:
+        raise ValueError(f"{source}: input_variable {names} != config data.input_variables {want}")
+    if "invariant" not in ds.variables:
+        raise KeyError(
+            f"{source}: missing variable 'invariant' (needs {list(INVARIANT_VARIABLES)})"
+        )
+    inv_names = [str(v) for v in ds["invariant_variable"].values]
+    if inv_names != list(INVARIANT_VARIABLES):
+        raise ValueError(f"{source}: invariant_variable {inv_names} != {list(INVARIANT_VARIABLES)}")
+    return ds["input"].values.astype(np.float32), ds["invariant"].values.astype(np.float32)
+
+
+def target_array(ds) -> np.ndarray:
+    """The target precipitation ``(N, 1, H, W)`` as float32 (the first output variable)."""
+    return ds["output"].values[:, :1].astype(np.float32)
+
+
+def read_truth(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(truth (N, H, W), coarse tp input (N, H, W), factor)`` of a held-out dataset."""
+    ds = open_dataset(path)
+    truth = ds["output"].values[:, 0].astype(np.float32)
+    tp_in = ds["input"].sel(input_variable="tp").values.astype(np.float32)
+    factor = int(ds.attrs["downscaling_factor"])
+    ds.close()
+    return truth, tp_in, factor
+
+
+def read_predictions(
+    path: str | os.PathLike,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """``(members (M, N, H, W), {baseline: (N, H, W)}, {method: seconds per case})`` of a
+    predictions store written by the infer stage."""
+    import xarray as xr
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no predictions (run the infer stage)")
+    pred = xr.open_zarr(p)
+    ens = pred["precip"].values
+    base = {v: pred[v].values for v in BASELINE_VARIABLES if v in pred.variables}
+    seconds = json.loads(pred.attrs.get("seconds_per_case", "{}"))
+    pred.close()
+    return ens, base, seconds
+
+
+def predictions_dataset(
+    ds,
+    ens: np.ndarray,
+    base: Mapping[str, np.ndarray],
+    seconds: Mapping[str, float],
+    sampling: Mapping[str, Any],
+):
+    """The predictions as a CF-annotated Dataset (members first, then time, y, x), on the grid
+    and times of the held-out dataset ``ds``; ``sampling`` is the config's section of that
+    name (recorded in the attributes)."""
+    import xarray as xr
+
+    attrs = {"standard_name": "lwe_precipitation_rate", "units": PRECIP_UNITS}
+    dims = ("time", "y", "x")
+    data = {
+        "precip": (
+            ("ensemble", *dims),
+            ens,
+            {**attrs, "long_name": "diffusion downscaling ensemble"},
+        ),
+        "ensemble_mean": (dims, ens.mean(0), {**attrs, "long_name": "diffusion ensemble mean"}),
+    }
+    for k, v in base.items():
+        data[k] = (dims, v.astype(np.float32), {**attrs, "long_name": f"{k} baseline"})
+    s = sampling
+    lat = ds["lat"].values if ds["lat"].ndim == 1 else ds["lat"]
+    return xr.Dataset(
+        data,
+        coords={
+            "ensemble": ("ensemble", np.arange(ens.shape[0]), {"standard_name": "realization"}),
+            "time": ds["time"].values,
+            "lat": lat,
+            "lon": ds["lon"].values,
+        },
+        attrs={
+            "Conventions": "CF-1.8",
+            "downscaling_factor": ds.attrs["downscaling_factor"],
+            "sampler": f"{s['sampler']}, {s['steps']} steps",
+            "mass_consistent": int(bool(s["mass_consistency"])),
+            "seconds_per_case": json.dumps(seconds),
+        },
+    ).assign_coords(lat=("y", ds["lat"].values), lon=("x", ds["lon"].values))

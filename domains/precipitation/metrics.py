@@ -32,7 +32,7 @@ Arrays are numpy or torch; fields are ``(N, H, W)`` (cases) and ensembles ``(M, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,8 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 from diffsci.core import metrics as cm
+
+from .operators import block_mean
 
 __all__ = [
     "crps",
@@ -56,6 +58,30 @@ __all__ = [
     "spread_skill",
     "rank_histogram",
     "evaluate_fields",
+    "METHODS",
+    "MASS_ERROR",
+    "LOWER_IS_BETTER",
+    "ensemble_label",
+    "table_title",
+    "mass_error",
+    "score_table",
+    "psd_curves",
+    "summary",
+]
+
+#: Prediction variables of the baselines -> their names in the metric table, in table order.
+METHODS = {"regression": "regression UNet", "bicubic": "bicubic", "bilinear": "bilinear"}
+MASS_ERROR = "mass error (max |block mean - coarse|)"
+#: The table's metrics for which lower is better.
+LOWER_IS_BETTER = [
+    "CRPS",
+    "MAE",
+    "RMSE",
+    "EMD",
+    "p99.9 error",
+    "PSD high-k max |dex|",
+    "seconds per case",
+    MASS_ERROR,
 ]
 
 
@@ -65,8 +91,12 @@ def _np(x) -> np.ndarray:
 
 def crps(ens, obs) -> float:
     """Mean ensemble CRPS (members on axis 0)."""
-    return float(cm.crps_ensemble(torch.as_tensor(_np(ens), dtype=torch.float64),
-                                  torch.as_tensor(_np(obs), dtype=torch.float64)))  # fmt: skip
+    return float(
+        cm.crps_ensemble(
+            torch.as_tensor(_np(ens), dtype=torch.float64),
+            torch.as_tensor(_np(obs), dtype=torch.float64),
+        )
+    )
 
 
 def mae(pred, obs) -> float:
@@ -120,8 +150,10 @@ def fss(pred, obs, threshold: float, scale: int, *, ensemble: bool = False) -> f
         raise ValueError(f"scale must be >= 1, got {scale}")
     p, o = _np(pred), _np(obs)
     if o.ndim not in (2, 3) or p.shape != (p.shape[:1] if ensemble else ()) + o.shape:
-        raise ValueError(f"fss: pred {p.shape} and obs {o.shape} do not match "
-                         f"({'(M, ' if ensemble else '('}[N,] H, W) expected)")  # fmt: skip
+        raise ValueError(
+            f"fss: pred {p.shape} and obs {o.shape} do not match "
+            f"({'(M, ' if ensemble else '('}[N,] H, W) expected)"
+        )
     if ensemble:
         return float(np.nanmean([_fss_one(m, o, threshold, scale) for m in p]))
     return _fss_one(p, o, threshold, scale)
@@ -174,8 +206,11 @@ def psd_dex_error(pred, obs, *, factor: int) -> dict[str, float]:
     _, po = radial_psd(obs)
     band = k > 1 / (2 * factor) + 1e-12
     d = np.log10(np.maximum(pp[band], 1e-30)) - np.log10(np.maximum(po[band], 1e-30))
-    return {"max": float(np.abs(d).max()), "mean": float(np.abs(d).mean()),
-            "signed_mean": float(d.mean())}  # fmt: skip
+    return {
+        "max": float(np.abs(d).max()),
+        "mean": float(np.abs(d).mean()),
+        "signed_mean": float(d.mean()),
+    }
 
 
 def spread_skill(ens, obs, *, spread: str = "rms") -> float:
@@ -184,20 +219,33 @@ def spread_skill(ens, obs, *, spread: str = "rms") -> float:
     ``spread="rms"``: ``sqrt(mean ensemble variance)`` (calibrated = 1); ``"mean_std"``: the
     mean of the per-pixel ensemble standard deviations (:func:`diffsci.core.metrics.spread_skill`).
     """
-    return float(cm.spread_skill(torch.as_tensor(_np(ens), dtype=torch.float64),
-                                 torch.as_tensor(_np(obs), dtype=torch.float64), adjusted=True,
-                                 spread=spread))  # fmt: skip
+    return float(
+        cm.spread_skill(
+            torch.as_tensor(_np(ens), dtype=torch.float64),
+            torch.as_tensor(_np(obs), dtype=torch.float64),
+            adjusted=True,
+            spread=spread,
+        )
+    )
 
 
 def rank_histogram(ens, obs, *, seed: int = 0) -> np.ndarray:
     """Rank histogram counts ``(M + 1,)`` (ties broken at random, seeded)."""
     g = torch.Generator().manual_seed(seed)
-    return cm.rank_histogram(torch.as_tensor(_np(ens)), torch.as_tensor(_np(obs)),
-                             generator=g).numpy()  # fmt: skip
+    return cm.rank_histogram(
+        torch.as_tensor(_np(ens)), torch.as_tensor(_np(obs)), generator=g
+    ).numpy()
 
 
-def evaluate_fields(pred, obs, *, factor: int, thresholds: Sequence[float],
-                    fss_scales: Sequence[int], ensemble: bool) -> dict[str, Any]:  # fmt: skip
+def evaluate_fields(
+    pred,
+    obs,
+    *,
+    factor: int,
+    thresholds: Sequence[float],
+    fss_scales: Sequence[int],
+    ensemble: bool,
+) -> dict[str, Any]:
     """All scores of one method on ``(N, H, W)`` truth; ``pred`` is ``(M, N, H, W)`` when
     ``ensemble`` (CRPS, spread-skill and member-averaged CSI/FSS) else ``(N, H, W)``."""
     p, o = _np(pred).astype(np.float32), _np(obs).astype(np.float32)
@@ -220,3 +268,82 @@ def evaluate_fields(pred, obs, *, factor: int, thresholds: Sequence[float],
         row["spread-skill (adj.)"] = spread_skill(p, o)
         row["spread-skill (adj., mean-std form)"] = spread_skill(p, o, spread="mean_std")
     return row
+
+
+def ensemble_label(members: int) -> str:
+    """The diffusion ensemble's row name in the metric table."""
+    return f"diffusion ensemble ({members} members)"
+
+
+def table_title(factor: int) -> str:
+    return f"x{factor} downscaling, held-out synthetic cases (mm/h)"
+
+
+def mass_error(pred, coarse: np.ndarray, factor: int) -> float:
+    """``max |block_mean(pred) - coarse|`` over every coarse cell (and member): how far a
+    prediction is from conserving the coarse input's precipitation."""
+    return float(np.abs(block_mean(_np(pred), factor) - coarse).max())
+
+
+def score_table(
+    ens: np.ndarray,
+    baselines: Mapping[str, np.ndarray],
+    truth: np.ndarray,
+    coarse: np.ndarray,
+    *,
+    factor: int,
+    thresholds: Sequence[float],
+    fss_scales: Sequence[int],
+    seconds: Mapping[str, float],
+) -> dict[str, dict[str, Any]]:
+    """The metric table ``{method: {metric: value}}``: the ensemble ``(M, N, H, W)`` and each
+    baseline of :data:`METHODS` present in ``baselines`` against ``truth (N, H, W)``, with
+    :func:`evaluate_fields`, the inference time per case (``seconds``, keyed by prediction
+    variable, ``"diffusion"`` for the ensemble) and the :func:`mass_error` against the coarse
+    precipitation ``coarse (N, H/f, W/f)``."""
+    kw = {"factor": factor, "thresholds": thresholds, "fss_scales": fss_scales}
+    runs = [(ensemble_label(ens.shape[0]), "diffusion", ens, True)]
+    runs += [(name, v, baselines[v], False) for v, name in METHODS.items() if v in baselines]
+    rows: dict[str, dict[str, Any]] = {}
+    for name, var, pred, ensemble in runs:
+        rows[name] = evaluate_fields(pred, truth, ensemble=ensemble, **kw)
+        rows[name]["seconds per case"] = seconds.get(var, float("nan"))
+        rows[name][MASS_ERROR] = mass_error(pred, coarse, factor)
+    return rows
+
+
+def psd_curves(
+    truth: np.ndarray, ens: np.ndarray, baselines: Mapping[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Radially averaged PSD (:func:`radial_psd`) of the truth, the members and each baseline
+    of :data:`METHODS` present, ``{name: (k, psd)}``."""
+    curves = {"truth": radial_psd(truth), "diffusion members": radial_psd(ens)}
+    for var in METHODS:
+        if var in baselines:
+            curves[var] = radial_psd(baselines[var])
+    return curves
+
+
+def summary(
+    rows: Mapping[str, Mapping[str, Any]],
+    truth: np.ndarray,
+    ens: np.ndarray,
+    hist: np.ndarray,
+    *,
+    factor: int,
+    sw_weight: float,
+    mass_consistency: bool,
+) -> dict[str, Any]:
+    """Headline numbers of a run: size of the evaluation, the ensemble CRPS over the bicubic
+    MAE, the settings that shape the ensemble and its rank histogram."""
+    bic = rows["bicubic"]["MAE"]
+    crps_ens = rows[ensemble_label(ens.shape[0])]["CRPS"]
+    return {
+        "held-out cases": int(truth.shape[0]),
+        "grid": f"{truth.shape[1]}x{truth.shape[2]} fine, x{factor} coarse",
+        "members": int(ens.shape[0]),
+        "CRPS / bicubic MAE": crps_ens / bic if bic > 0 else float("nan"),
+        "SW regulariser weight": sw_weight,
+        "mass consistency": bool(mass_consistency),
+        "rank histogram": [int(v) for v in hist],
+    }

@@ -26,23 +26,32 @@ import numpy as np
 from scipy import fft as sfft
 from scipy.special import ndtri
 
+from .operators import block_mean, upsample_nearest
+
 __all__ = [
     "INPUT_VARIABLES",
     "INPUT_UNITS",
+    "PARAMS",
+    "TEST_SEED_OFFSET",
     "gaussian_random_field",
-    "block_mean",
     "orography",
     "precipitation_from_grf",
     "make_case",
     "make_dataset",
+    "make_split",
 ]
 
 INPUT_VARIABLES = ("tp", "tcwv", "t2m")
 INPUT_UNITS = {"tp": "mm h-1", "tcwv": "kg m-2", "t2m": "K"}
+#: Options of :func:`precipitation_from_grf` (the config's ``data`` keys of the same names).
+PARAMS = ("wet_fraction", "shape_s", "scale", "orographic_gain", "max_elevation")
+#: Offset of the held-out set's seed from the training set's (:func:`make_split`).
+TEST_SEED_OFFSET = 10_000
 
 
-def gaussian_random_field(shape: tuple[int, int], *, slope: float = 3.0,
-                          rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def gaussian_random_field(
+    shape: tuple[int, int], *, slope: float = 3.0, rng: np.random.Generator
+) -> np.ndarray:
     """Periodic zero-mean, unit-variance GRF with power spectral density ``~ k^-slope``.
 
     White noise is filtered in Fourier space by ``k^(-slope/2)`` (``k = 0`` removed);
@@ -66,22 +75,9 @@ def gaussian_random_field(shape: tuple[int, int], *, slope: float = 3.0,
     return g
 
 
-def block_mean(x: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over non-overlapping ``factor x factor`` blocks of the last two axes."""
-    *lead, h, w = x.shape
-    if h % factor or w % factor:
-        raise ValueError(f"spatial shape {(h, w)} not divisible by factor {factor}")
-    return x.reshape(*lead, h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
-
-
-def upsample_nearest(x: np.ndarray, factor: int) -> np.ndarray:
-    """Block-constant (nearest) replication of the last two axes: the adjoint layout of
-    :func:`block_mean` (``block_mean(upsample_nearest(c)) == c``)."""
-    return np.repeat(np.repeat(x, factor, axis=-2), factor, axis=-1)
-
-
-def orography(shape: tuple[int, int], *, max_elevation: float = 2000.0,
-              rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def orography(
+    shape: tuple[int, int], *, max_elevation: float = 2000.0, rng: np.random.Generator
+) -> np.ndarray:
     """Orography-like invariant (m): a ``k^-4`` GRF mapped to ``[0, max_elevation]``."""
     z = gaussian_random_field(shape, slope=4.0, rng=rng)
     z -= z.min()
@@ -89,10 +85,16 @@ def orography(shape: tuple[int, int], *, max_elevation: float = 2000.0,
     return z
 
 
-def precipitation_from_grf(g: np.ndarray, oro: np.ndarray, *, wet_fraction: float = 0.4,
-                           shape_s: float = 1.0, scale: float = 1.0,
-                           orographic_gain: float = 1.0,
-                           max_elevation: float = 2000.0) -> np.ndarray:  # fmt: skip
+def precipitation_from_grf(
+    g: np.ndarray,
+    oro: np.ndarray,
+    *,
+    wet_fraction: float = 0.4,
+    shape_s: float = 1.0,
+    scale: float = 1.0,
+    orographic_gain: float = 1.0,
+    max_elevation: float = 2000.0,
+) -> np.ndarray:
     """Intermittent log-normal precipitation (mm h-1) from a unit GRF ``g`` (see module doc)."""
     if not 0 < wet_fraction < 1:
         raise ValueError(f"wet_fraction must be in (0, 1), got {wet_fraction}")
@@ -103,22 +105,30 @@ def precipitation_from_grf(g: np.ndarray, oro: np.ndarray, *, wet_fraction: floa
     return rain
 
 
-def make_case(g: np.ndarray, oro: np.ndarray, *, factor: int, rng: np.random.Generator,
-              params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def make_case(
+    g: np.ndarray, oro: np.ndarray, *, factor: int, rng: np.random.Generator, params: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """One time step: ``(inputs (3, H, W) block-constant, truth tp (H, W))``."""
-    p = {k: params[k] for k in ("wet_fraction", "shape_s", "scale", "orographic_gain",
-                                "max_elevation") if k in params}  # fmt: skip
+    p = {k: params[k] for k in PARAMS if k in params}
     tp = precipitation_from_grf(g, oro, **p)
     shape = g.shape
     tcwv = 30.0 + 8.0 * g + 3.0 * gaussian_random_field(shape, slope=4.0, rng=rng)
     t2m = 288.0 - 6.5e-3 * oro + 1.5 * gaussian_random_field(shape, slope=4.0, rng=rng)
-    inputs = np.stack([upsample_nearest(block_mean(v, factor), factor)
-                       for v in (tp, tcwv.astype(np.float32), t2m.astype(np.float32))])  # fmt: skip
+    fields = (tp, tcwv.astype(np.float32), t2m.astype(np.float32))
+    inputs = np.stack([upsample_nearest(block_mean(v, factor), factor) for v in fields])
     return inputs.astype(np.float32), tp.astype(np.float32)
 
 
-def make_dataset(n_times: int, size: int | tuple[int, int], *, factor: int = 8, seed: int = 0,
-                 slope: float = 3.0, oro_seed: int | None = None, **params: Any):  # fmt: skip
+def make_dataset(
+    n_times: int,
+    size: int | tuple[int, int],
+    *,
+    factor: int = 8,
+    seed: int = 0,
+    slope: float = 3.0,
+    oro_seed: int | None = None,
+    **params: Any,
+):
     """A CorrDiff-style :class:`xarray.Dataset` of ``n_times`` synthetic cases (in memory).
 
     Variables: ``input(time, input_variable, y, x)``, ``output(time, output_variable, y, x)``,
@@ -138,8 +148,8 @@ def make_dataset(n_times: int, size: int | tuple[int, int], *, factor: int = 8, 
     h, w = (size, size) if isinstance(size, int) else size
     if h % factor or w % factor:
         raise ValueError(f"size {(h, w)} must be divisible by factor={factor}")
-    oro = orography((h, w), max_elevation=params.get("max_elevation", 2000.0),
-                    rng=np.random.default_rng([oro_seed if oro_seed is not None else seed, 1]))  # fmt: skip
+    oro_rng = np.random.default_rng([oro_seed if oro_seed is not None else seed, 1])
+    oro = orography((h, w), max_elevation=params.get("max_elevation", 2000.0), rng=oro_rng)
     rng = np.random.default_rng([seed, 2])
     ins, outs = [], []
     for _ in range(n_times):
@@ -148,3 +158,13 @@ def make_dataset(n_times: int, size: int | tuple[int, int], *, factor: int = 8, 
         ins.append(i)
         outs.append(o[None])
     return build_dataset(np.stack(ins), np.stack(outs), oro[None], factor=factor)
+
+
+def make_split(n_train: int, n_test: int, size: int | tuple[int, int], *, seed: int = 0, **kw: Any):
+    """``(train, test)`` datasets of one domain: the same orography (``oro_seed = seed``), the
+    held-out cases drawn with the seed ``seed + TEST_SEED_OFFSET``; ``kw`` as
+    :func:`make_dataset`'s."""
+    common = {"oro_seed": seed, **kw}
+    train = make_dataset(n_train, size, seed=seed, **common)
+    test = make_dataset(n_test, size, seed=seed + TEST_SEED_OFFSET, **common)
+    return train, test

@@ -14,9 +14,9 @@ from diffsci.domains.precipitation.downscale import (
     enforce_mass,
     main,
 )
-from diffsci.domains.precipitation.models import DownscalingModel
-from diffsci.domains.precipitation.synthetic import block_mean, make_dataset
-from diffsci.domains.precipitation.transforms import Normaliser
+from diffsci.domains.precipitation.models import DownscalingModel, Normaliser
+from diffsci.domains.precipitation.operators import block_mean
+from diffsci.domains.precipitation.simulate import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,9 @@ def test_downscale_arrays_mass_and_seed(setup):
     assert not np.allclose(a, c)
     m = downscale_arrays(model, norm, inputs, inv, seed=0, mass_consistency=True, **kw)
     want = block_mean(ds["input"].sel(input_variable="tp").values, 8)
-    np.testing.assert_allclose(block_mean(m, 8), np.broadcast_to(want, (3, 2, 4, 4)), rtol=1e-4,
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        block_mean(m, 8), np.broadcast_to(want, (3, 2, 4, 4)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_tiled_matches_untiled_where_tiles_see_the_same_field(setup):
@@ -63,8 +64,9 @@ def test_tiled_matches_untiled_where_tiles_see_the_same_field(setup):
     # model whose output ignores position (x -> constant), identical
     ds, norm, model = setup
     inputs, inv = ds["input"].values[:1], ds["invariant"].values
-    out = downscale_arrays(model, norm, inputs, inv, factor=8, members=2, steps=2,
-                           sampler="euler", tile=16, overlap=8)  # fmt: skip
+    out = downscale_arrays(
+        model, norm, inputs, inv, factor=8, members=2, steps=2, sampler="euler", tile=16, overlap=8
+    )
     assert out.shape == (2, 1, 32, 32) and np.isfinite(out).all()
 
     class Pointwise(torch.nn.Module):
@@ -93,8 +95,9 @@ def test_nan_input_is_an_error_naming_the_source(setup):
     bad = ds["input"].values.copy()
     bad[1, 2, 5, 5] = np.nan
     with pytest.raises(ValueError, match="case.nc: input contains NaN"):
-        downscale_arrays(model, norm, bad, ds["invariant"].values, factor=8, members=1, steps=1,
-                         source="case.nc")  # fmt: skip
+        downscale_arrays(
+            model, norm, bad, ds["invariant"].values, factor=8, members=1, steps=1, source="case.nc"
+        )
     neg = ds["input"].values.copy()
     neg[0, 0, 0, 0] = -2
     with pytest.raises(ValueError, match="negative precipitation"):
@@ -106,9 +109,20 @@ def test_store_to_store_chunked_and_atomic(setup, tmp_path):
     ds, norm, model = setup
     big = make_dataset(1, 64, factor=8, seed=2, oro_seed=1)
     src = io.write_dataset(big, tmp_path / "in.zarr", chunks={"time": 1, "y": 32, "x": 32})
-    out = downscale_store(model, norm, src, tmp_path / "out.zarr", block=32, members=2,
-                          steps=2, sampler="euler", tile=32, overlap=8, mass_consistency=True,
-                          progress=False)  # fmt: skip
+    out = downscale_store(
+        model,
+        norm,
+        src,
+        tmp_path / "out.zarr",
+        block=32,
+        members=2,
+        steps=2,
+        sampler="euler",
+        tile=32,
+        overlap=8,
+        mass_consistency=True,
+        progress=False,
+    )
     res = xr.open_zarr(out)
     assert res["precip"].dims == ("ensemble", "time", "y", "x")
     assert res["precip"].shape == (2, 1, 64, 64)
@@ -116,22 +130,44 @@ def test_store_to_store_chunked_and_atomic(setup, tmp_path):
     assert res["ensemble"].attrs["standard_name"] == "realization"
     vals = res["precip"].values
     want = block_mean(big["input"].sel(input_variable="tp").values, 8)
-    np.testing.assert_allclose(block_mean(vals[:, 0], 8), np.broadcast_to(want[0], (2, 8, 8)),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        block_mean(vals[:, 0], 8), np.broadcast_to(want[0], (2, 8, 8)), rtol=1e-4, atol=1e-5
+    )
     # NaN in the last block: found mid-way, the store is not left behind looking complete
     bad = big.copy(deep=True)
     bad["input"][0, 1, 60, 60] = np.nan
     src2 = io.write_dataset(bad, tmp_path / "bad.zarr", chunks={"time": 1, "y": 32, "x": 32})
     with pytest.raises(ValueError, match="bad.zarr: input contains NaN"):
-        downscale_store(model, norm, src2, tmp_path / "bad_out.zarr", block=32, members=1,
-                        steps=1, sampler="euler", tile=32, overlap=8, progress=False)  # fmt: skip
+        downscale_store(
+            model,
+            norm,
+            src2,
+            tmp_path / "bad_out.zarr",
+            block=32,
+            members=1,
+            steps=1,
+            sampler="euler",
+            tile=32,
+            overlap=8,
+            progress=False,
+        )
     assert not (tmp_path / "bad_out.zarr").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad_out")]
 
 
 def test_cli_errors_exit_nonzero(tmp_path, capsys):
-    rc = main(["--model", str(tmp_path / "none.pt"), "--stats", "s.json", "--input", "a.zarr",
-               "--output", str(tmp_path / "o.zarr")])  # fmt: skip
+    rc = main(
+        [
+            "--model",
+            str(tmp_path / "none.pt"),
+            "--stats",
+            "s.json",
+            "--input",
+            "a.zarr",
+            "--output",
+            str(tmp_path / "o.zarr"),
+        ]
+    )
     assert rc == 2
     assert "none.pt: no such model file" in capsys.readouterr().err
     assert not (tmp_path / "o.zarr").exists()
@@ -142,8 +178,11 @@ def test_store_invariant_nan_and_factor_mismatch_are_errors(setup, tmp_path):
     big = make_dataset(1, 64, factor=8, seed=2, oro_seed=1)
     kw = dict(block=32, members=1, steps=1, sampler="euler", tile=32, overlap=8, progress=False)
     src = io.write_dataset(big, tmp_path / "in.zarr", chunks={"time": 1, "y": 32, "x": 32})
-    with pytest.raises(ValueError, match=r"in.zarr: downscaling_factor 8 but the model was "
-                                         r"trained for x4"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"in.zarr: downscaling_factor 8 but the model was "
+        r"trained for x4",
+    ):
         downscale_store(model, norm, src, tmp_path / "o.zarr", factor=4, **kw)
     bad = big.copy(deep=True)
     bad["invariant"][0, 40, 40] = np.nan
@@ -158,10 +197,21 @@ def test_cli_stats_without_input_group_names_the_file(setup, tmp_path, capsys):
 
     _, _, model = setup
     cfg = {"data": {"input_variables": ["tp", "tcwv", "t2m"], "factor": 8, "size": 32}}
-    torch.save({"state_dict": model.state_dict(), "provenance": {"config": cfg}},
-               tmp_path / "model.pt")  # fmt: skip
+    torch.save(
+        {"state_dict": model.state_dict(), "provenance": {"config": cfg}}, tmp_path / "model.pt"
+    )
     (tmp_path / "stats.json").write_text(json.dumps({"output": {}}))
-    rc = main(["--model", str(tmp_path / "model.pt"), "--stats", str(tmp_path / "stats.json"),
-               "--input", "a.zarr", "--output", str(tmp_path / "o.zarr")])  # fmt: skip
+    rc = main(
+        [
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--stats",
+            str(tmp_path / "stats.json"),
+            "--input",
+            "a.zarr",
+            "--output",
+            str(tmp_path / "o.zarr"),
+        ]
+    )
     assert rc == 2
     assert "stats.json: missing input.tp" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffsci.domains.precipitation import io
-from diffsci.domains.precipitation.synthetic import make_dataset
+from diffsci.domains.precipitation.simulate import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,12 @@ def test_wrong_units(ds, tmp_path):
     p = _bad(ds, tmp_path, f)
     with pytest.raises(ValueError, match=r"bad\.nc: input variable 'tp' has units 'm s-1'"):
         io.open_dataset(p)
-    ok = _bad(ds, tmp_path, lambda d: d.assign_coords(
-        input_units=("input_variable", ["mm/h", "kg m-2", "K"])), name="alias.nc")  # fmt: skip
+    ok = _bad(
+        ds,
+        tmp_path,
+        lambda d: d.assign_coords(input_units=("input_variable", ["mm/h", "kg m-2", "K"])),
+        name="alias.nc",
+    )
     io.open_dataset(ok)
 
 
@@ -81,8 +85,7 @@ def test_mismatched_grid_and_coordinates(ds, tmp_path):
     p = _bad(ds, tmp_path, lambda d: d.drop_vars("lat"), name="nolat.nc")
     with pytest.raises(KeyError, match="missing coordinate 'lat'"):
         io.open_dataset(p)
-    bad_inv = ds.copy().assign(invariant=(("invariant_variable", "x", "y"),
-                                          ds["invariant"].values))  # fmt: skip
+    bad_inv = ds.copy().assign(invariant=(("invariant_variable", "x", "y"), ds["invariant"].values))
     with pytest.raises(ValueError, match="'invariant' has dims"):
         io.validate_dataset(bad_inv, source="x.nc")
     with pytest.raises(FileNotFoundError, match="nothere.zarr"):

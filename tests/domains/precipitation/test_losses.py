@@ -14,8 +14,12 @@ from diffsci.domains.precipitation.models import DownscalingModel
 def test_pixel_sw_is_exact_w2_per_image():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g) * 2 + 1
-    want = np.mean([np.sqrt(np.mean((np.sort(x.ravel()) - np.sort(y.ravel())) ** 2))
-                    for x, y in zip(a.numpy(), b.numpy(), strict=True)])  # fmt: skip
+    want = np.mean(
+        [
+            np.sqrt(np.mean((np.sort(x.ravel()) - np.sort(y.ravel())) ** 2))
+            for x, y in zip(a.numpy(), b.numpy(), strict=True)
+        ]
+    )
     assert float(sw_regulariser(a, b)) == pytest.approx(want, rel=1e-5)
     assert float(sw_regulariser(a, a)) == 0.0
 
@@ -77,8 +81,9 @@ def test_sw_only_on_noise_levels_up_to_sigma_max():
     sig = torch.tensor([0.05, 2.0, 0.05, 2.0])
     m.denoiser.train_sigma = lambda n, rng, device=None: sig.to(device)
     y, c = torch.randn(4, 1, 16, 16), torch.randn(4, 3, 16, 16)
-    out = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_weight=1.0,
-                           sw_sigma_max=0.2)  # fmt: skip
+    out = downscaling_loss(
+        m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_weight=1.0, sw_sigma_max=0.2
+    )
     noise = ShardedRNG(torch.Generator().manual_seed(0)).randn(y.shape)
     with torch.no_grad():
         mean, full = m.condition(c)
@@ -87,16 +92,21 @@ def test_sw_only_on_noise_levels_up_to_sigma_max():
         keep = sig <= 0.2
         want = sw_regulariser(d[keep] + mean[keep], y[keep])
     assert float(out["sw"]) == pytest.approx(float(want), rel=1e-5)
-    none = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_weight=1.0,
-                            sw_sigma_max=0.01)  # fmt: skip
+    none = downscaling_loss(
+        m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_weight=1.0, sw_sigma_max=0.01
+    )
     assert float(none["sw"]) == 0.0
 
 
 def test_pixel_sw1_is_exact_w1_per_image():
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g) * 2 + 1
-    want = np.mean([np.mean(np.abs(np.sort(x.ravel()) - np.sort(y.ravel())))
-                    for x, y in zip(a.numpy(), b.numpy(), strict=True)])  # fmt: skip
+    want = np.mean(
+        [
+            np.mean(np.abs(np.sort(x.ravel()) - np.sort(y.ravel())))
+            for x, y in zip(a.numpy(), b.numpy(), strict=True)
+        ]
+    )
     assert float(sw_regulariser(a, b, p=1)) == pytest.approx(want, rel=1e-5)
     m = DownscalingModel(3, residual=True, channels=[8, 16], attention_levels=[False, False])
     y, c = torch.randn(2, 1, 16, 16), torch.randn(2, 3, 16, 16)
@@ -116,8 +126,9 @@ def test_sw_floor_clamps_the_denoised_estimate_before_the_comparison():
     y, c = torch.randn(3, 1, 16, 16), torch.randn(3, 3, 16, 16)
     floor = float(y.min()) + 1.0  # inside the targets' range: some pixels are clamped
     kw = dict(sw_weight=1.0, sw_sigma_max=1e9, sw_p=1)
-    out = downscaling_loss(m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_floor=floor,
-                           **kw)  # fmt: skip
+    out = downscaling_loss(
+        m, y, c, ShardedRNG(torch.Generator().manual_seed(0)), sw_floor=floor, **kw
+    )
     noise = ShardedRNG(torch.Generator().manual_seed(0)).randn(y.shape)
     with torch.no_grad():
         mean, full = m.condition(c)
@@ -130,6 +141,10 @@ def test_sw_floor_clamps_the_denoised_estimate_before_the_comparison():
     assert float(out["sw"]) != pytest.approx(float(plain), rel=1e-3)
     # exact 1-D check of the clamped W1 against numpy
     a = x0_hat.clamp_min(floor).numpy()
-    ref = np.mean([np.mean(np.abs(np.sort(u.ravel()) - np.sort(v.ravel())))
-                   for u, v in zip(a, y.numpy(), strict=True)])  # fmt: skip
+    ref = np.mean(
+        [
+            np.mean(np.abs(np.sort(u.ravel()) - np.sort(v.ravel())))
+            for u, v in zip(a, y.numpy(), strict=True)
+        ]
+    )
     assert float(out["sw"]) == pytest.approx(ref, rel=1e-5)

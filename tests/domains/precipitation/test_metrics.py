@@ -83,8 +83,9 @@ def test_fss_single_field_and_case_aggregate(rng):
     # fss_accum/fss_compute), which differs from the mean of per-case FSS here
     agg = pm.fss(p, o, 0.5, 3)
     num = sum(((_frac(p[i] >= 0.5, 3) - _frac(o[i] >= 0.5, 3)) ** 2).sum() for i in range(3))
-    ref = sum((_frac(p[i] >= 0.5, 3) ** 2).sum() + (_frac(o[i] >= 0.5, 3) ** 2).sum()
-              for i in range(3))  # fmt: skip
+    ref = sum(
+        (_frac(p[i] >= 0.5, 3) ** 2).sum() + (_frac(o[i] >= 0.5, 3) ** 2).sum() for i in range(3)
+    )
     assert agg == pytest.approx(1 - num / ref, rel=1e-12)
     per_case = np.mean([pm.fss(p[i], o[i], 0.5, 3) for i in range(3)])
     assert abs(agg - per_case) > 0.05
@@ -101,14 +102,21 @@ def _frac(b, n):
     # zero-padded n x n neighbourhood fractions of one 2-D binary field, by an explicit loop
     h, w = b.shape
     r = n // 2
-    return np.array([[b[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].sum() / n**2
-                      for j in range(w)] for i in range(h)])  # fmt: skip
+    return np.array(
+        [
+            [b[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].sum() / n**2 for j in range(w)]
+            for i in range(h)
+        ]
+    )
 
 
 def test_pixel_emd_against_core_wasserstein(rng):
     a, b = rng.gamma(1.0, size=(3, 8, 8)), rng.gamma(2.0, size=(8, 8))
-    want = float(sliced_wasserstein(torch.as_tensor(a.ravel()), torch.as_tensor(b.ravel()),
-                                    p=1, projections=[[1.0]]))  # fmt: skip
+    want = float(
+        sliced_wasserstein(
+            torch.as_tensor(a.ravel()), torch.as_tensor(b.ravel()), p=1, projections=[[1.0]]
+        )
+    )
     assert pm.pixel_emd(a, b) == pytest.approx(want, rel=1e-9)
 
 
@@ -125,8 +133,12 @@ def test_radial_psd_loop_and_parseval(rng):
     np.testing.assert_allclose(k, np.arange(1, 9) / 16)  # cycles per pixel
     power = (np.abs(np.fft.fft2(f)) ** 2 / 256).mean(0)
     for kk, val in zip(range(1, 9), psd, strict=True):
-        sel = [power[i, j] for i in range(16) for j in range(16)
-               if round(np.hypot(min(i, 16 - i), min(j, 16 - j))) == kk]  # fmt: skip
+        sel = [
+            power[i, j]
+            for i in range(16)
+            for j in range(16)
+            if round(np.hypot(min(i, 16 - i), min(j, 16 - j))) == kk
+        ]
         assert val == pytest.approx(np.mean(sel))
     # white noise: flat spectrum at the variance
     big = rng.standard_normal((8, 64, 64))
@@ -187,11 +199,15 @@ def test_spread_skill_forms_agree_only_when_spread_is_uniform():
     # mean std / RMSE -> c4 (0.2 + 2)/2 / sqrt((0.04 + 4)/2) = 0.747: a calibrated ensemble
     # read as under-dispersed
     assert pm.spread_skill(ens, obs, spread="mean_std") == pytest.approx(
-        c4 * 1.1 / np.sqrt(2.02), abs=0.03)  # fmt: skip
+        c4 * 1.1 / np.sqrt(2.02), abs=0.03
+    )
     # independent computation of the mean-std form
     m = ens.shape[0]
-    want = np.sqrt((m + 1) / m) * ens.std(0, ddof=1).mean() / np.sqrt(
-        np.mean((ens.mean(0) - obs) ** 2))  # fmt: skip
+    want = (
+        np.sqrt((m + 1) / m)
+        * ens.std(0, ddof=1).mean()
+        / np.sqrt(np.mean((ens.mean(0) - obs) ** 2))
+    )
     assert pm.spread_skill(ens, obs, spread="mean_std") == pytest.approx(want, rel=1e-12)
     uniform = centre + rng.standard_normal((8, 20000))
     obs_u = centre + rng.standard_normal(20000)
@@ -201,9 +217,20 @@ def test_spread_skill_forms_agree_only_when_spread_is_uniform():
 
 def test_evaluate_fields_rows(rng):
     o = rng.gamma(0.5, size=(2, 32, 32)).astype(np.float32)
-    row = pm.evaluate_fields(np.stack([o, o * 1.1]), o, factor=8, thresholds=[1.0],
-                             fss_scales=[1, 3], ensemble=True)  # fmt: skip
-    assert {"CRPS", "MAE", "RMSE", "bias", "CSI@1", "FSS@1,3px", "EMD", "p99.9 error",
-            "PSD high-k max |dex|", "spread-skill (adj.)"} <= set(row)  # fmt: skip
+    row = pm.evaluate_fields(
+        np.stack([o, o * 1.1]), o, factor=8, thresholds=[1.0], fss_scales=[1, 3], ensemble=True
+    )
+    assert {
+        "CRPS",
+        "MAE",
+        "RMSE",
+        "bias",
+        "CSI@1",
+        "FSS@1,3px",
+        "EMD",
+        "p99.9 error",
+        "PSD high-k max |dex|",
+        "spread-skill (adj.)",
+    } <= set(row)
     det = pm.evaluate_fields(o, o, factor=8, thresholds=[1.0], fss_scales=[1], ensemble=False)
     assert det["CRPS"] == det["MAE"] == 0.0 and det["PSD high-k max |dex|"] == 0.0

@@ -7,13 +7,21 @@ import pytest
 import torch
 
 from diffsci.domains.precipitation import baselines
-from diffsci.domains.precipitation.models import DownscalingModel, sample_ensemble
-from diffsci.domains.precipitation.transforms import Normaliser, inverse_transform
+from diffsci.domains.precipitation.models import (
+    DownscalingModel,
+    Normaliser,
+    inverse_transform,
+    sample_ensemble,
+)
 
-STATS = {"input": {"tp": {"mean": 0.3, "std": 0.5, "transform": "log1p"},
-                   "tcwv": {"mean": 30.0, "std": 8.0, "transform": "none"}},
-         "output": {"tp": {"mean": 0.3, "std": 0.6, "transform": "log1p"}},
-         "invariant": {"orography": {"mean": 800.0, "std": 400.0, "transform": "none"}}}  # fmt: skip
+STATS = {
+    "input": {
+        "tp": {"mean": 0.3, "std": 0.5, "transform": "log1p"},
+        "tcwv": {"mean": 30.0, "std": 8.0, "transform": "none"},
+    },
+    "output": {"tp": {"mean": 0.3, "std": 0.6, "transform": "log1p"}},
+    "invariant": {"orography": {"mean": 800.0, "std": 400.0, "transform": "none"}},
+}
 
 
 def test_normaliser_roundtrip_and_channels():
@@ -67,10 +75,18 @@ def test_interpolation_baselines():
 def test_regression_baseline_shape():
     n = Normaliser(STATS, ["tp", "tcwv"], ["orography"])
     m = DownscalingModel(3, residual=True, channels=[8, 16], attention_levels=[False, False])
-    out = baselines.regression_mean(m, n, np.random.default_rng(0).random((3, 2, 16, 16)).astype(np.float32),
-                                    np.random.default_rng(1).random((1, 16, 16)).astype(np.float32), batch=2)  # fmt: skip
+    out = baselines.regression_mean(
+        m,
+        n,
+        np.random.default_rng(0).random((3, 2, 16, 16)).astype(np.float32),
+        np.random.default_rng(1).random((1, 16, 16)).astype(np.float32),
+        batch=2,
+    )
     assert out.shape == (3, 16, 16) and (out >= 0).all()
     with pytest.raises(ValueError, match="no regression"):
-        baselines.regression_mean(DownscalingModel(3, residual=False, channels=[8, 16],
-                                                   attention_levels=[False, False]), n,
-                                  np.zeros((1, 2, 16, 16)), None)  # fmt: skip
+        baselines.regression_mean(
+            DownscalingModel(3, residual=False, channels=[8, 16], attention_levels=[False, False]),
+            n,
+            np.zeros((1, 2, 16, 16)),
+            None,
+        )

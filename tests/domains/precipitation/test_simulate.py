@@ -8,13 +8,12 @@ import pytest
 from scipy import stats
 
 from diffsci.domains.precipitation import metrics
-from diffsci.domains.precipitation.synthetic import (
-    block_mean,
+from diffsci.domains.precipitation.operators import block_mean, upsample_nearest
+from diffsci.domains.precipitation.simulate import (
     gaussian_random_field,
     make_dataset,
     orography,
     precipitation_from_grf,
-    upsample_nearest,
 )
 
 
