@@ -31,7 +31,7 @@ __all__ = ["DemoConfig", "ring_mixture", "run_demo"]
 
 @dataclass
 class DemoConfig:
-    """Settings of the 2-D mixture demo (defaults: about a minute on 2 CPU cores)."""
+    """Settings of the 2-D mixture demo (the defaults are sized for a CPU)."""
 
     n_train: int = 20000
     n_eval: int = 4000
