@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 from benchmarks._common import domain_parser, read_config, write_result
-from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train
+from diffsci.core.stages import run_baselines, run_evaluate, run_infer, run_prepare, run_train
 from diffsci.core.task import TaskPaths, get_task
-from diffsci.domains.pde.baselines import train_fno
 
 
 def _run(cfg: dict, workdir: Path) -> tuple[dict, dict]:
@@ -35,7 +34,7 @@ def _run(cfg: dict, workdir: Path) -> tuple[dict, dict]:
         fn(task, cfg, paths, progress=False)
         times[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    train_fno(cfg, paths, progress=False)
+    run_baselines(task, cfg, paths, progress=False)
     times["fno_train"] = time.perf_counter() - t0
     run_evaluate(task, cfg, paths)
     return json.loads(paths.metrics.read_text())["tables"], times
@@ -64,8 +63,12 @@ def main() -> None:
         "diffusion_beats_persistence": d["nRMSE"] < per["nRMSE"],
     }
     if a.single_only:
-        results = {"single_grid_64": f64, "bars": bars, "multires": "skipped (--single-only)",
-                   "seconds": {"single": t_s}}  # fmt: skip
+        results = {
+            "single_grid_64": f64,
+            "bars": bars,
+            "multires": "skipped (--single-only)",
+            "seconds": {"single": t_s},
+        }
         write_result(a.result_name, results, config={"single": single}, seed=base["seed"])
         print(json.dumps(bars, indent=1))
         return

@@ -1,7 +1,12 @@
-"""diffsci.domains.pde: PDE trajectories (PDEBench HDF5 files) and reference solvers.
+"""diffsci.domains.pde: PDE trajectories (PDEBench HDF5 files), reference solvers and a
+wavelet-domain diffusion model of Burgers trajectories.
 
-Submodules: :mod:`.simulators` (Burgers, advection, 2-D Navier-Stokes) and :mod:`.io`
-(PDEBench reader/writer). Their public names are re-exported here lazily.
+Modules: :mod:`.io` (PDEBench reader/writer, the work folder's files), :mod:`.simulate`
+(Burgers, advection, 2-D Navier-Stokes), :mod:`.wavelets` (the orthogonal 2-D DWT),
+:mod:`.operators` (masks observed through the wavelet codec), :mod:`.models` (codec, denoiser,
+FNO), :mod:`.sampling` (forecasts, assimilation), :mod:`.events` (event study),
+:mod:`.baselines`, :mod:`.metrics`, :mod:`.plots` and :mod:`.task`. The public names of
+:mod:`.simulate` and :mod:`.io` are re-exported here lazily.
 """
 
 from __future__ import annotations
@@ -9,12 +14,12 @@ from __future__ import annotations
 from diffsci.core.lazy import lazy_getattr
 
 _EXPORTS = {
-    "advection_1d": "simulators",
-    "burgers_1d": "simulators",
-    "grf_2d": "simulators",
-    "navier_stokes_2d": "simulators",
-    "periodic_grid": "simulators",
-    "random_initial_conditions": "simulators",
+    "advection_1d": "simulate",
+    "burgers_1d": "simulate",
+    "grf_2d": "simulate",
+    "navier_stokes_2d": "simulate",
+    "periodic_grid": "simulate",
+    "random_initial_conditions": "simulate",
     "PDEData": "io",
     "read_pdebench": "io",
     "write_pdebench": "io",

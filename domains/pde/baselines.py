@@ -1,34 +1,66 @@
-"""PDE baselines trained here: a space-time FNO (same data, same number of steps as the
-diffusion model, through the core's training loop). Persistence needs no training and is
-computed in the evaluate stage.
+"""Baselines of the PDE task.
 
-Command line (used by ``workflows/rules/pde.smk``)::
-
-    python -m diffsci.domains.pde.baselines --config CONFIG --workdir WORKDIR
+- :func:`persistence`: the initial state held for every frame (no training).
+- :func:`interpolate_observations`: data assimilation by interpolating the sensors (no
+  training).
+- The FNO (Li et al. 2021): a space-time :class:`~diffsci.domains.pde.models.fno.FNO2d` of
+  comparable size, trained on the diffusion model's training data for the same number of steps
+  through the core's training loop (:func:`train_fno`); it maps the initial state broadcast
+  over time to the whole trajectory in one pass (:func:`predict_fno`).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffsci.core.stages import load_config
-from diffsci.core.task import TaskPaths
 from diffsci.core.training import TrainConfig, train
 
-from .fno import FNO2d
-from .io import read_pdebench, write_pdebench
-from .task import PDETask, _files
+from .models.fno import FNO2d
 
-__all__ = ["build_fno", "train_fno", "main"]
+__all__ = [
+    "FNOChunks",
+    "build_fno",
+    "fno_loss",
+    "interpolate_observations",
+    "persistence",
+    "predict_fno",
+    "train_fno",
+]
+
+
+def persistence(true: Tensor) -> Tensor:
+    """Trajectories ``(B, nt, nx)`` -> their first frame repeated over time."""
+    return true[:, :1].expand_as(true)
+
+
+def interpolate_observations(obs: Tensor, mask: Tensor) -> Tensor:
+    """Periodic linear interpolation of the sensors in space, linear in time between observed
+    frames (constant after the last one). ``obs (B, nt, nx)`` (zero off the sensors), ``mask``
+    the 0/1 sensor mask ``(1, nt, nx)``."""
+    B, nt, nx = obs.shape
+    m = mask.reshape(nt, nx) > 0
+    frames = np.nonzero(m.any(1).numpy())[0]
+    cols = np.nonzero(m[frames[0]].numpy())[0]
+    x = np.arange(nx)
+    o = obs.numpy()
+    space = np.stack(
+        [[np.interp(x, cols, o[b, f, cols], period=nx) for f in frames] for b in range(B)]
+    )
+    out = np.empty((B, nt, nx), dtype=np.float32)
+    for b in range(B):
+        for j in range(nx):
+            out[b, :, j] = np.interp(np.arange(nt), frames, space[b, :, j])
+    return torch.from_numpy(out)
 
 
 def build_fno(cfg: Mapping[str, Any]) -> nn.Module:
+    """The FNO baseline of the config's ``fno`` section: one input and one output channel."""
     f = cfg["fno"]
     return FNO2d(
         1,
@@ -40,8 +72,9 @@ def build_fno(cfg: Mapping[str, Any]) -> nn.Module:
     )
 
 
-class _FNOData(torch.utils.data.Dataset):
-    """Chunks of one grid: ``{"u0": (chunk, 1, nt, nx) broadcast IC, "u": (chunk, 1, nt, nx)}``."""
+class FNOChunks(torch.utils.data.Dataset):
+    """Chunks of ``chunk`` trajectories of one grid, divided by ``scale``: items are
+    ``{"u0": (chunk, 1, nt, nx) initial state broadcast over time, "u": (chunk, 1, nt, nx)}``."""
 
     def __init__(self, trajs: list[Tensor], chunk: int, scale: float) -> None:
         self.items = []
@@ -58,52 +91,46 @@ class _FNOData(torch.utils.data.Dataset):
         return {"u0": self.items[i][0], "u": self.items[i][1]}
 
 
-def _loss(model: nn.Module, batch: Mapping[str, Tensor], rng) -> Tensor:
+def fno_loss(model: nn.Module, batch: Mapping[str, Tensor], rng: Any) -> Tensor:
+    """Mean squared error of the predicted trajectories (``rng`` unused)."""
     pred = model(batch["u0"].flatten(0, 1))
     return ((pred - batch["u"].flatten(0, 1)) ** 2).mean()
 
 
-def train_fno(cfg: Mapping[str, Any], paths: TaskPaths, *, progress: bool = True) -> None:
-    """Train the FNO on the diffusion model's training data and steps; write test predictions
-    to ``<workdir>/baselines/fno_nx*.h5``."""
-    d = cfg["data"]
-    scale = PDETask._scale(paths.data)
-    files = _files(paths.data, "train")
-    trajs = [torch.from_numpy(read_pdebench(files[g]).u).float() for g in d["train_nx"]]
+def train_fno(
+    cfg: Mapping[str, Any],
+    trajs: list[Tensor],
+    scale: float,
+    *,
+    ckpt_dir: str | Path,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Train :func:`build_fno` on the training trajectories ``trajs`` (one tensor per grid) with
+    the diffusion model's steps, batch size, warm-up and checkpoint interval, the learning rate
+    ``fno.lr`` and no EMA; resumable from ``ckpt_dir``. Returns the network in eval mode."""
     torch.manual_seed(int(cfg["seed"]))
     model = build_fno(cfg)
     t = cfg["train"]
-    tcfg = TrainConfig(steps=t["steps"], batch_size=t["batch_size"], lr=cfg["fno"]["lr"],
-                       warmup_steps=t["warmup_steps"], ema_decay=None, seed=int(cfg["seed"]),
-                       ckpt_dir=str(paths.root / "checkpoints_fno"), ckpt_every=t["ckpt_every"],
-                       progress=progress)  # fmt: skip
-    res = train(model, _loss, _FNOData(trajs, cfg["train_chunk"], scale), tcfg)
-    net = res.model.eval()
-    out = paths.root / "baselines"
-    out.mkdir(parents=True, exist_ok=True)
-    for nx, path in _files(paths.data, "test").items():
-        data = read_pdebench(path)
-        u = torch.from_numpy(data.u).float()[:, None] / scale
-        with torch.no_grad():
-            pred = net(u[:, :, :1].expand_as(u).contiguous())[:, 0] * scale
-        write_pdebench(out / f"fno_nx{nx}.h5", pred.numpy(), x=data.x, t=data.t,
-                       attrs={"method": "fno"})  # fmt: skip
+    tcfg = TrainConfig(
+        steps=t["steps"],
+        batch_size=t["batch_size"],
+        lr=cfg["fno"]["lr"],
+        warmup_steps=t["warmup_steps"],
+        ema_decay=None,
+        seed=int(cfg["seed"]),
+        ckpt_dir=str(ckpt_dir),
+        ckpt_every=t["ckpt_every"],
+        progress=progress,
+    )
+    data = FNOChunks(trajs, cfg["train_chunk"], scale)
+    return train(model, fno_loss, data, tcfg, device=device).model.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffsci.domains.pde.baselines")
-    p.add_argument("--config", required=True)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--quiet", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        cfg = load_config(a.config, PDETask())
-        train_fno(cfg, TaskPaths(a.workdir), progress=not a.quiet)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"pde baselines: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+@torch.no_grad()
+def predict_fno(net: nn.Module, u: Tensor, scale: float) -> np.ndarray:
+    """The FNO's trajectories ``(N, nt, nx)`` from the first frames of ``u (N, nt, nx)``."""
+    dev = next(net.parameters()).device
+    v = u[:, None] / scale
+    pred = net(v[:, :, :1].expand_as(v).contiguous().to(dev))[:, 0] * scale
+    return pred.cpu().numpy()

@@ -17,6 +17,7 @@ CFD files with ``density``/``Vx``/``pressure``) are not read: :func:`read_pdeben
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,18 @@ import numpy as np
 
 from diffsci.core.fileio import atomic_path, open_hdf5
 
-__all__ = ["PDEData", "read_pdebench", "write_pdebench"]
+__all__ = [
+    "PDEData",
+    "read_assimilation",
+    "read_ensemble",
+    "read_pdebench",
+    "read_scale",
+    "split_files",
+    "write_assimilation",
+    "write_ensemble",
+    "write_pdebench",
+    "write_scale",
+]
 
 TENSOR, X, Y, T = "tensor", "x-coordinate", "y-coordinate", "t-coordinate"
 
@@ -211,3 +223,76 @@ def read_pdebench(path: str | os.PathLike, *, max_samples: int | None = None) ->
             )
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
     return PDEData(u=u, x=coords[X], t=coords[T], y=coords[Y], attrs=attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# the work folder's layout: data/{train,test}_nx<N>.h5 + normalisation.json, predictions with
+# an "ensemble" dataset beside PDEBench's "tensor" (the ensemble mean)
+
+SCALE_FILE = "normalisation.json"
+
+
+def split_files(data_dir: str | os.PathLike, split: str) -> dict[int, Path]:
+    """The ``<split>_nx<N>.h5`` files of a prepared data folder, by grid size ``N``."""
+    data_dir = Path(data_dir)
+    found = {int(p.stem.split("_nx")[-1]): p for p in sorted(data_dir.glob(f"{split}_nx*.h5"))}
+    if not found:
+        raise FileNotFoundError(f"no {split}_nx*.h5 files in {data_dir} (run the prepare stage)")
+    return found
+
+
+def write_scale(data_dir: str | os.PathLike, scale: float) -> None:
+    """Store the global normalisation scale (std of the training trajectories)."""
+    (Path(data_dir) / SCALE_FILE).write_text(json.dumps({"scale": scale}))
+
+
+def read_scale(data_dir: str | os.PathLike) -> float:
+    """The normalisation scale written by :func:`write_scale`."""
+    return float(json.loads((Path(data_dir) / SCALE_FILE).read_text())["scale"])
+
+
+def write_ensemble(
+    path: str | os.PathLike,
+    ensemble: np.ndarray,
+    *,
+    x: np.ndarray,
+    t: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> Path:
+    """An ensemble ``(M, N, nt, nx)`` as a PDEBench file of its mean, plus ``ensemble``
+    (float32, gzip) for the probabilistic scores."""
+    path = write_pdebench(path, ensemble.mean(0), x=x, t=t, attrs=attrs)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("ensemble", data=ensemble.astype(np.float32), compression="gzip")
+    return path
+
+
+def read_ensemble(path: str | os.PathLike) -> np.ndarray:
+    """The ``ensemble`` dataset ``(M, N, nt, nx)`` of a file written by :func:`write_ensemble`."""
+    with h5py.File(path) as f:
+        return f["ensemble"][()]
+
+
+def write_assimilation(
+    path: str | os.PathLike,
+    ensemble: np.ndarray,
+    observations: np.ndarray,
+    mask: np.ndarray,
+    *,
+    x: np.ndarray,
+    t: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> Path:
+    """:func:`write_ensemble` plus the ``observations`` ``(N, nt, nx)`` (zero off the sensors)
+    and the 0/1 sensor ``mask`` ``(1, nt, nx)`` (uint8)."""
+    path = write_ensemble(path, ensemble, x=x, t=t, attrs=attrs)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("observations", data=observations)
+        f.create_dataset("mask", data=mask.astype(np.uint8))
+    return path
+
+
+def read_assimilation(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ensemble, observations, mask)`` of a file written by :func:`write_assimilation`."""
+    with h5py.File(path) as f:
+        return f["ensemble"][()], f["observations"][()], f["mask"][()]

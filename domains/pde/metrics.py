@@ -10,6 +10,8 @@ frames, then space.
 - :func:`frmse_bands`: PDEBench's Fourier-space RMSE in low / mid / high wavenumber bands.
 - :func:`ensemble_scores`: CRPS, adjusted spread-skill (from :mod:`diffsci.core.metrics`) and
   the nRMSE of the ensemble mean.
+- :func:`forecast_table`, :func:`assimilation_table`, :func:`event_table`: the evaluate
+  stage's metric tables (``{method: {metric: value}}``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,22 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from diffsci.core.metrics import crps_ensemble, nmse, spread_skill
 
-__all__ = ["PDEBENCH_BANDS", "ensemble_scores", "frmse_bands", "nrmse"]
+__all__ = [
+    "LOWER_IS_BETTER",
+    "PDEBENCH_BANDS",
+    "assimilation_table",
+    "ensemble_scores",
+    "event_table",
+    "forecast_table",
+    "frmse_bands",
+    "nrmse",
+]
 
 #: PDEBench's bands of wavenumber index, half-open: ``iLow = 4``, ``iHigh = 12``.
 PDEBENCH_BANDS: tuple[tuple[int, int | None], ...] = ((0, 4), (4, 12), (12, None))
@@ -219,3 +231,76 @@ def ensemble_scores(ensemble: Any, true: Any, *, fair: bool = False) -> dict[str
     crps = crps_ensemble(e, t, member_dim=0, fair=fair)
     ssr = spread_skill(e, t, member_dim=0, adjusted=True) if m >= 2 else crps.new_tensor(math.nan)
     return {"crps": crps, "spread_skill": ssr, "nrmse_mean": nrmse(e.mean(dim=0), t)}
+
+
+# --------------------------------------------------------------------------------------------
+# the evaluate stage's tables
+
+#: Metrics of the tables below for which lower is better.
+LOWER_IS_BETTER = ["nRMSE", "nRMSE last quarter", "fRMSE low", "fRMSE mid", "fRMSE high", "crps"]
+
+
+def _floats(scores: Mapping[str, Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in scores.items()}
+
+
+def forecast_table(
+    preds: Mapping[str, Tensor], true: Tensor, *, ensembles: Mapping[str, Tensor] | None = None
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Forecast scores of each method's trajectories against ``true`` ``(B, nt, nx)``.
+
+    Returns the rows (:func:`nrmse` over frames ``1..`` and over the last quarter of frames,
+    :func:`frmse_bands`; for a method with an ensemble ``(M, B, nt, nx)`` in ``ensembles``,
+    its :func:`ensemble_scores` too) and each method's :func:`nrmse` per frame.
+    """
+    q = max(1, true.shape[1] // 4)
+    rows: dict[str, dict[str, float]] = {}
+    per_frame = {}
+    for name, p in preds.items():
+        rows[name] = {
+            "nRMSE": float(nrmse(p[:, 1:], true[:, 1:])),
+            "nRMSE last quarter": float(nrmse(p[:, -q:], true[:, -q:])),
+            **{f"fRMSE {k}": float(v) for k, v in frmse_bands(p, true).items()},
+        }
+        per_frame[name] = nrmse(p, true, per_frame=True).numpy()
+    for name, ens in (ensembles or {}).items():
+        rows[name].update(_floats(ensemble_scores(ens, true)))
+    return rows, per_frame
+
+
+def assimilation_table(
+    preds: Mapping[str, Tensor], ensembles: Mapping[str, Tensor], true: Tensor
+) -> dict[str, dict[str, float]]:
+    """:func:`nrmse` of each method's trajectories against ``true``, then of each ensemble's
+    mean ``(M, B, nt, nx)`` with its :func:`ensemble_scores`."""
+    rows = {name: {"nRMSE": float(nrmse(p, true))} for name, p in preds.items()}
+    for name, ens in ensembles.items():
+        rows[name] = {
+            "nRMSE": float(nrmse(ens.mean(0), true)),
+            **_floats(ensemble_scores(ens, true)),
+        }
+    return rows
+
+
+def event_table(ev: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The event study's record (``events.json``) as a table of event probabilities."""
+    table: dict[str, dict[str, Any]] = {
+        "solver Monte Carlo": {"P(event)": ev["p_solver_monte_carlo"], "n": ev["n_solver"]},
+        "solver, same initial states as the forecasts": {
+            "P(event)": ev.get("p_solver_same_initial_states"),
+            "n": ev.get("n_initial_states"),
+        },
+        "diffusion forecasts from sampled initial states": {
+            "P(event)": ev.get("p_model_forecast"),
+            "n": ev.get("n_initial_states"),
+            "Brier score": ev.get("brier_score"),
+            "Brier skill vs climatology": ev.get("brier_skill_score"),
+        },
+    }
+    if "p_model_unconditional" in ev:  # not for a model without a prior (refiner)
+        table["diffusion (null-condition prior)"] = {
+            "P(event)": ev["p_model_unconditional"],
+            "n": ev["n_model"],
+        }
+        table["diffusion (event-guided)"] = {"hit rate": ev["event_conditioned_hit_rate"]}
+    return table

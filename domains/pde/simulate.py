@@ -21,7 +21,8 @@ are shortened so that an integer number of them fills each output interval.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,10 +30,12 @@ from tqdm.auto import tqdm
 __all__ = [
     "advection_1d",
     "burgers_1d",
+    "burgers_dataset",
     "grf_2d",
     "navier_stokes_2d",
     "periodic_grid",
     "random_initial_conditions",
+    "solver_grid",
 ]
 
 _CFL = 0.5  # safety factor of the automatic step: dt = _CFL * dx / max|u|
@@ -331,6 +334,36 @@ def burgers_1d(
                 )
             bar.update(n_sub)
     return (out[0] if squeeze else out), t
+
+
+def solver_grid(grids: Sequence[int], solver_nx: int) -> int:
+    """The grid to solve on so that every grid in ``grids`` is a subsampling of it: the finest
+    of ``grids`` and ``solver_nx`` (see :func:`burgers_1d`'s resolution guide)."""
+    fine = max(max(grids), solver_nx)
+    for g in grids:
+        if fine % g:
+            raise ValueError(f"data.solver_nx={fine} must be a multiple of every grid ({g})")
+    return fine
+
+
+def burgers_dataset(
+    n: int,
+    nx: int,
+    *,
+    seed: int,
+    nu: float,
+    t_end: float,
+    nt: int,
+    initial: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` random Burgers trajectories: initial states ``(n, nx)`` drawn by
+    :func:`random_initial_conditions` (``initial`` its keyword arguments), the solutions
+    ``(n, nt, nx)`` of :func:`burgers_1d` and their times ``(nt,)``."""
+    u0 = random_initial_conditions(n, nx, seed=seed, **initial)
+    u, t = burgers_1d(u0, nu=nu, t_end=t_end, nt=nt, progress=False)
+    if not np.isfinite(u).all():
+        raise FloatingPointError("the Burgers solver produced non-finite values")
+    return u0, u, t
 
 
 # --------------------------------------------------------------------------------------------

@@ -208,17 +208,32 @@ class FNODenoiserNet(nn.Module):
         Width of the noise-level embedding.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, cond_channels: int = 0,
-                 modes: tuple[int, int] = (12, 12), width: int = 32, depth: int = 4,
-                 padding: int | tuple[int, int] = 0, projection_width: int = 128,
-                 embed_dim: int = 128) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        cond_channels: int = 0,
+        modes: tuple[int, int] = (12, 12),
+        width: int = 32,
+        depth: int = 4,
+        padding: int | tuple[int, int] = 0,
+        projection_width: int = 128,
+        embed_dim: int = 128,
+    ) -> None:
         super().__init__()
         from diffsci.core.networks import SinusoidalEmbedding
 
         self.cond_channels = int(cond_channels)
-        self.fno = FNO2d(in_channels + self.cond_channels, out_channels, modes=modes,
-                         width=width, depth=depth, padding=padding,
-                         projection_width=projection_width)  # fmt: skip
+        self.fno = FNO2d(
+            in_channels + self.cond_channels,
+            out_channels,
+            modes=modes,
+            width=width,
+            depth=depth,
+            padding=padding,
+            projection_width=projection_width,
+        )
         self.embed = SinusoidalEmbedding(embed_dim)
         self.film = nn.Linear(embed_dim, 2 * width * depth)
         nn.init.zeros_(self.film.weight)

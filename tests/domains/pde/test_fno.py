@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffsci.domains.pde.fno import FNO2d, SpectralConv2d, count_parameters
+from diffsci.domains.pde.models.fno import FNO2d, SpectralConv2d, count_parameters
 
 
 def test_same_weights_run_at_two_resolutions():
@@ -28,11 +28,10 @@ def test_grid_smaller_than_the_modes_uses_the_modes_it_holds():
 def test_parameter_count_matches_the_architecture():
     i, o, w, d, m1, m2, q = 1, 1, 8, 3, 4, 5, 16
     net = FNO2d(i, o, modes=(m1, m2), width=w, depth=d, projection_width=q)
-    expected = (
-        (i + 2) * w + w  # lifting
-        + d * (2 * 2 * w * w * m1 * m2 + w * w + w)  # 2 complex blocks (2 reals each) + 1x1
-        + w * q + q + q * o + o  # projection
-    )  # fmt: skip
+    lifting = (i + 2) * w + w
+    fourier = d * (2 * 2 * w * w * m1 * m2 + w * w + w)  # 2 complex blocks (2 reals each) + 1x1
+    projection = w * q + q + q * o + o
+    expected = lifting + fourier + projection
     assert count_parameters(net) == expected
 
 
@@ -140,7 +139,7 @@ def test_fno_learns_the_heat_solution_operator():
 
 
 def test_denoiser_net_runs_at_two_resolutions_and_depends_on_noise_and_condition():
-    from diffsci.domains.pde.fno import FNODenoiserNet
+    from diffsci.domains.pde.models.fno import FNODenoiserNet
 
     torch.manual_seed(0)
     net = FNODenoiserNet(4, 4, cond_channels=4, modes=(4, 6), width=8, depth=2, padding=(2, 0))
@@ -158,7 +157,7 @@ def test_denoiser_net_runs_at_two_resolutions_and_depends_on_noise_and_condition
 
 
 def test_denoiser_net_names_a_bad_condition():
-    from diffsci.domains.pde.fno import FNODenoiserNet
+    from diffsci.domains.pde.models.fno import FNODenoiserNet
 
     net = FNODenoiserNet(4, 4, cond_channels=4, modes=(2, 2), width=4, depth=1)
     x = torch.randn(1, 4, 8, 8)

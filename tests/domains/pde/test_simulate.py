@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample
 
-from diffsci.domains.pde.simulators import (
+from diffsci.domains.pde.simulate import (
     advection_1d,
     burgers_1d,
     grf_2d,

@@ -8,25 +8,28 @@ import yaml
 
 from diffsci.core.operators import check_adjoint
 from diffsci.core.stages import validate_config
-from diffsci.domains.pde.task import (
-    SCHEMA,
-    FrameMask,
-    PDETask,
-    band_gain,
-    check_grid,
-    codec,
-    decode,
-    encode,
-    interpolate_observations,
-    observation_mask,
-)
+from diffsci.domains.pde.baselines import interpolate_observations
+from diffsci.domains.pde.models import band_gain, check_grid, codec, decode, encode
+from diffsci.domains.pde.operators import FrameMask, observation_mask
+from diffsci.domains.pde.task import SCHEMA, PDETask
 from diffsci.domains.pde.wavelets import dwt2
 
 
 def _cfg(**model):
-    cfg = {"data": {"nu": 0.01, "t_end": 1.0, "nt": 8, "train_nx": [32], "eval_nx": [32],
-                    "n_train": 4, "n_test": 2},
-           "model": model, "train": {"steps": 1, "batch_size": 1}, "sampling": {}}  # fmt: skip
+    cfg = {
+        "data": {
+            "nu": 0.01,
+            "t_end": 1.0,
+            "nt": 8,
+            "train_nx": [32],
+            "eval_nx": [32],
+            "n_train": 4,
+            "n_test": 2,
+        },
+        "model": model,
+        "train": {"steps": 1, "batch_size": 1},
+        "sampling": {},
+    }
     validate_config(cfg, SCHEMA)
     return cfg
 
@@ -77,8 +80,9 @@ def test_band_gain_makes_smooth_bands_grid_invariant(level):
         u = _smooth(nx)
         plain = encode(u, scale=1.0, wavelet="haar", level=level)
         scaled = encode(u, scale=1.0, wavelet="haar", level=level, nx_ref=64)
-        assert torch.allclose(decode(scaled, scale=1.0, wavelet="haar", level=level, nx_ref=64),
-                              u, atol=1e-12)  # fmt: skip
+        assert torch.allclose(
+            decode(scaled, scale=1.0, wavelet="haar", level=level, nx_ref=64), u, atol=1e-12
+        )
         rms[nx] = (plain.square().mean((0, 2, 3)).sqrt(), scaled.square().mean((0, 2, 3)).sqrt())
     xhigh = 2 if level == 1 else 8  # band cV (level 1); LL then cV (level 2)
     assert rms[128][0][xhigh] / rms[64][0][xhigh] < 0.55  # plain: halves
@@ -108,12 +112,18 @@ def test_frame_mask_with_band_gains(level):
     assert torch.allclose(op.forward(op.pinv(y)), y, atol=1e-12)
     # forward is mask * decode(c): the operator sees the physical trajectory
     c = torch.randn(shape, generator=g, dtype=torch.float64)
-    assert torch.allclose(op.forward(c), mask * decode(c, scale=1.0, wavelet="haar",
-                                                        level=level, nx_ref=8))  # fmt: skip
+    assert torch.allclose(
+        op.forward(c), mask * decode(c, scale=1.0, wavelet="haar", level=level, nx_ref=8)
+    )
     # prox_l2 (CG fallback with gains) against a dense solve of the normal equations
     n = c[0].numel()
-    A = torch.stack([op.forward(e.reshape(1, *shape[1:]))[0].flatten()
-                     for e in torch.eye(n, dtype=torch.float64)], 1)  # fmt: skip
+    A = torch.stack(
+        [
+            op.forward(e.reshape(1, *shape[1:]))[0].flatten()
+            for e in torch.eye(n, dtype=torch.float64)
+        ],
+        1,
+    )
     rho = torch.tensor([0.5, 3.0], dtype=torch.float64)
     got = op.prox_l2(c, y, rho, noise_std=0.2, iters=400, tol=1e-20)
     for b in range(2):
@@ -152,7 +162,7 @@ def test_default_configs_validate():
 
 def test_fno_backbone_serves_any_even_grid_and_uses_the_training_sigmas():
     from diffsci.core.schedules import LogNormalSigma
-    from diffsci.domains.pde.fno import FNODenoiserNet
+    from diffsci.domains.pde.models.fno import FNODenoiserNet
 
     cfg = _cfg(backbone="fno", modes=[4, 4], width=8, depth=2, p_mean=0.5, p_std=0.7)
     check_grid(cfg, 8, 36, source="ok")  # only the wavelet level constrains the grid
@@ -168,11 +178,19 @@ def test_fno_backbone_serves_any_even_grid_and_uses_the_training_sigmas():
 
 def test_refiner_schedule_trains_and_samples_on_the_same_levels():
     from diffsci.core.schedules import DiscreteSigma
-    from diffsci.domains.pde.task import sampling_sigmas
+    from diffsci.domains.pde.models import sampling_sigmas
 
-    cfg = _cfg(backbone="fno", modes=[4, 4], width=8, depth=2, sigma_schedule="refiner",
-               refiner_k=2, refiner_sigma_min=0.01, refiner_sigma_max=80.0,
-               refiner_regression_weight=2.0)  # fmt: skip
+    cfg = _cfg(
+        backbone="fno",
+        modes=[4, 4],
+        width=8,
+        depth=2,
+        sigma_schedule="refiner",
+        refiner_k=2,
+        refiner_sigma_min=0.01,
+        refiner_sigma_max=80.0,
+        refiner_regression_weight=2.0,
+    )
     den = PDETask().build_model(cfg)
     assert isinstance(den.train_sigma, DiscreteSigma)
     assert den.train_sigma.levels.tolist() == pytest.approx([80.0, 0.1, 0.01])
@@ -206,14 +224,24 @@ def test_event_study_scores_an_oracle_and_a_never_forecaster(tmp_path):
     forecasts the event gets Brier = base rate and negative skill."""
     import numpy as np
 
+    from diffsci.domains.pde.events import event_study
     from diffsci.domains.pde.io import read_pdebench
-    from diffsci.domains.pde.simulators import burgers_1d, random_initial_conditions
-    from diffsci.domains.pde.task import event_study, serves_prior
+    from diffsci.domains.pde.models import serves_prior
+    from diffsci.domains.pde.simulate import burgers_1d, random_initial_conditions
 
     cfg = _cfg()
-    cfg.update(seed=0, events={"quantile": 0.5, "n_samples": 24, "n_mc": 40},
-               sampling={"steps": 2, "members": 3, "batch": 8, "sampler": "euler",
-                         "sigma_min": 0.002, "sigma_max": 80.0})  # fmt: skip
+    cfg.update(
+        seed=0,
+        events={"quantile": 0.5, "n_samples": 24, "n_mc": 40},
+        sampling={
+            "steps": 2,
+            "members": 3,
+            "batch": 8,
+            "sampler": "euler",
+            "sigma_min": 0.002,
+            "sigma_max": 80.0,
+        },
+    )
     validate_config(cfg, SCHEMA)
     d = cfg["data"]
     PDETask().prepare(cfg, tmp_path)

@@ -82,8 +82,12 @@ def test_perfect_reconstruction_and_orthogonality(wavelet, level):
     rhs = (x * idwt2(y, wavelet=wavelet, level=level)).sum()
     assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(float(lhs)))
     # and the transform is onto: dwt(idwt(y)) == y
-    torch.testing.assert_close(dwt2(idwt2(y, wavelet=wavelet, level=level), wavelet=wavelet,
-                                    level=level), y, rtol=0, atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(
+        dwt2(idwt2(y, wavelet=wavelet, level=level), wavelet=wavelet, level=level),
+        y,
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_shapes_2d_and_4d_and_batch_consistency():
