@@ -55,8 +55,8 @@ def gaussian_random_field(
     """Periodic zero-mean, unit-variance GRF with power spectral density ``~ k^-slope``.
 
     White noise is filtered in Fourier space by ``k^(-slope/2)`` (``k = 0`` removed);
-    float32 throughout (``scipy.fft`` keeps single precision), so an 8192^2 field needs
-    about 0.6 GB.
+    float32 throughout (``scipy.fft`` keeps single precision), and each intermediate is freed
+    as soon as it is used, so a large field holds at most a few float32 copies at once.
     """
     h, w = shape
     white = rng.standard_normal((h, w), dtype=np.float32)
