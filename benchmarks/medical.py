@@ -43,8 +43,9 @@ def _median_psnr(pred, *, truth) -> float:
     """Median over images of the PSNR (data range = the truth's max, as the benchmark)."""
     from diffsci.core.metrics import psnr
 
-    per = psnr(pred.double(), truth.double(), data_range=float(truth.max()), dim=(-2, -1),
-               reduction="none")  # fmt: skip
+    per = psnr(
+        pred.double(), truth.double(), data_range=float(truth.max()), dim=(-2, -1), reduction="none"
+    )
     return float(per.median())
 
 
@@ -52,21 +53,31 @@ def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
     """Grid-search the baselines' weights by median PSNR on validation phantoms."""
     import torch
 
-    from diffsci.domains.medical import baselines, ct, mri, phantoms
-    from diffsci.domains.medical.task import ct_angles
+    from diffsci.domains.medical import baselines, simulate
+    from diffsci.domains.medical.operators import (
+        ParallelBeamRadon,
+        SingleCoilMRI,
+        ct_angles,
+        kspace_mask,
+    )
 
     n, seed = cfg["data"]["size"], cfg["seed"] + VALIDATION_SEED_OFFSET
-    x = torch.from_numpy(phantoms.random_ellipse_phantoms(cfg["data"]["n_test"], n, seed=seed))
+    x = torch.from_numpy(simulate.random_ellipse_phantoms(cfg["data"]["n_test"], n, seed=seed))
     x = x[:, None]
 
     median_psnr = functools.partial(_median_psnr, truth=x)
 
     m = cfg["mri"]
-    mask = mri.kspace_mask((n, n), acceleration=m["acceleration"],
-                           center_fraction=m["center_fraction"], kind=m["mask"], seed=cfg["seed"])  # fmt: skip
-    op = mri.SingleCoilMRI(mask)
+    mask = kspace_mask(
+        (n, n),
+        acceleration=m["acceleration"],
+        center_fraction=m["center_fraction"],
+        kind=m["mask"],
+        seed=cfg["seed"],
+    )
+    op = SingleCoilMRI(mask)
     k = op.forward(x.to(torch.complex64))
-    radon = ct.ParallelBeamRadon(n, ct_angles(cfg))
+    radon = ParallelBeamRadon(n, ct_angles(cfg))
     sino = radon.forward(x)
     out: dict[str, Any] = {"validation": {"phantoms": len(x), "seed": seed, "size": n}}
     for name, grid, run in (
@@ -79,10 +90,13 @@ def tune_baselines(cfg: dict[str, Any]) -> dict[str, Any]:
             scores.append({**kw, "PSNR median (dB)": median_psnr(run(kw))})
             print(name, scores[-1], flush=True)
         best = max(scores, key=lambda r: r["PSNR median (dB)"])
-        out[name] = {"grid": scores, "best": best,
-                     "default PSNR median (dB)": median_psnr(run({}))}  # fmt: skip
+        out[name] = {
+            "grid": scores,
+            "best": best,
+            "default PSNR median (dB)": median_psnr(run({})),
+        }
     out["zero-filled PSNR median (dB)"] = median_psnr(baselines.zero_filled(k, op).abs())
-    out["FBP PSNR median (dB)"] = median_psnr(ct.fbp(sino, radon))
+    out["FBP PSNR median (dB)"] = median_psnr(baselines.fbp(sino, radon))
     return out
 
 
@@ -93,28 +107,46 @@ def tune_warm_start(cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
 
     from diffsci.core.stages import load_model
     from diffsci.core.task import get_task
-    from diffsci.domains.medical import baselines, ct, mri, phantoms
-    from diffsci.domains.medical.recon import CGPinv, RealImageMRI, posterior_reconstruct
-    from diffsci.domains.medical.task import ct_angles
+    from diffsci.domains.medical import baselines, simulate
+    from diffsci.domains.medical.operators import (
+        CGPinv,
+        ParallelBeamRadon,
+        RealImageMRI,
+        SingleCoilMRI,
+        ct_angles,
+        kspace_mask,
+    )
+    from diffsci.domains.medical.posterior import posterior_reconstruct
 
     torch.set_num_threads(1)
     model = load_model(get_task("medical"), cfg, TaskPaths(workdir).model)
     n, seed = cfg["data"]["size"], cfg["seed"] + VALIDATION_SEED_OFFSET
-    x = torch.from_numpy(phantoms.random_ellipse_phantoms(cfg["data"]["n_test"], n, seed=seed))
+    x = torch.from_numpy(simulate.random_ellipse_phantoms(cfg["data"]["n_test"], n, seed=seed))
     x = x[:, None].float()
     m, s = cfg["mri"], cfg["sampling"]
-    mask = mri.kspace_mask((n, n), acceleration=m["acceleration"],
-                           center_fraction=m["center_fraction"], kind=m["mask"], seed=cfg["seed"])  # fmt: skip
-    k = mri.SingleCoilMRI(mask).forward(x.to(torch.complex64))
+    mask = kspace_mask(
+        (n, n),
+        acceleration=m["acceleration"],
+        center_fraction=m["center_fraction"],
+        kind=m["mask"],
+        seed=cfg["seed"],
+    )
+    k = SingleCoilMRI(mask).forward(x.to(torch.complex64))
     op_mri = RealImageMRI(mask, (n, n))
-    radon = ct.ParallelBeamRadon(n, ct_angles(cfg))
+    radon = ParallelBeamRadon(n, ct_angles(cfg))
     sino = radon.forward(x)
     cases = {
-        "mri": (op_mri, op_mri.complete(op_mri.measured * k),
-                baselines.pocs_tv(k, mri.SingleCoilMRI(mask), **m["pocs_tv"])),
-        "ct": (CGPinv(radon, s["cg_iters"]), sino,
-               baselines.tv_iterative(sino, radon, **cfg["ct"]["tv"])),
-    }  # fmt: skip
+        "mri": (
+            op_mri,
+            op_mri.complete(op_mri.measured * k),
+            baselines.pocs_tv(k, SingleCoilMRI(mask), **m["pocs_tv"]),
+        ),
+        "ct": (
+            CGPinv(radon, s["cg_iters"]),
+            sino,
+            baselines.tv_iterative(sino, radon, **cfg["ct"]["tv"]),
+        ),
+    }
 
     median_psnr = functools.partial(_median_psnr, truth=x)
 
@@ -125,25 +157,44 @@ def tune_warm_start(cfg: dict[str, Any], workdir: str) -> dict[str, Any]:
             g = torch.Generator().manual_seed(cfg["seed"] + 1)
             with torch.no_grad():
                 samples = posterior_reconstruct(
-                    model, op, y, tuple(x.shape), samples=s["samples"], sampler=s["sampler"],
-                    steps=s["steps"], sigma_min=s["sigma_min"], sigma_max=s["sigma_max"],
-                    eta=s["eta"], generator=g, sigma_data=cfg["model"]["sigma_data"],
-                    clip_denoised=s["clip_denoised"], init=None if start is None else init,
-                    start_sigma=start)  # fmt: skip
+                    model,
+                    op,
+                    y,
+                    tuple(x.shape),
+                    samples=s["samples"],
+                    sampler=s["sampler"],
+                    steps=s["steps"],
+                    sigma_min=s["sigma_min"],
+                    sigma_max=s["sigma_max"],
+                    eta=s["eta"],
+                    generator=g,
+                    sigma_data=cfg["model"]["sigma_data"],
+                    clip_denoised=s["clip_denoised"],
+                    init=None if start is None else init,
+                    start_sigma=start,
+                )
             scores.append({"warm_start": start, "PSNR median (dB)": median_psnr(samples.mean(0))})
             print(name, scores[-1], flush=True)
-        out[name] = {"grid": scores, "best": max(scores, key=lambda r: r["PSNR median (dB)"]),
-                     "baseline PSNR median (dB)": median_psnr(init)}  # fmt: skip
+        out[name] = {
+            "grid": scores,
+            "best": max(scores, key=lambda r: r["PSNR median (dB)"]),
+            "baseline PSNR median (dB)": median_psnr(init),
+        }
     return out
 
 
 def main() -> None:
     p = domain_parser("medical")
-    p.add_argument("--tune-baselines", action="store_true",
-                   help="tune POCS-TV and TV-iterative on validation phantoms, then exit")  # fmt: skip
-    p.add_argument("--tune-warm-start", action="store_true",
-                   help="pick the warm-start sigma on validation phantoms with <workdir>/model.pt, "
-                        "then exit")  # fmt: skip
+    p.add_argument(
+        "--tune-baselines",
+        action="store_true",
+        help="tune POCS-TV and TV-iterative on validation phantoms, then exit",
+    )
+    p.add_argument(
+        "--tune-warm-start",
+        action="store_true",
+        help="pick the warm-start sigma on validation phantoms with <workdir>/model.pt, then exit",
+    )
     a = p.parse_args()
     task, cfg = read_config(a, "medical")
     if a.tune_warm_start:

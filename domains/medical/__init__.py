@@ -1,10 +1,13 @@
-"""diffsci.domains.medical: MRI and CT forward models, baselines, phantoms, file formats.
+"""diffsci.domains.medical: MRI and CT reconstruction with a 2-D diffusion prior.
 
-Submodules: :mod:`.mri` (centered FFTs, MONAI-identical k-space masks, single/multi-coil
-operators), :mod:`.ct` (parallel-beam Radon as a sparse matrix, FBP), :mod:`.baselines`
-(zero-filled, POCS-TV, FBP, TV-iterative), :mod:`.phantoms` (textured ellipse phantoms,
-pydicom's bundled images), :mod:`.io` (DICOM, NIfTI, fastMRI HDF5) and :mod:`.metrics`
-(fastMRI PSNR/SSIM/NMSE). Their public names are re-exported here lazily.
+Modules, by role: :mod:`.operators` (centered FFTs, MONAI-identical k-space masks,
+single/multi-coil and real-image MRI, parallel-beam Radon, CG pseudo-inverse; the
+``OPERATORS`` registry), :mod:`.simulate` (textured ellipse phantoms, pydicom's bundled
+images, noisy measurements, coil maps), :mod:`.models` (the prior, its loss and wrappers),
+:mod:`.posterior` (posterior sampling through :func:`diffsci.core.posterior.reconstruct`),
+:mod:`.baselines` (zero-filled, POCS-TV, FBP, TV-iterative), :mod:`.io` (DICOM, NIfTI,
+fastMRI HDF5, the task's files), :mod:`.metrics` (fastMRI PSNR/SSIM/NMSE), :mod:`.plots` and
+:mod:`.task` (glue). Their public names are re-exported here lazily.
 """
 
 from __future__ import annotations
@@ -12,32 +15,39 @@ from __future__ import annotations
 from diffsci.core.lazy import lazy_getattr
 
 _EXPORTS = {
-    # mri
-    "fft2c": "mri",
-    "ifft2c": "mri",
-    "kspace_mask": "mri",
-    "DEFAULT_CENTER_FRACTIONS": "mri",
-    "SingleCoilMRI": "mri",
-    "MultiCoilMRI": "mri",
-    "rss": "mri",
-    "simulate_sensitivity_maps": "mri",
-    # ct
-    "ParallelBeamRadon": "ct",
-    "sparse_view_angles": "ct",
-    "limited_angle_angles": "ct",
-    "ramp_filter": "ct",
-    "fbp": "ct",
+    # operators
+    "fft2c": "operators",
+    "ifft2c": "operators",
+    "kspace_mask": "operators",
+    "DEFAULT_CENTER_FRACTIONS": "operators",
+    "SingleCoilMRI": "operators",
+    "MultiCoilMRI": "operators",
+    "RealImageMRI": "operators",
+    "CGPinv": "operators",
+    "rss": "operators",
+    "ParallelBeamRadon": "operators",
+    "sparse_view_angles": "operators",
+    "limited_angle_angles": "operators",
+    "OPERATORS": "operators",
     # baselines
+    "ramp_filter": "baselines",
+    "fbp": "baselines",
     "tv_denoise": "baselines",
     "zero_filled": "baselines",
     "pocs_tv": "baselines",
     "fbp_baseline": "baselines",
     "tv_iterative": "baselines",
-    # phantoms
-    "random_ellipse_phantoms": "phantoms",
-    "random_ellipsoid_volume": "phantoms",
-    "smooth_noise": "phantoms",
-    "pydicom_examples": "phantoms",
+    # simulate
+    "random_ellipse_phantoms": "simulate",
+    "random_ellipsoid_volume": "simulate",
+    "smooth_noise": "simulate",
+    "pydicom_examples": "simulate",
+    "simulate_sensitivity_maps": "simulate",
+    # models and posterior sampling
+    "AffineData": "models",
+    "ClampDenoised": "models",
+    "SliceTV": "models",
+    "posterior_reconstruct": "posterior",
     # io
     "DicomImage": "io",
     "NiftiImage": "io",

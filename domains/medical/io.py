@@ -1,4 +1,4 @@
-"""Medical file formats: DICOM (files and series), NIfTI, fastMRI HDF5.
+"""Medical file formats: DICOM (files and series), NIfTI, fastMRI HDF5, and the task's files.
 
 Readers return plain numpy arrays plus the geometry needed to write results back; every
 error on a bad file (not DICOM, no pixel data, mixed series, fastMRI file without ``kspace``)
@@ -6,23 +6,43 @@ is a ``ValueError``/``FileNotFoundError`` whose message names the file. Writers 
 a DICOM series is written to a temporary sibling folder and renamed into place, HDF5/NIfTI
 files are written to a temporary name and renamed, so no half-written output ever looks
 complete.
+
+The task's own files (last section) hold torch tensors in and out: training images
+(``images`` in HDF5), slice stacks as NIfTI volumes, single-coil k-space with its line mask
+(fastMRI layout), sinograms, and the posterior samples with their summaries and baselines.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from diffsci.core.fileio import atomic_path, open_hdf5
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 __all__ = [
+    "Reconstructions",
+    "read_images",
+    "write_images",
+    "read_volume_nifti",
+    "write_volume_nifti",
+    "read_kspace_and_mask",
+    "read_sinograms",
+    "write_sinograms",
+    "read_reconstructions",
+    "write_reconstructions",
+    "read_volume_reconstructions",
+    "write_volume_reconstructions",
     "DicomImage",
     "FastMRIData",
     "NiftiImage",
@@ -520,10 +540,12 @@ def read_fastmri(path: PathLike) -> FastMRIData:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         mask = np.asarray(f["mask"][()]).astype(bool) if "mask" in f else None
     if mask is not None and mask.shape != (ks.shape[-1],):
-        raise ValueError(f"{p}: 'mask' must be ({ks.shape[-1]},) for kspace {ks.shape}, "
-                         f"got {mask.shape}")  # fmt: skip
-    return FastMRIData(ks, rec["reconstruction_rss"], rec["reconstruction_esc"], hdr, attrs, p,
-                       mask)  # fmt: skip
+        raise ValueError(
+            f"{p}: 'mask' must be ({ks.shape[-1]},) for kspace {ks.shape}, got {mask.shape}"
+        )
+    return FastMRIData(
+        ks, rec["reconstruction_rss"], rec["reconstruction_esc"], hdr, attrs, p, mask
+    )
 
 
 def write_fastmri_like(
@@ -571,3 +593,194 @@ def write_fastmri_like(
         for k, v in a.items():
             f.attrs[k] = v
     return p
+
+
+# --------------------------------------------------------------------------------------------
+# The task's files
+# --------------------------------------------------------------------------------------------
+
+
+def write_images(path: PathLike, images: np.ndarray) -> Path:
+    """Images ``(n, H, W)`` as the gzip-compressed float32 dataset ``images`` of an HDF5 file."""
+    import h5py
+
+    p = Path(path)
+    with atomic_path(p, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("images", data=np.asarray(images, np.float32), compression="gzip")
+    return p
+
+
+def read_images(path: PathLike, key: str = "images") -> Tensor:
+    """The dataset ``key`` of an HDF5 file as a float32 tensor (see :func:`write_images`)."""
+    import torch
+
+    with open_hdf5(path, what="file (run the prepare stage)") as f:
+        if key not in f:
+            raise KeyError(f"{path}: no dataset {key!r}")
+        return torch.from_numpy(f[key][()]).float()
+
+
+def write_volume_nifti(volume: np.ndarray, path: PathLike) -> Path:
+    """A stack of slices ``(Z, H, W)`` as NIfTI ``(H, W, Z)`` (slices along k)."""
+    return write_nifti(np.moveaxis(np.asarray(volume), 0, -1), path)
+
+
+def read_volume_nifti(path: PathLike) -> np.ndarray:
+    """Inverse of :func:`write_volume_nifti`: ``(Z, H, W)`` float32."""
+    arr = np.asarray(read_nifti(path).array, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
+    return np.moveaxis(arr, -1, 0)
+
+
+def read_kspace_and_mask(path: PathLike) -> tuple[Tensor, Tensor]:
+    """Single-coil k-space ``(slices, H, W)`` and its float32 ``(W,)`` line mask from a fastMRI
+    file (:func:`read_fastmri`); a file without a mask or with coils is an error naming it."""
+    import torch
+
+    data = read_fastmri(path)
+    if data.mask is None:
+        raise KeyError(f"{path}: no 'mask' dataset (the sampled phase-encode lines)")
+    if data.kspace.ndim != 3:
+        raise ValueError(
+            f"{path}: expected single-coil kspace (slices, H, W), got {data.kspace.shape}"
+        )
+    return torch.as_tensor(data.kspace), torch.from_numpy(data.mask.astype(np.float32))
+
+
+def write_sinograms(
+    path: PathLike, sinograms: np.ndarray, angles_deg: np.ndarray, image_size: int
+) -> Path:
+    """Parallel-beam sinograms ``(n, n_angles, n_det)`` (float32) with their angles (degrees)
+    and the reconstructed image size, as HDF5 (``sinogram``, ``angles_deg``, attrs
+    ``geometry``, ``image_size``)."""
+    import h5py
+
+    p = Path(path)
+    with atomic_path(p, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("sinogram", data=np.asarray(sinograms).astype(np.float32))
+        f.create_dataset("angles_deg", data=angles_deg)
+        f.attrs["geometry"] = "parallel-beam"
+        f.attrs["image_size"] = image_size
+    return p
+
+
+def read_sinograms(path: PathLike) -> tuple[Tensor, np.ndarray, int]:
+    """Inverse of :func:`write_sinograms`: float32 sinograms, angles (degrees), image size."""
+    import torch
+
+    with open_hdf5(path, what="CT file (run the prepare stage)") as f:
+        sino = torch.from_numpy(f["sinogram"][()]).float()
+        angles = f["angles_deg"][()]
+        n_img = int(f.attrs["image_size"])
+    return sino, angles, n_img
+
+
+def write_reconstructions(
+    out_dir: PathLike,
+    name: str,
+    samples: Tensor,
+    baselines: Mapping[str, Any],
+    seconds: Mapping[str, float],
+    *,
+    extra: Mapping[str, float],
+    reference: PathLike,
+) -> None:
+    """Posterior samples ``(S, n, 1, H, W)`` of slices and their baselines, in native formats.
+
+    Writes ``<name>.h5`` (``mean``, ``std``, ``samples``, group ``baselines``; attrs
+    ``seconds_per_slice`` as JSON and ``extra``), ``<name>_mean.nii.gz`` and
+    ``<name>_std.nii.gz`` (:func:`write_volume_nifti`), and derived DICOM series
+    ``<name>_mean_dicom`` and ``<name>_std_dicom`` of the ``reference`` series.
+    """
+    import h5py
+
+    out_dir = Path(out_dir)
+    mean, std = samples.mean(0)[:, 0], samples.std(0)[:, 0]
+    with atomic_path(out_dir / f"{name}.h5", suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("mean", data=mean.numpy())
+        f.create_dataset("std", data=std.numpy())
+        f.create_dataset("samples", data=samples[:, :, 0].numpy(), compression="gzip")
+        grp = f.create_group("baselines")
+        for k, v in baselines.items():
+            grp.create_dataset(k, data=np.asarray(v, dtype=np.float32).reshape(mean.shape))
+        f.attrs["seconds_per_slice"] = json.dumps(seconds)
+        for k, v in extra.items():
+            f.attrs[k] = v
+    write_volume_nifti(mean.numpy(), out_dir / f"{name}_mean.nii.gz")
+    write_volume_nifti(std.numpy(), out_dir / f"{name}_std.nii.gz")
+    for what, v in (("mean", mean), ("std", std)):
+        write_dicom_series(
+            v.numpy(),
+            out_dir / f"{name}_{what}_dicom",
+            reference=reference,
+            description=f"diffsci {name} posterior {what}",
+        )
+
+
+@dataclass
+class Reconstructions:
+    """What :func:`read_reconstructions` returns.
+
+    Attributes
+    ----------
+    preds
+        ``{"diffusion (posterior mean)": mean, <baseline>: image, ...}``, each ``(n, H, W)``.
+    samples
+        Posterior samples ``(S, n, H, W)``.
+    seconds
+        Seconds per slice by method (``"diffusion"`` for the posterior).
+    extra
+        The other attributes (data residuals).
+    """
+
+    preds: dict[str, Tensor]
+    samples: Tensor
+    seconds: dict[str, float]
+    extra: dict[str, float]
+
+
+def read_reconstructions(path: PathLike) -> Reconstructions:
+    """Inverse of :func:`write_reconstructions`'s HDF5 file."""
+    import torch
+
+    with open_hdf5(path, what="predictions file (run the infer stage)") as f:
+        preds = {"diffusion (posterior mean)": torch.from_numpy(f["mean"][()])}
+        for k in f["baselines"]:
+            preds[k] = torch.from_numpy(f["baselines"][k][()])
+        samples = torch.from_numpy(f["samples"][()])
+        seconds = json.loads(f.attrs["seconds_per_slice"])
+        extra = {k: float(v) for k, v in f.attrs.items() if k != "seconds_per_slice"}
+    return Reconstructions(preds, samples, seconds, extra)
+
+
+def write_volume_reconstructions(
+    path: PathLike,
+    slicewise: Tensor,
+    slice_tv: Tensor,
+    baselines: Mapping[str, np.ndarray],
+    *,
+    z_tv_weight: float,
+) -> Path:
+    """A volume's posterior samples ``(S, Z, 1, H, W)``, slice-wise and with slice-axis TV,
+    and its baselines ``(Z, H, W)``, as HDF5: ``mean_slicewise``, ``mean`` and ``std`` (of
+    ``slice_tv``), one dataset per baseline, attr ``z_tv_weight``."""
+    import h5py
+
+    p = Path(path)
+    with atomic_path(p, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("mean_slicewise", data=slicewise.mean(0)[:, 0].cpu().numpy())
+        f.create_dataset("mean", data=slice_tv.mean(0)[:, 0].cpu().numpy())
+        f.create_dataset("std", data=slice_tv.std(0)[:, 0].cpu().numpy())
+        for k, v in baselines.items():
+            f.create_dataset(k, data=v)
+        f.attrs["z_tv_weight"] = z_tv_weight
+    return p
+
+
+def read_volume_reconstructions(path: PathLike) -> dict[str, Tensor]:
+    """The datasets of :func:`write_volume_reconstructions`'s file, ``(Z, H, W)`` each."""
+    import torch
+
+    with open_hdf5(path, what="volume predictions file (run the infer stage)") as f:
+        return {k: torch.from_numpy(f[k][()]) for k in f}

@@ -1,17 +1,37 @@
-"""Synthetic and bundled test images for MRI/CT experiments.
+"""Synthetic data for MRI/CT experiments: phantoms, bundled test images, measurements.
 
 - :func:`random_ellipse_phantoms`: random overlapping ellipses with smooth texture, so that
   total variation does not solve reconstruction trivially (the Shepp-Logan phantom is
-  piecewise constant and flatters TV).
+  piecewise constant and flatters TV); :func:`random_ellipsoid_volume` is its 3-D analogue.
 - :func:`pydicom_examples`: pydicom's bundled ``CT_small.dcm`` (128^2) and ``MR_small.dcm``
-  (64^2), real scanner images available offline.
+  (64^2), real scanner images available offline; :func:`held_out_slices` appends them to
+  phantoms of a fresh seed.
+- :func:`noisy_kspace`, :func:`noisy_sinograms`: measurements with white Gaussian noise.
+- :func:`simulate_sensitivity_maps`: smooth birdcage-like coil sensitivities.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
-__all__ = ["random_ellipse_phantoms", "random_ellipsoid_volume", "smooth_noise", "pydicom_examples"]
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffsci.core.operators import LinearOperator
+
+from .operators.kspace import fft2c
+
+__all__ = [
+    "random_ellipse_phantoms",
+    "random_ellipsoid_volume",
+    "smooth_noise",
+    "pydicom_examples",
+    "held_out_slices",
+    "noisy_kspace",
+    "noisy_sinograms",
+    "simulate_sensitivity_maps",
+]
 
 
 def smooth_noise(
@@ -155,9 +175,12 @@ def random_ellipsoid_volume(
     if n_slices < 1 or size < 4:
         raise ValueError(f"need n_slices >= 1 and size >= 4, got {n_slices}, {size}")
     rng = np.random.default_rng(seed)
-    zz, yy, xx = np.meshgrid(np.linspace(-z_extent, z_extent, n_slices) * 0.8,
-                             np.linspace(-1, 1, size), np.linspace(-1, 1, size),
-                             indexing="ij")  # fmt: skip
+    zz, yy, xx = np.meshgrid(
+        np.linspace(-z_extent, z_extent, n_slices) * 0.8,
+        np.linspace(-1, 1, size),
+        np.linspace(-1, 1, size),
+        indexing="ij",
+    )
 
     # texture correlation length 0.16 (8 % of the field) in physical units on every axis
     dz = 1.6 * z_extent / max(n_slices - 1, 1)
@@ -174,14 +197,103 @@ def random_ellipsoid_volume(
         v = -(xx - c[0]) * si + (yy - c[1]) * co
         return (u / axes[0]) ** 2 + (v / axes[1]) ** 2 + ((zz - c[2]) / axes[2]) ** 2 <= 1.0
 
-    body = ellipsoid(rng.uniform(-0.05, 0.05, 3), (rng.uniform(0.75, 0.92),
-                     rng.uniform(0.6, 0.85), 1.0), rng.uniform(0, np.pi))  # fmt: skip
+    body = ellipsoid(
+        rng.uniform(-0.05, 0.05, 3),
+        (rng.uniform(0.75, 0.92), rng.uniform(0.6, 0.85), 1.0),
+        rng.uniform(0, np.pi),
+    )
     vol = rng.uniform(0.3, 0.6) * body * (1 + texture_amplitude * tex())
     for _ in range(int(rng.integers(n_ellipsoids[0], n_ellipsoids[1] + 1))):
         r, ang = rng.uniform(0, 0.55), rng.uniform(0, 2 * np.pi)
         c = (r * np.cos(ang), r * np.sin(ang), rng.uniform(-0.5, 0.5))
-        e = ellipsoid(c, (*rng.uniform(0.04, 0.35, 2), rng.uniform(0.2, 0.6)),
-                      rng.uniform(0, np.pi))  # fmt: skip
+        e = ellipsoid(
+            c, (*rng.uniform(0.04, 0.35, 2), rng.uniform(0.2, 0.6)), rng.uniform(0, np.pi)
+        )
         vol = vol + rng.uniform(-0.3, 0.5) * (e & body) * (1 + texture_amplitude * tex())
     vol = np.clip(vol, 0, None)
     return (vol / max(vol.max(), 1e-12)).astype(np.float32)
+
+
+def held_out_slices(n: int, size: int, *, seed: int, bundled: bool = True) -> np.ndarray:
+    """Evaluation slices ``(n [+ 2], size, size)`` float32: phantoms of ``seed``, then (if
+    ``bundled``) pydicom's ``CT_small`` and ``MR_small`` (:func:`pydicom_examples`)."""
+    test = np.asarray(random_ellipse_phantoms(n, size, seed=seed), dtype=np.float32)
+    if bundled:
+        ex = pydicom_examples(size)
+        test = np.concatenate([test, np.stack([ex[k] for k in sorted(ex)]).astype(np.float32)])
+    return test
+
+
+def noisy_kspace(images: Tensor, *, noise_std: float, seed: int) -> Tensor:
+    """Fully sampled k-space ``fft2c(images)`` (``complex64``) plus complex white noise.
+
+    The noise has std ``noise_std`` per k-space sample (``noise_std / sqrt 2`` on the real and
+    the imaginary part, drawn in that order from ``torch.Generator().manual_seed(seed)``);
+    ``noise_std = 0`` adds none.
+    """
+    kspace = fft2c(images.to(torch.complex64))
+    if noise_std > 0:
+        g = torch.Generator().manual_seed(seed)
+        re, im = torch.randn((2, *kspace.shape), generator=g) * noise_std / 2**0.5
+        kspace = kspace + torch.complex(re, im)
+    return kspace
+
+
+def noisy_sinograms(op: LinearOperator, images: Tensor, *, noise_std: float, seed: int) -> Tensor:
+    """Sinograms ``op(images)`` plus white Gaussian noise of std ``noise_std`` (drawn from
+    ``torch.Generator().manual_seed(seed)``; ``noise_std = 0`` adds none)."""
+    sino = op.forward(images)
+    if noise_std > 0:
+        g = torch.Generator().manual_seed(seed)
+        sino = sino + torch.randn(sino.shape, generator=g) * noise_std
+    return sino
+
+
+def simulate_sensitivity_maps(
+    n_coils: int,
+    shape: tuple[int, int],
+    *,
+    width: float = 0.6,
+    seed: int | None = 0,
+    dtype: torch.dtype = torch.complex64,
+) -> Tensor:
+    """Smooth birdcage-like complex coil sensitivities, normalised to ``sum_c |S_c|^2 = 1``.
+
+    Coil ``c`` sits on a circle of radius 1.2 (in units of the half field of view) at angle
+    ``2 pi c / C`` (plus a small random jitter); its magnitude is a Gaussian of the distance
+    to the coil (std ``width``) and its phase the coil angle plus a smooth random linear
+    ramp, so neighbouring coils overlap and the maps vary slowly, like measured ones.
+
+    Parameters
+    ----------
+    n_coils
+        Number of coils ``C``.
+    shape
+        Image size ``(H, W)``.
+    width
+        Gaussian width of each coil's profile, in half-fields of view.
+    seed
+        Seed for the jitter and phase ramps (``None``: no randomness).
+    dtype
+        Complex dtype of the result.
+
+    Returns
+    -------
+    Tensor
+        ``(1, C, H, W)`` complex maps with ``sum_c |S_c|^2 = 1`` at every pixel.
+    """
+    if n_coils < 1:
+        raise ValueError(f"n_coils must be >= 1, got {n_coils}")
+    h, w = (int(v) for v in shape)
+    rng = np.random.default_rng(seed) if seed is not None else None
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    maps = np.empty((n_coils, h, w), dtype=np.complex128)
+    for c in range(n_coils):
+        ang = 2 * math.pi * c / n_coils
+        jitter = rng.normal(0, 0.1, size=3) if rng is not None else np.zeros(3)
+        cx, cy = 1.2 * math.cos(ang + jitter[0]), 1.2 * math.sin(ang + jitter[0])
+        mag = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * width**2))
+        phase = ang + jitter[1] * math.pi * xx + jitter[2] * math.pi * yy
+        maps[c] = mag * np.exp(1j * phase)
+    maps /= np.sqrt((np.abs(maps) ** 2).sum(axis=0, keepdims=True))
+    return torch.as_tensor(maps).to(dtype).unsqueeze(0)

@@ -15,10 +15,14 @@ from diffsci.domains.medical.baselines import (
     tv_iterative,
     zero_filled,
 )
-from diffsci.domains.medical.ct import ParallelBeamRadon, sparse_view_angles
 from diffsci.domains.medical.metrics import psnr
-from diffsci.domains.medical.mri import SingleCoilMRI, kspace_mask
-from diffsci.domains.medical.phantoms import random_ellipse_phantoms
+from diffsci.domains.medical.operators import (
+    ParallelBeamRadon,
+    SingleCoilMRI,
+    kspace_mask,
+    sparse_view_angles,
+)
+from diffsci.domains.medical.simulate import random_ellipse_phantoms
 
 
 @pytest.fixture(scope="module")

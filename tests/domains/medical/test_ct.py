@@ -10,9 +10,9 @@ import torch
 from skimage.transform import iradon, radon
 
 from diffsci.core.operators import check_adjoint
-from diffsci.domains.medical.ct import (
+from diffsci.domains.medical.baselines import fbp
+from diffsci.domains.medical.operators import (
     ParallelBeamRadon,
-    fbp,
     limited_angle_angles,
     sparse_view_angles,
 )

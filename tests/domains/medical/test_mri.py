@@ -8,15 +8,15 @@ import torch
 from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask, RandomKspaceMask
 
 from diffsci.core.operators import LinearOperator, check_adjoint
-from diffsci.domains.medical.mri import (
+from diffsci.domains.medical.operators import (
     MultiCoilMRI,
     SingleCoilMRI,
     fft2c,
     ifft2c,
     kspace_mask,
     rss,
-    simulate_sensitivity_maps,
 )
+from diffsci.domains.medical.simulate import simulate_sensitivity_maps
 
 
 def test_fft2c_matches_fastmri_formula_and_is_unitary():

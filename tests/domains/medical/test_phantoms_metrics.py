@@ -8,7 +8,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from diffsci.domains.medical.metrics import nmse, psnr, ssim_fastmri, ssim_gaussian
-from diffsci.domains.medical.phantoms import pydicom_examples, random_ellipse_phantoms
+from diffsci.domains.medical.simulate import pydicom_examples, random_ellipse_phantoms
 
 
 def test_random_ellipse_phantoms():

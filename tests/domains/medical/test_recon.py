@@ -8,17 +8,10 @@ import pytest
 import torch
 
 from diffsci.core.operators import check_adjoint
-from diffsci.domains.medical import ct, mri
-from diffsci.domains.medical.recon import (
-    AffineData,
-    CGPinv,
-    ClampDenoised,
-    RealImageMRI,
-    SliceTV,
-    posterior_reconstruct,
-    reflect,
-    tv1d_prox,
-)
+from diffsci.domains.medical import operators as ops
+from diffsci.domains.medical.models import AffineData, ClampDenoised, SliceTV, tv1d_prox
+from diffsci.domains.medical.operators import CGPinv, RealImageMRI, reflect
+from diffsci.domains.medical.posterior import posterior_reconstruct
 
 
 class _Flat(torch.nn.Module):
@@ -35,23 +28,23 @@ class _Flat(torch.nn.Module):
 
 def _mri_case(shape):
     """A 4x equispaced single-coil case: operator, two images, their k-space, the data."""
-    m = mri.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0)
+    m = ops.kspace_mask(shape, acceleration=4, kind="equispaced", seed=0)
     op = RealImageMRI(m, shape)
     x = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3))
-    k = mri.fft2c(x)
+    k = ops.fft2c(x)
     return op, x, k, op.complete(op.measured * k)
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (33, 31), (64, 48)])
 def test_real_mri_adjoint_completion_and_projection(shape):
-    m = mri.kspace_mask(shape, acceleration=4, kind="random", seed=1)
+    m = ops.kspace_mask(shape, acceleration=4, kind="random", seed=1)
     op = RealImageMRI(m, shape)
     check_adjoint(op, (2, 1, *shape))
     # the support is the mask united with its reflection, and is itself symmetric
     assert torch.equal(op.support, reflect(op.support))
     assert op.support.sum() >= op.measured.sum()
     x = torch.rand(3, 1, *shape, generator=torch.Generator().manual_seed(0))
-    k = mri.fft2c(x)
+    k = ops.fft2c(x)
     y = op.complete(op.measured * k)
     torch.testing.assert_close(y, op.support * k, atol=1e-5, rtol=0)
     d = torch.rand(3, 1, *shape, generator=torch.Generator().manual_seed(1))
@@ -70,7 +63,7 @@ def test_mask_must_be_binary():
 
 def test_cg_pinv_projects_onto_ct_data():
     n = 24
-    radon = ct.ParallelBeamRadon(n, ct.sparse_view_angles(6))
+    radon = ops.ParallelBeamRadon(n, ops.sparse_view_angles(6))
     op = CGPinv(radon, iters=200)
     x = torch.rand(2, 1, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = radon.forward(x)
@@ -85,8 +78,9 @@ def test_tv1d_prox_limits_and_optimality():
     u = torch.randn(12, 3, generator=g, dtype=torch.float64)
     assert torch.equal(tv1d_prox(u, 0.0), u)
     # huge weight -> the mean along the axis
-    torch.testing.assert_close(tv1d_prox(u, 1e3, iters=3000), u.mean(0, keepdim=True).expand_as(u),
-                               atol=1e-3, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        tv1d_prox(u, 1e3, iters=3000), u.mean(0, keepdim=True).expand_as(u), atol=1e-3, rtol=0
+    )
 
     def obj(v, lam=0.3):
         return 0.5 * ((v - u) ** 2).sum() + lam * (v[1:] - v[:-1]).abs().sum()
@@ -102,9 +96,16 @@ def test_tv1d_prox_limits_and_optimality():
 def test_posterior_samples_meet_mri_data_exactly(clip):
     shape = (16, 16)
     op, x, k, y = _mri_case(shape)
-    s = posterior_reconstruct(_Flat(), op, y, (2, 1, *shape), samples=3, steps=10,
-                              generator=torch.Generator().manual_seed(0),
-                              clip_denoised=clip)  # fmt: skip
+    s = posterior_reconstruct(
+        _Flat(),
+        op,
+        y,
+        (2, 1, *shape),
+        samples=3,
+        steps=10,
+        generator=torch.Generator().manual_seed(0),
+        clip_denoised=clip,
+    )
     assert s.shape == (3, 2, 1, *shape)
     assert float(op.measured_residual(s.flatten(0, 1), k.repeat(3, 1, 1, 1)).max()) < 1e-5
     assert float(s.std(0).mean()) > 1e-3  # the samples differ off the data
@@ -133,8 +134,9 @@ def test_affine_data_maps_measurements_to_the_prior_variable():
     op = RealImageMRI(np.ones(8, dtype=np.float32), (8, 8))
     x = torch.rand(1, 1, 8, 8)
     z = AffineData.to_model(x)
-    torch.testing.assert_close(op.forward(z), AffineData.data(op, op.forward(x), (1, 1, 8, 8)),
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        op.forward(z), AffineData.data(op, op.forward(x), (1, 1, 8, 8)), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(AffineData.to_image(z), x)
 
 
@@ -142,9 +144,17 @@ def test_affine_data_maps_measurements_to_the_prior_variable():
 def test_noisy_data_methods_fit_to_the_noise_level(method):
     shape = (16, 16)
     op, x, k, y = _mri_case(shape)
-    s = posterior_reconstruct(_Flat(), op, y, (2, 1, *shape), samples=2, steps=20,
-                              method=method, noise_std=0.05,
-                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+    s = posterior_reconstruct(
+        _Flat(),
+        op,
+        y,
+        (2, 1, *shape),
+        samples=2,
+        steps=20,
+        method=method,
+        noise_std=0.05,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.isfinite(s).all()
     # the data pull the samples far closer than the prior mean (0.5) alone would be
     prior_only = float(op.measured_residual(torch.full_like(x, 0.5), k).mean())
@@ -158,11 +168,13 @@ def test_method_and_noise_are_checked():
     y = torch.zeros(1, 1, 8, 8, dtype=torch.complex64)
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="noise_std > 0"):
-        posterior_reconstruct(lambda x, s, c=None: x, op, y, (1, 1, 8, 8), samples=1,
-                              method="dps", generator=g)  # fmt: skip
+        posterior_reconstruct(
+            lambda x, s, c=None: x, op, y, (1, 1, 8, 8), samples=1, method="dps", generator=g
+        )
     with pytest.raises(ValueError, match="method must be"):
-        posterior_reconstruct(lambda x, s, c=None: x, op, y, (1, 1, 8, 8), samples=1,
-                              method="tv", generator=g)  # fmt: skip
+        posterior_reconstruct(
+            lambda x, s, c=None: x, op, y, (1, 1, 8, 8), samples=1, method="tv", generator=g
+        )
 
 
 def test_warm_start_keeps_the_initial_estimate_and_fits_the_data():

@@ -10,7 +10,7 @@ import pytest
 
 from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
 from diffsci.core.task import TaskPaths, get_task
-from diffsci.domains.medical.task import read_volume_nifti
+from diffsci.domains.medical.io import read_volume_nifti
 
 TINY = {
     "seed": 0,
@@ -52,8 +52,14 @@ def test_pipeline_writes_native_formats_and_metrics(run):
     m = json.loads(paths.metrics.read_text())
     mri = next(v for k, v in m["tables"].items() if k.startswith("MRI"))
     row = mri["diffusion (posterior mean)"]
-    assert {"PSNR median (dB)", "SSIM (fastMRI 7x7 uniform)", "SSIM (MONAI 11x11 gaussian)",
-            "NMSE", "coverage 90%", "seconds per slice"} <= set(row)  # fmt: skip
+    assert {
+        "PSNR median (dB)",
+        "SSIM (fastMRI 7x7 uniform)",
+        "SSIM (MONAI 11x11 gaussian)",
+        "NMSE",
+        "coverage 90%",
+        "seconds per slice",
+    } <= set(row)
     assert 0 <= row["coverage 90%"] <= 1
     ctt = next(v for k, v in m["tables"].items() if k.startswith("CT"))
     assert {"FBP", "FBP (clipped to [0, 1])", "TV-iterative", "diffusion (posterior mean)"} == set(
@@ -61,8 +67,12 @@ def test_pipeline_writes_native_formats_and_metrics(run):
     )
     assert all(np.isfinite(v["PSNR median (dB)"]) for v in ctt.values())
     vol = next(v for k, v in m["tables"].items() if k.startswith("MRI 3-D volume (4 slices)"))
-    assert set(vol) == {"diffusion 2-D slice-wise", "diffusion + slice-axis TV", "POCS-TV",
-                        "zero-filled"}  # fmt: skip
+    assert set(vol) == {
+        "diffusion 2-D slice-wise",
+        "diffusion + slice-axis TV",
+        "POCS-TV",
+        "zero-filled",
+    }
     assert read_volume_nifti(pred / "mri_volume_mean.nii.gz").shape == (4, 16, 16)
 
 
@@ -108,5 +118,6 @@ def test_hard_dc_with_noisy_data_is_refused(run, tmp_path):
     out = tmp_path / "pred"
     out.mkdir()
     with pytest.raises(ValueError, match="mri.method hard_dc"):
-        task.infer(noisy, load_model(task, cfg, paths.model), paths.data, out, device="cpu",
-                   progress=False)  # fmt: skip
+        task.infer(
+            noisy, load_model(task, cfg, paths.model), paths.data, out, device="cpu", progress=False
+        )
