@@ -250,9 +250,8 @@ def burgers_1d(
 
     Fourier pseudo-spectral in space; ETDRK4 in time (the diffusion is integrated exactly, so
     the step is limited by the advection only). The mean of ``u`` is conserved exactly.
-    Resolution guide (sines initial data, t = 1, relative L2 against a 2048 grid): ``nu=0.1``
-    is converged to 2e-8 at ``nx=128``; ``nu=0.01`` to 2e-8 at ``nx=256``; ``nu=0.001`` needs
-    ``nx=1024`` (1e-4; 4e-3 at 512).
+    Resolution guide (sines initial data, t = 1, against a 2048 grid): ``nu=0.1`` is converged
+    at ``nx=128``, ``nu=0.01`` at ``nx=256``; ``nu=0.001`` needs ``nx=1024``.
 
     Parameters
     ----------
