@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -120,7 +121,7 @@ class MedicalTask(DomainTask):
             io.write_sinograms(data_dir / "ct_test.h5", sino[:, 0].numpy(), angles, n)
 
     @staticmethod
-    def _prepare_mri(cfg: Mapping[str, Any], data_dir: Path, x: Tensor, test) -> None:
+    def _prepare_mri(cfg: Mapping[str, Any], data_dir: Path, x: Tensor, test: np.ndarray) -> None:
         m, seed, n = cfg["mri"], int(cfg["seed"]), cfg["data"]["size"]
         mask = kspace_mask(
             (n, n),
@@ -182,7 +183,16 @@ class MedicalTask(DomainTask):
             self._infer_ct(cfg, data_dir, out_dir, **run)
 
     @staticmethod
-    def _infer_mri(cfg, data_dir: Path, out_dir: Path, *, model, generator, device, progress):
+    def _infer_mri(
+        cfg: Mapping[str, Any],
+        data_dir: Path,
+        out_dir: Path,
+        *,
+        model: nn.Module,
+        generator: torch.Generator,
+        device: torch.device,
+        progress: bool,
+    ) -> None:
         m = cfg["mri"]
         k, mask = io.read_kspace_and_mask(data_dir / "mri_test.h5")
         n, h, w = k.shape
@@ -218,7 +228,16 @@ class MedicalTask(DomainTask):
         )
 
     @staticmethod
-    def _infer_volume(cfg, data_dir: Path, out_dir: Path, *, model, generator, device, progress):
+    def _infer_volume(
+        cfg: Mapping[str, Any],
+        data_dir: Path,
+        out_dir: Path,
+        *,
+        model: nn.Module,
+        generator: torch.Generator,
+        device: torch.device,
+        progress: bool,
+    ) -> None:
         """3-D MRI from the 2-D prior: slice-wise vs slice-axis TV (DiffusionMBIR-style)."""
         k, mask = io.read_kspace_and_mask(data_dir / "mri_volume.h5")
         z, h, w = k.shape
@@ -239,7 +258,16 @@ class MedicalTask(DomainTask):
         io.write_volume_nifti(ztv.mean(0)[:, 0].cpu().numpy(), out_dir / "mri_volume_mean.nii.gz")
 
     @staticmethod
-    def _infer_ct(cfg, data_dir: Path, out_dir: Path, *, model, generator, device, progress):
+    def _infer_ct(
+        cfg: Mapping[str, Any],
+        data_dir: Path,
+        out_dir: Path,
+        *,
+        model: nn.Module,
+        generator: torch.Generator,
+        device: torch.device,
+        progress: bool,
+    ) -> None:
         c = cfg["ct"]
         sino, angles, n_img = io.read_sinograms(data_dir / "ct_test.h5")
         radon = ParallelBeamRadon(n_img, angles)
