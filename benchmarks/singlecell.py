@@ -24,7 +24,7 @@ import torch
 from benchmarks._common import domain_parser, read_config, run_stages, write_result
 from diffsci.core.task import TaskPaths
 from diffsci.core.training import training_log
-from diffsci.domains.singlecell.task import ORACLE
+from diffsci.domains.singlecell.metrics import ORACLE
 
 
 def edistance_crosscheck(seed: int = 0) -> dict[str, float]:

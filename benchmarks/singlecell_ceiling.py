@@ -34,8 +34,14 @@ from benchmarks._common import write_result
 from diffsci.domains.singlecell import io, metrics, simulate
 
 
-def expected_mean(sim: simulate.PerturbationSimulator, x: np.ndarray, perturbation: str, *,
-                  draws: int, rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def expected_mean(
+    sim: simulate.PerturbationSimulator,
+    x: np.ndarray,
+    perturbation: str,
+    *,
+    draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Per-gene mean of ``sim.apply(x, perturbation)`` over ``draws`` hidden factors."""
     acc = np.zeros(x.shape[1])
     for h in sim.draw_hidden(rng, draws):
@@ -85,8 +91,9 @@ def main() -> None:
         e_ctrl = expected_mean(sim, x_ctrl, q, draws=a.draws, rng=rng)
         e_pool = expected_mean(sim, x_pool, q, draws=a.draws, rng=rng)
         prog = sim.program(q)
-        kind = np.array(["induced" if g in prog.up else "repressed" if g in prog.down else "other"
-                         for g in de])  # fmt: skip
+        kind = np.array(
+            ["induced" if g in prog.up else "repressed" if g in prog.down else "other" for g in de]
+        )
         slopes = {}
         for k in ("induced", "repressed", "other"):
             m = kind == k
@@ -103,12 +110,21 @@ def main() -> None:
         print(q, json.dumps(rows[q]), flush=True)
     keys = [k for k in next(iter(rows.values())) if k.startswith("R2")]
     mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
-    write_result("singlecell_ceiling",
-                 {"held_out_cell_type": held, "workdir": str(work), "per_perturbation": rows,
-                  "mean_over_perturbations": mean,
-                  "note": ("'expected (control pool)' is the ceiling of any prediction from the "
-                           "control pool; the bar asks R2 >= 0.9 of the model vs truth")},
-                 config={"draws": a.draws, "benchmark_config": cfg}, seed=a.seed)  # fmt: skip
+    write_result(
+        "singlecell_ceiling",
+        {
+            "held_out_cell_type": held,
+            "workdir": str(work),
+            "per_perturbation": rows,
+            "mean_over_perturbations": mean,
+            "note": (
+                "'expected (control pool)' is the ceiling of any prediction from the "
+                "control pool; the bar asks R2 >= 0.9 of the model vs truth"
+            ),
+        },
+        config={"draws": a.draws, "benchmark_config": cfg},
+        seed=a.seed,
+    )
     print(json.dumps(mean, indent=1))
 
 

@@ -1,11 +1,13 @@
 """diffsci.domains.singlecell: perturbation response and lineage inference, scverse-native.
 
-Layered as scanpy: :mod:`.tl` (tools: ``predict_perturbation``, baselines, ``lineage``,
-the PCA latent), :mod:`.pl` (plots, Axes in and out), :mod:`.io` (``.h5ad``, 10x ``.h5`` and
-mtx readers, atomic ``.h5ad`` writes), :mod:`.simulate` (the perturbation simulator on
-pbmc68k_reduced, krumsiek11 with ground truth), :mod:`.metrics` (pertpy's E-distance, MMD,
-R^2, DE genes, NMI, dendrogram purity, Spearman) and :mod:`.models` (the population and the
-tree-codebook diffusion models). ``tl``, ``pl``, ``io`` and the models are loaded lazily.
+The domain's modules of fixed roles: :mod:`.io` (``.h5ad``, 10x ``.h5`` and mtx readers,
+atomic ``.h5ad`` writes), :mod:`.simulate` (the perturbation simulator on pbmc68k_reduced, the
+benchmark's data and oracle, krumsiek11 with ground truth), :mod:`.models` (the PCA latent, the
+population and the tree-codebook diffusion models), :mod:`.baselines` (identity, mean-shift,
+DPT, PAGA), :mod:`.metrics` (pertpy's E-distance, MMD, R^2, DE genes, NMI, dendrogram purity,
+Spearman; the result tables and the acceptance bars), :mod:`.plots` (Axes in, Axes out) and
+:mod:`.task` (glue). On top of them, scanpy's public namespaces: :mod:`.tl` (tools, AnnData in
+and out) and :mod:`.pl` (plots). All are loaded lazily.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _EXPORTS = {
     "read": "io",
     "write_h5ad": "io",
 }
-_MODULES = ("tl", "pl", "io", "simulate", "metrics", "models")
+_MODULES = ("tl", "pl", "io", "simulate", "models", "baselines", "metrics", "plots")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES)
 

@@ -9,11 +9,18 @@ Perturbation response
 Lineage
     :func:`nmi` (sklearn), :func:`dendrogram_purity` (Heller & Ghahramani 2005),
     :func:`spearman` (scipy).
+Tables
+    :func:`perturbation_tables` (one held-out (cell type, perturbation), every prediction),
+    :func:`mean_table`, :func:`lineage_table`, with the row labels :data:`MODEL`,
+    :data:`IDENTITY`, :data:`MEAN_SHIFT`, :data:`ORACLE` and the lineage rows; and
+    :func:`acceptance_bars`, the single-cell benchmark's bars (:data:`BARS`) as evaluate reports
+    them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from anndata import AnnData
@@ -30,7 +37,41 @@ __all__ = [
     "nmi",
     "dendrogram_purity",
     "spearman",
+    "perturbation_tables",
+    "mean_table",
+    "lineage_table",
+    "acceptance_bars",
+    "BARS",
+    "MODEL",
+    "IDENTITY",
+    "MEAN_SHIFT",
+    "ORACLE",
 ]
+
+#: Row labels of the perturbation tables.
+MODEL = "diffusion (population samples)"
+IDENTITY = "identity (control)"
+MEAN_SHIFT = "mean-shift"
+#: the row of the perturbation tables that is the simulator's ground truth, not a method
+ORACLE = "oracle: simulator on control cells (ground truth, not a method)"
+#: Row labels of the lineage table.
+LINEAGE_MODEL = "diffusion tree codebook"
+DPT = "DPT (scanpy)"
+PAGA = "PAGA (Leiden clusters, scanpy)"
+
+#: The acceptance bars of the single-cell benchmark (``benchmarks/singlecell.py``), on the mean
+#: over perturbations of the held-out cell type and on krumsiek11: the diffusion model's top-DE
+#: R^2 at least ``top_de_r2`` and at least identity's plus ``top_de_r2_over_identity``, its
+#: E-distance at most ``e_distance_vs_identity`` times identity's, its coverage at least
+#: ``coverage``; the lineage model's NMI vs fate at least ``lineage_nmi`` and its pseudotime
+#: Spearman at least DPT's.
+BARS = {
+    "top_de_r2": 0.9,
+    "top_de_r2_over_identity": 0.3,
+    "e_distance_vs_identity": 0.5,
+    "coverage": 0.8,
+    "lineage_nmi": 0.8,
+}
 
 
 def e_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -60,8 +101,11 @@ def mmd(x: np.ndarray, y: np.ndarray) -> float:
 
     from diffsci.core.metrics import mmd as core_mmd
 
-    return float(core_mmd(torch.as_tensor(np.asarray(x, np.float64)),
-                          torch.as_tensor(np.asarray(y, np.float64))))  # fmt: skip
+    return float(
+        core_mmd(
+            torch.as_tensor(np.asarray(x, np.float64)), torch.as_tensor(np.asarray(y, np.float64))
+        )
+    )
 
 
 def r2_means(truth: np.ndarray, pred: np.ndarray, genes: Sequence[int] | None = None) -> float:
@@ -80,8 +124,9 @@ def r2_means(truth: np.ndarray, pred: np.ndarray, genes: Sequence[int] | None = 
 
 
 @keep_torch_threads()
-def top_de_genes(truth: AnnData, control: AnnData, *, n: int = 50,
-                 method: str = "wilcoxon") -> list[str]:  # fmt: skip
+def top_de_genes(
+    truth: AnnData, control: AnnData, *, n: int = 50, method: str = "wilcoxon"
+) -> list[str]:
     """The ``n`` most differentially expressed genes of ``truth`` vs ``control``.
 
     scanpy's ``rank_genes_groups`` (``method``, perturbed vs the control as reference) on the
@@ -94,13 +139,17 @@ def top_de_genes(truth: AnnData, control: AnnData, *, n: int = 50,
     if list(truth.var_names) != list(control.var_names):
         raise ValueError("truth and control must have the same genes in the same order")
     both = ad.concat(
-        {"perturbed": AnnData(dense(truth.X), var=truth.var[[]]),
-         "control": AnnData(dense(control.X), var=control.var[[]])},
-        label="group", index_unique="-",
-    )  # fmt: skip
+        {
+            "perturbed": AnnData(dense(truth.X), var=truth.var[[]]),
+            "control": AnnData(dense(control.X), var=control.var[[]]),
+        },
+        label="group",
+        index_unique="-",
+    )
     both.obs["group"] = both.obs["group"].astype("category")
-    sc.tl.rank_genes_groups(both, "group", groups=["perturbed"], reference="control",
-                            method=method, n_genes=both.n_vars)  # fmt: skip
+    sc.tl.rank_genes_groups(
+        both, "group", groups=["perturbed"], reference="control", method=method, n_genes=both.n_vars
+    )
     names = np.asarray(both.uns["rank_genes_groups"]["names"]["perturbed"]).astype(str)
     scores = np.asarray(both.uns["rank_genes_groups"]["scores"]["perturbed"], dtype=np.float64)
     order = np.argsort(-np.abs(scores), kind="stable")
@@ -113,8 +162,9 @@ def response_score(x: np.ndarray, genes: Sequence[int], signs: Sequence[float]) 
     return float((dense(x)[:, idx] * np.asarray(signs, np.float64)[None]).mean())
 
 
-def population_coverage(pred_scores: Sequence[float], true_scores: Sequence[float], *,
-                        level: float = 0.9) -> float:  # fmt: skip
+def population_coverage(
+    pred_scores: Sequence[float], true_scores: Sequence[float], *, level: float = 0.9
+) -> float:
     """Fraction of true populations whose score lies in the central ``level`` interval of the
     predicted populations' scores (numpy's linear quantiles, via the core's
     :func:`~diffsci.core.metrics.interval_coverage`)."""
@@ -131,12 +181,16 @@ def nmi(labels_true: Sequence, labels_pred: Sequence) -> float:
     """Normalised mutual information (sklearn, arithmetic normalisation)."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    return float(normalized_mutual_info_score(np.asarray(labels_true).astype(str),
-                                              np.asarray(labels_pred).astype(str)))  # fmt: skip
+    return float(
+        normalized_mutual_info_score(
+            np.asarray(labels_true).astype(str), np.asarray(labels_pred).astype(str)
+        )
+    )
 
 
-def dendrogram_purity(labels: Sequence, node_of_cell: Sequence[int],
-                      parent: Sequence[int]) -> float:  # fmt: skip
+def dendrogram_purity(
+    labels: Sequence, node_of_cell: Sequence[int], parent: Sequence[int]
+) -> float:
     """Dendrogram purity (Heller & Ghahramani 2005) of a tree whose leaves are the cells.
 
     The tree has nodes ``0..K-1`` with ``parent[k]`` (-1 for the root) and each cell belongs to
@@ -188,3 +242,162 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(np.asarray(a, np.float64), np.asarray(b, np.float64)).statistic)
+
+
+def perturbation_tables(
+    control: AnnData,
+    truth: AnnData,
+    preds: Mapping[str, AnnData],
+    model_key: str,
+    *,
+    perturbation: str,
+    cell_type: str,
+    n_de: int,
+    eval_pcs: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Metrics of every prediction in ``preds`` for one held-out (cell type, perturbation).
+
+    The truth is pooled over its hidden-factor draws (``obs["population"]``) and a prediction
+    over its samples (``obs["sample"]``): both are the marginal over the hidden factor.
+    E-distance and MMD are computed on a PCA (``eval_pcs`` components,
+    :func:`~.models.latent.fit_latent`) fitted on ``cell_type``'s control cells and the true
+    cells only, the predictions projected into it. R^2 of the per-gene means on all genes and
+    on the ``n_de`` top DE genes (:func:`top_de_genes`). Coverage, for every prediction made of
+    several populations (``obs["sample"]``): each true population's :func:`response_score`
+    over the top DE genes, signed by the true direction, against the 5-95% quantile interval of
+    the predicted populations' scores.
+
+    Returns
+    -------
+    table
+        ``{prediction: {metric: value}}``.
+    extra
+        ``de_genes``, ``coords`` (the first two eval PCs of the control, the truth and every
+        prediction) and, for ``model_key``, ``true_scores`` and ``pred_scores``.
+    """
+    from .models.latent import encode, fit_latent
+
+    ctrl = control[control.obs["cell_type"].astype(str).values == cell_type]
+    de = top_de_genes(truth, ctrl, n=n_de)
+    genes = list(map(str, truth.var_names))
+    di = [genes.index(g) for g in de]
+    x = np.concatenate([dense(ctrl.X), dense(truth.X)]).astype(np.float32)
+    basis = AnnData(x, var=truth.var[[]])
+    n_comps = min(eval_pcs, basis.n_obs - 1, basis.n_vars - 1)
+    fit_latent(basis, n_comps=n_comps, key_added="eval")
+    scale = float(basis.uns["eval"]["scale"])
+    zt = encode(truth, basis, key="eval") * scale
+    signs = np.sign(dense(truth.X)[:, di].mean(0) - dense(ctrl.X)[:, di].mean(0))
+    table: dict[str, dict[str, float]] = {}
+    extra: dict[str, Any] = {"de_genes": de}
+    for name, p in preds.items():
+        zp = encode(p, basis, key="eval") * scale
+        row = {
+            "E-distance (PCA)": e_distance(zp, zt),
+            "MMD (PCA, rbf)": mmd(zp, zt),
+            "R2 all genes": r2_means(truth.X, p[:, genes].X),
+            f"R2 top-{n_de} DE": r2_means(truth.X, p[:, genes].X, di),
+        }
+        if "sample" in p.obs:
+            ts, ps = _population_scores(truth, p[:, genes], di, signs)
+            row["coverage 90% (hidden-factor draws)"] = population_coverage(ps, ts)
+            if name == model_key:
+                extra["true_scores"], extra["pred_scores"] = ts, ps
+        table[name] = row
+    extra["coords"] = {
+        "control": encode(ctrl, basis, key="eval")[:, :2],
+        "truth": zt[:, :2] / scale,
+        **{k: encode(v, basis, key="eval")[:, :2] for k, v in preds.items()},
+    }
+    return table, extra
+
+
+def _population_scores(
+    truth: AnnData, pred: AnnData, genes: Sequence[int], signs: np.ndarray
+) -> tuple[list[float], list[float]]:
+    """:func:`response_score` of every true population (``obs["population"]``) and every
+    predicted one (``obs["sample"]``)."""
+    ts = [
+        response_score(truth[truth.obs["population"] == k].X, genes, signs)
+        for k in truth.obs["population"].unique()
+    ]
+    ps = [
+        response_score(pred[pred.obs["sample"] == k].X, genes, signs)
+        for k in pred.obs["sample"].unique()
+    ]
+    return ts, ps
+
+
+def mean_table(
+    tables: Mapping[str, Mapping[str, Mapping[str, float]]],
+) -> dict[str, dict[str, float]]:
+    """The mean over perturbations of per-perturbation tables ``{perturbation: {row: {metric:
+    value}}}`` (rows and metrics of the first)."""
+    first = next(iter(tables.values()))
+    return {
+        m: {k: float(np.mean([t[m][k] for t in tables.values()])) for k in first[m]} for m in first
+    }
+
+
+def lineage_table(adata: AnnData) -> dict[str, dict[str, float]]:
+    """The lineage metrics of the model and the DPT / PAGA baselines on ``adata``.
+
+    ``adata`` holds the truth (``obs["fate"]``, ``obs["true_time"]``), the model's assignment
+    (``obs["lineage_branch"]``, ``obs["lineage_pseudotime"]``, ``uns["lineage"]``) and the
+    baselines' (``obs["dpt_pseudotime"]``, ``obs["leiden"]``, ``uns["paga_parent"]``). NMI of
+    the branches (clusters) vs fate, dendrogram purity of the tree over fates, Spearman of the
+    pseudotime with the true time, and how many branches (clusters) are used.
+    """
+    fate, tt = adata.obs["fate"].astype(str).values, adata.obs["true_time"].values
+    u = adata.uns["lineage"]
+    leiden = adata.obs["leiden"]
+    return {
+        LINEAGE_MODEL: {
+            "NMI vs fate": nmi(fate, adata.obs["lineage_branch"]),
+            "dendrogram purity": dendrogram_purity(fate, u["node_of_cell"], u["parent"]),
+            "pseudotime Spearman": spearman(adata.obs["lineage_pseudotime"], tt),
+            "branches used": int(adata.obs["lineage_branch"].nunique()),
+        },
+        DPT: {"pseudotime Spearman": spearman(adata.obs["dpt_pseudotime"], tt)},
+        PAGA: {
+            "NMI vs fate": nmi(fate, leiden),
+            "dendrogram purity": dendrogram_purity(
+                fate, leiden.cat.codes.values, adata.uns["paga_parent"]
+            ),
+            "branches used": int(leiden.nunique()),
+        },
+    }
+
+
+def acceptance_bars(
+    perturbation: Mapping[str, Mapping[str, float]],
+    lineage: Mapping[str, Mapping[str, float]],
+    *,
+    n_de: int,
+) -> dict[str, bool]:
+    """Whether each of :data:`BARS` is met: ``{"bar: <what>": bool}``.
+
+    ``perturbation`` is the mean table over perturbations (:func:`mean_table`) and
+    ``lineage`` the :func:`lineage_table`; the top-DE R^2 is ``f"R2 top-{n_de} DE"``.
+    """
+    b = BARS
+    de = f"R2 top-{n_de} DE"
+    model, ident = perturbation[MODEL], perturbation[IDENTITY]
+    lm, dpt = lineage[LINEAGE_MODEL], lineage[DPT]
+    e = "E-distance (PCA)"
+    return {
+        f"bar: top-DE R2 >= {b['top_de_r2']}": bool(model[de] >= b["top_de_r2"]),
+        f"bar: top-DE R2 >= identity + {b['top_de_r2_over_identity']}": bool(
+            model[de] >= ident[de] + b["top_de_r2_over_identity"]
+        ),
+        f"bar: E-distance <= {b['e_distance_vs_identity']} x identity": bool(
+            model[e] <= b["e_distance_vs_identity"] * ident[e]
+        ),
+        f"bar: coverage >= {b['coverage']}": bool(
+            model["coverage 90% (hidden-factor draws)"] >= b["coverage"]
+        ),
+        f"bar: krumsiek11 NMI >= {b['lineage_nmi']}": bool(lm["NMI vs fate"] >= b["lineage_nmi"]),
+        "bar: pseudotime Spearman >= DPT": bool(
+            lm["pseudotime Spearman"] >= dpt["pseudotime Spearman"]
+        ),
+    }

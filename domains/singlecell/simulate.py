@@ -46,9 +46,12 @@ from .io import dense
 __all__ = [
     "Program",
     "PerturbationSimulator",
+    "PerturbationData",
     "load_pbmc",
     "split_pools",
     "simulate_populations",
+    "perturbation_data",
+    "oracle_populations",
     "load_krumsiek11",
 ]
 
@@ -84,9 +87,18 @@ class PerturbationSimulator:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_adata(cls, adata: AnnData, *, n_perturbations: int = 3, n_up: int = 40,
-                   n_down: int = 30, n_responders: int = 10, cell_type_key: str = "cell_type",
-                   seed: int = 0, **kwargs: Any) -> PerturbationSimulator:  # fmt: skip
+    def from_adata(
+        cls,
+        adata: AnnData,
+        *,
+        n_perturbations: int = 3,
+        n_up: int = 40,
+        n_down: int = 30,
+        n_responders: int = 10,
+        cell_type_key: str = "cell_type",
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> PerturbationSimulator:
         """Draw ``n_perturbations`` disjoint programs from the genes of ``adata`` (log-norm X).
 
         Induced genes come from the lower half of mean expression (so induction is visible),
@@ -162,8 +174,9 @@ class PerturbationSimulator:
         """Hidden batch factor(s) ``h ~ LogNormal(0, hidden_sd^2)``."""
         return rng.lognormal(0.0, self.hidden_sd, size=n)
 
-    def apply(self, x: np.ndarray, perturbation: str, *, hidden: float,
-              rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    def apply(
+        self, x: np.ndarray, perturbation: str, *, hidden: float, rng: np.random.Generator
+    ) -> np.ndarray:
         """Perturbed copy of ``x`` (cells x genes, log-normalised) with hidden factor ``hidden``."""
         p = self.program(perturbation)
         x = np.array(x, dtype=np.float64, copy=True)
@@ -177,8 +190,9 @@ class PerturbationSimulator:
 
 
 # ---------------------------------------------------------------------- data sets
-def load_pbmc(path: str | None = None, *, min_cells: int = 30,
-              cell_type_key: str = "bulk_labels") -> AnnData:  # fmt: skip
+def load_pbmc(
+    path: str | None = None, *, min_cells: int = 30, cell_type_key: str = "bulk_labels"
+) -> AnnData:
     """Log-normalised expression with a cell type per cell, as a dense AnnData.
 
     Default: scanpy's bundled ``pbmc68k_reduced``, its ``.raw`` (765 genes). ``path``: an
@@ -212,7 +226,7 @@ def load_pbmc(path: str | None = None, *, min_cells: int = 30,
         obs=pd.DataFrame(
             {"cell_type": src.obs[cell_type_key].astype(str).values},
             index=[f"cell{i}" for i in range(src.n_obs)],
-        ),  # fmt: skip
+        ),
         var=pd.DataFrame(index=list(map(str, raw.var_names))),
     )
     counts = ad.obs["cell_type"].value_counts()
@@ -237,10 +251,18 @@ def split_pools(adata: AnnData, *, seed: int = 0) -> tuple[AnnData, AnnData]:
     return c, p
 
 
-def simulate_populations(sim: PerturbationSimulator, pool: AnnData, *,
-                         cell_type: str | Sequence[str], perturbation: str, n_populations: int,
-                         n_cells: int, rng: np.random.Generator, prefix: str = "pop",
-                         mixture: bool = False) -> AnnData:  # fmt: skip
+def simulate_populations(
+    sim: PerturbationSimulator,
+    pool: AnnData,
+    *,
+    cell_type: str | Sequence[str],
+    perturbation: str,
+    n_populations: int,
+    n_cells: int,
+    rng: np.random.Generator,
+    prefix: str = "pop",
+    mixture: bool = False,
+) -> AnnData:
     """``n_populations`` perturbed populations of ``n_cells`` cells of ``cell_type``.
 
     Each population resamples the pool's cells of that type (with replacement), draws its own
@@ -262,18 +284,184 @@ def simulate_populations(sim: PerturbationSimulator, pool: AnnData, *,
         h = float(sim.draw_hidden(rng))
         w = rng.dirichlet(np.ones(len(types))) if mixture else np.eye(len(types))[0]
         counts = rng.multinomial(n_cells, w)
-        take = np.concatenate([rng.choice(idx[t], size=c, replace=True)
-                               for t, c in zip(types, counts, strict=True)])  # fmt: skip
+        take = np.concatenate(
+            [rng.choice(idx[t], size=c, replace=True) for t, c in zip(types, counts, strict=True)]
+        )
         xs.append(sim.apply(x_pool[take], perturbation, hidden=h, rng=rng))
         name = "+".join(t for t, c in zip(types, counts, strict=True) if c) if mixture else types[0]
         pid = f"{prefix}:{name}:{perturbation}:{k}"
-        obs.append(pd.DataFrame({"cell_type": pool.obs["cell_type"].values[take],
-                                 "perturbation": perturbation, "condition": "perturbed",
-                                 "population": pid, "hidden_factor": h}, index=range(n_cells)))  # fmt: skip
+        obs.append(
+            pd.DataFrame(
+                {
+                    "cell_type": pool.obs["cell_type"].values[take],
+                    "perturbation": perturbation,
+                    "condition": "perturbed",
+                    "population": pid,
+                    "hidden_factor": h,
+                },
+                index=range(n_cells),
+            )
+        )
     o = pd.concat(obs, ignore_index=True)
     o.index = [f"{prefix}{i}" for i in range(len(o))]
-    return AnnData(X=np.concatenate(xs).astype(np.float32), obs=o,
-                   var=pd.DataFrame(index=pool.var_names.copy()))  # fmt: skip
+    return AnnData(
+        X=np.concatenate(xs).astype(np.float32),
+        obs=o,
+        var=pd.DataFrame(index=pool.var_names.copy()),
+    )
+
+
+@dataclass
+class PerturbationData:
+    """The perturbation benchmark's data (:func:`perturbation_data`)."""
+
+    #: the ground-truth gene programs
+    simulator: PerturbationSimulator
+    #: half of every cell type's cells, unperturbed (``obs["condition"] = "control"``)
+    control: AnnData
+    #: perturbed populations of every cell type but the held-out one (and mixtures)
+    train: AnnData
+    #: perturbed populations of the held-out cell type (hidden-factor draws)
+    truth: AnnData
+
+
+def perturbation_data(
+    adata: AnnData,
+    *,
+    held_out: str,
+    seed: int,
+    n_perturbations: int,
+    n_up: int,
+    n_down: int,
+    n_responders: int,
+    effect_size: float,
+    hidden_sd: float,
+    noise: float,
+    train_populations: int,
+    mixture_populations: int,
+    test_draws: int,
+    n_cells: int,
+) -> PerturbationData:
+    """The held-out cell type benchmark: programs, control pool, training and test populations.
+
+    Draws the programs (:meth:`PerturbationSimulator.from_adata`), splits every cell type's
+    cells into a control and a perturbed pool (:func:`split_pools`) and simulates, on the
+    perturbed pool, ``train_populations`` populations per (training cell type, perturbation),
+    ``mixture_populations`` per perturbation mixing the training cell types (augmentation: the
+    condition -> response map is then learnt between cell types) and ``test_draws``
+    hidden-factor draws per perturbation of the held-out cell type (the truth).
+
+    Parameters
+    ----------
+    adata
+        Log-normalised expression with ``obs["cell_type"]`` (:func:`load_pbmc`).
+    held_out
+        The cell type never seen perturbed.
+    seed
+        Seeds the programs and the pools (``seed``), the training populations (``seed + 1``)
+        and the truth of the ``k``-th perturbation (``seed + 2 + k``).
+    n_perturbations, n_up, n_down, n_responders, effect_size, hidden_sd, noise
+        The simulator's settings.
+    train_populations, mixture_populations, test_draws, n_cells
+        Populations to simulate and cells per population.
+    """
+    import anndata as ad
+
+    sim = PerturbationSimulator.from_adata(
+        adata,
+        n_perturbations=n_perturbations,
+        n_up=n_up,
+        n_down=n_down,
+        n_responders=n_responders,
+        seed=seed,
+        effect_size=effect_size,
+        hidden_sd=hidden_sd,
+        noise=noise,
+    )
+    control, pool = split_pools(adata, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    types = sorted(set(adata.obs["cell_type"]) - {held_out})
+    kw = {"n_cells": n_cells, "rng": rng}
+    train = [
+        simulate_populations(
+            sim,
+            pool,
+            cell_type=t,
+            perturbation=q,
+            n_populations=train_populations,
+            prefix="train",
+            **kw,
+        )
+        for t in types
+        for q in sim.programs
+    ]
+    if mixture_populations:
+        train += [
+            simulate_populations(
+                sim,
+                pool,
+                cell_type=types,
+                perturbation=q,
+                n_populations=mixture_populations,
+                prefix="mix",
+                mixture=True,
+                **kw,
+            )
+            for q in sim.programs
+        ]
+    truth = [
+        simulate_populations(
+            sim,
+            pool,
+            cell_type=held_out,
+            perturbation=q,
+            n_populations=test_draws,
+            n_cells=n_cells,
+            rng=np.random.default_rng(seed + 2 + k),
+            prefix="truth",
+        )
+        for k, q in enumerate(sim.programs)
+    ]
+    return PerturbationData(
+        simulator=sim,
+        control=control,
+        train=ad.concat(train, index_unique="-"),
+        truth=ad.concat(truth, index_unique="-"),
+    )
+
+
+def oracle_populations(
+    sim: PerturbationSimulator,
+    control: AnnData,
+    *,
+    cell_type: str,
+    perturbation: str,
+    n_populations: int,
+    n_cells: int,
+    seed: int,
+) -> AnnData:
+    """The simulator's own ground truth applied to ``cell_type``'s *control* cells.
+
+    Not a method (it knows the gene program, the gains and the hidden-factor distribution):
+    the ceiling of any prediction made from the control pool, which holds other cells of the
+    cell type than the perturbed pool the truth was simulated on. ``n_populations``
+    populations as :func:`simulate_populations` draws them (cells resampled with replacement,
+    a fresh hidden factor each, from a generator seeded with ``seed``), ``obs["sample"]``
+    naming the population and ``obs["condition"] = "oracle"``.
+    """
+    pop = simulate_populations(
+        sim,
+        control,
+        cell_type=cell_type,
+        perturbation=perturbation,
+        n_populations=n_populations,
+        n_cells=n_cells,
+        rng=np.random.default_rng(seed),
+        prefix="oracle",
+    )
+    pop.obs["sample"] = pop.obs["population"].values
+    pop.obs["condition"] = "oracle"
+    return pop
 
 
 def load_krumsiek11() -> AnnData:
@@ -303,7 +491,7 @@ def load_krumsiek11() -> AnnData:
                 "true_time": pos / (length - 1),
             },
             index=[f"cell{i}" for i in range(n)],
-        ),  # fmt: skip
+        ),
         var=pd.DataFrame(index=list(map(str, src.var_names))),
     )
     ad.uns["iroot"] = int(src.uns["iroot"])

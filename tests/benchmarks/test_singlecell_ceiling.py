@@ -14,8 +14,16 @@ def test_expected_mean_is_the_simulators_expectation():
     h = 1 would be 4.6% off)."""
     rng = np.random.default_rng(0)
     genes = [f"g{i}" for i in range(8)]
-    prog = Program(name="P1", up=["g0", "g1"], up_weight=[0.5, 1.5], down=["g2", "g3"],
-                   down_frac=[0.3, 0.6], responders=["g4", "g5"], resp_mean=3.0, resp_std=1.0)  # fmt: skip
+    prog = Program(
+        name="P1",
+        up=["g0", "g1"],
+        up_weight=[0.5, 1.5],
+        down=["g2", "g3"],
+        down_frac=[0.3, 0.6],
+        responders=["g4", "g5"],
+        resp_mean=3.0,
+        resp_std=1.0,
+    )
     sim = PerturbationSimulator(genes=genes, programs={"P1": prog}, noise=0.05)
     x = 3.0 + rng.random((50, 8))
     got = expected_mean(sim, x, "P1", draws=4000, rng=np.random.default_rng(1))

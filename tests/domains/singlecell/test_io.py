@@ -17,10 +17,11 @@ from diffsci.domains.singlecell import io
 
 def _adata(n=6, g=4):
     rng = np.random.default_rng(0)
-    return AnnData(rng.random((n, g)).astype(np.float32),
-                   obs=pd.DataFrame({"cell_type": ["a", "b"] * (n // 2)},
-                                    index=[f"c{i}" for i in range(n)]),
-                   var=pd.DataFrame(index=[f"g{i}" for i in range(g)]))  # fmt: skip
+    return AnnData(
+        rng.random((n, g)).astype(np.float32),
+        obs=pd.DataFrame({"cell_type": ["a", "b"] * (n // 2)}, index=[f"c{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(g)]),
+    )
 
 
 def test_h5ad_roundtrip_is_atomic(tmp_path):

@@ -37,7 +37,10 @@ def test_population_net_symmetries():
     perm = torch.randperm(5)  # (displacement, anchor) pairs permuted together
     torch.testing.assert_close(
         net(x[:, perm], torch.zeros(2), {"control": c, "anchor": a[:, perm], "perturbation": p}),
-        out[:, perm], atol=1e-5, rtol=1e-5)  # fmt: skip
+        out[:, perm],
+        atol=1e-5,
+        rtol=1e-5,
+    )
     cperm = {"control": c[:, torch.randperm(7)], "anchor": a, "perturbation": p}
     torch.testing.assert_close(net(x, torch.zeros(2), cperm), out, atol=1e-5, rtol=1e-5)
     # the anchors are read: swapping two anchors (not their displacements) changes the output
@@ -55,12 +58,21 @@ def test_population_net_bad_cond():
     with pytest.raises(ValueError, match="cond"):
         net(torch.randn(1, 2, 3), torch.zeros(1), None)
     with pytest.raises(ValueError, match="anchor"):
-        net(torch.randn(1, 2, 3), torch.zeros(1),
-            {"control": torch.randn(1, 2, 3), "perturbation": torch.tensor([0])})  # fmt: skip
+        net(
+            torch.randn(1, 2, 3),
+            torch.zeros(1),
+            {"control": torch.randn(1, 2, 3), "perturbation": torch.tensor([0])},
+        )
     with pytest.raises(ValueError, match="out of range"):
-        net(torch.randn(1, 2, 3), torch.zeros(1),
-            {"control": torch.randn(1, 2, 3), "anchor": torch.randn(1, 2, 3),
-             "perturbation": torch.tensor([5])})  # fmt: skip
+        net(
+            torch.randn(1, 2, 3),
+            torch.zeros(1),
+            {
+                "control": torch.randn(1, 2, 3),
+                "anchor": torch.randn(1, 2, 3),
+                "perturbation": torch.tensor([5]),
+            },
+        )
 
 
 def test_population_denoiser_is_linear_response_plus_karras():
@@ -111,7 +123,10 @@ def test_population_denoiser_mean_head_splits_mean_and_deviations():
     perm = torch.randperm(5)
     torch.testing.assert_close(
         den(x[:, perm], sig, {"control": c, "anchor": a[:, perm], "perturbation": p}),
-        out[:, perm], atol=1e-5, rtol=1e-5)  # fmt: skip
+        out[:, perm],
+        atol=1e-5,
+        rtol=1e-5,
+    )
     assert PopulationDenoiser(_net()).mean_head is None  # off by default
 
 
@@ -155,8 +170,9 @@ def test_ot_pairing_is_optimal_and_translation_invariant():
     np.testing.assert_array_equal(ot_pairing(cells + np.array([5.0, -3.0]), anchors), perm)
     # a shuffled, shifted copy of the anchors pairs every cell with its own anchor
     shuffle = rng.permutation(6)
-    np.testing.assert_array_equal(shuffle[ot_pairing(anchors[shuffle] + 2.0, anchors)],
-                                  np.arange(6))  # fmt: skip
+    np.testing.assert_array_equal(
+        shuffle[ot_pairing(anchors[shuffle] + 2.0, anchors)], np.arange(6)
+    )
     with pytest.raises(ValueError, match="two"):
         ot_pairing(cells, anchors[:5])
 
@@ -167,7 +183,7 @@ def test_population_model_learns_a_cell_dependent_response():
     control location must have that location's response (the average shift of the training
     populations is 0: a model that ignored its condition would miss it)."""
     from diffsci.core.denoisers import edm_loss
-    from diffsci.domains.singlecell.task import population_items
+    from diffsci.domains.singlecell.models import population_items
 
     g = np.random.default_rng(0)
     n, d, pops = 12, 2, 256
@@ -181,25 +197,45 @@ def test_population_model_learns_a_cell_dependent_response():
     pert[..., 1] += a[p][:, None] * base[..., 0]
     labels = np.repeat(np.arange(pops), n)
     disp, c, anchors, pidx = population_items(
-        ctrl, types, pert.reshape(-1, d), np.repeat(np.arange(pops), n).astype(str), labels,
-        list(np.repeat(p, n)), n_control=n, seed=0)  # fmt: skip
+        ctrl,
+        types,
+        pert.reshape(-1, d),
+        np.repeat(np.arange(pops), n).astype(str),
+        labels,
+        list(np.repeat(p, n)),
+        n_control=n,
+        seed=0,
+    )
     assert disp.shape == (pops, n, d) and anchors.shape == (pops, n, d)
     np.testing.assert_array_equal(pidx, p)
     torch.manual_seed(0)
-    den = PopulationDenoiser(PopulationNet(d, n_perturbations=2, width=32, depth=2, heads=2),
-                             sigma_data=0.5)  # fmt: skip
-    data = torch.utils.data.TensorDataset(*(torch.as_tensor(v, dtype=torch.float32)
-                                            for v in (disp, c, anchors)), torch.as_tensor(pidx))  # fmt: skip
-    res = train(den, lambda mod, b, rng: edm_loss(mod, b[0], rng, cond={
-        "control": b[1], "anchor": b[2], "perturbation": b[3]}),
-                data, TrainConfig(steps=300, batch_size=32, lr=3e-3, ema_decay=0.95,
-                                  progress=False))  # fmt: skip
+    den = PopulationDenoiser(
+        PopulationNet(d, n_perturbations=2, width=32, depth=2, heads=2), sigma_data=0.5
+    )
+    data = torch.utils.data.TensorDataset(
+        *(torch.as_tensor(v, dtype=torch.float32) for v in (disp, c, anchors)),
+        torch.as_tensor(pidx),
+    )
+    res = train(
+        den,
+        lambda mod, b, rng: edm_loss(
+            mod, b[0], rng, cond={"control": b[1], "anchor": b[2], "perturbation": b[3]}
+        ),
+        data,
+        TrainConfig(steps=300, batch_size=32, lr=3e-3, ema_decay=0.95, progress=False),
+    )
     gen = torch.Generator().manual_seed(0)
     mu = torch.tensor([[0.8, -0.6]])
     c = mu + 0.2 * torch.randn(8, n, d, generator=gen)
     for k in (0, 1):
-        out = sample(res.ema, (8, n, d), karras(20), sampler="heun", generator=gen,
-                     cond={"control": c, "anchor": c, "perturbation": torch.full((8,), k)})  # fmt: skip
+        out = sample(
+            res.ema,
+            (8, n, d),
+            karras(20),
+            sampler="heun",
+            generator=gen,
+            cond={"control": c, "anchor": c, "perturbation": torch.full((8,), k)},
+        )
         got = (out + c).mean((0, 1))
         want = torch.tensor([0.8, -0.6 + a[k] * 0.8], dtype=got.dtype)
         assert torch.allclose(got, want, atol=0.15), (k, got, want)
@@ -246,10 +282,15 @@ def test_joint_model_forward_returns_both_losses():
     lin = LineageDiffusion(4, depth=1, branching=2, hidden=8, layers=1, em_after=1)
     net = PopulationNet(3, n_perturbations=2, width=8, depth=1, heads=2)
     model = SingleCellModel(PopulationDenoiser(net), lin)
-    batch = {"population": torch.randn(2, 5, 3), "control": torch.randn(2, 4, 3),
-             "anchor": torch.randn(2, 5, 3),
-             "perturbation": torch.tensor([0, 1]), "cells": torch.rand(2, 3, 4),
-             "node0": torch.zeros(2, 3, dtype=torch.long), "tau0": torch.rand(2, 3)}  # fmt: skip
+    batch = {
+        "population": torch.randn(2, 5, 3),
+        "control": torch.randn(2, 4, 3),
+        "anchor": torch.randn(2, 5, 3),
+        "perturbation": torch.tensor([0, 1]),
+        "cells": torch.rand(2, 3, 4),
+        "node0": torch.zeros(2, 3, dtype=torch.long),
+        "tau0": torch.rand(2, 3),
+    }
     rng = ShardedRNG(torch.Generator().manual_seed(0))
     out = model(batch, rng)
     assert set(out) == {"loss", "loss_perturbation", "loss_lineage"}
@@ -279,15 +320,23 @@ def test_own_mean_loss_is_an_exact_split_of_the_edm_loss():
     torch.manual_seed(0)
     sig = torch.tensor([0.3, 2.0, 7.0])
     n = 5
-    den = PopulationDenoiser(_net(), sigma_data=0.5, mean_hidden=8, mean_depth=1,
-                             train_sigma=_FixedSigma(sig),
-                             mean_train_sigma=_FixedSigma(sig / n**0.5))  # fmt: skip
+    den = PopulationDenoiser(
+        _net(),
+        sigma_data=0.5,
+        mean_hidden=8,
+        mean_depth=1,
+        train_sigma=_FixedSigma(sig),
+        mean_train_sigma=_FixedSigma(sig / n**0.5),
+    )
     torch.nn.init.normal_(den.mean_head.net.out.weight, std=0.1)
     with torch.no_grad():
         den.weight.normal_()
     x0 = torch.randn(3, n, 3)
-    cond = {"control": torch.randn(3, 7, 3), "anchor": torch.randn(3, n, 3),
-            "perturbation": torch.tensor([0, 1, 0])}  # fmt: skip
+    cond = {
+        "control": torch.randn(3, 7, 3),
+        "anchor": torch.randn(3, n, 3),
+        "perturbation": torch.tensor([0, 1, 0]),
+    }
     full = edm_loss(den, x0, ShardedRNG(torch.Generator().manual_seed(1)), cond=cond)
     rng = ShardedRNG(torch.Generator().manual_seed(1))
     dev, noise = den.deviation_loss(x0, rng, cond=cond)
@@ -300,8 +349,9 @@ def test_own_mean_loss_is_an_exact_split_of_the_edm_loss():
     err = ((pred - target) ** 2).mean(1)
     torch.testing.assert_close(mean, (den.mean_head.loss_weight(s) * err).mean())
     torch.testing.assert_close(dev + (den.loss_weight(sig) * err).mean(), full)
-    torch.testing.assert_close(den.loss(x0, ShardedRNG(torch.Generator().manual_seed(1)),
-                                        cond=cond), dev + mean)  # fmt: skip
+    torch.testing.assert_close(
+        den.loss(x0, ShardedRNG(torch.Generator().manual_seed(1)), cond=cond), dev + mean
+    )
     with pytest.raises(ValueError, match="mean head"):
         PopulationDenoiser(_net(), mean_train_sigma=_FixedSigma(sig))
     # the mean head's own preconditioning scale
@@ -324,10 +374,15 @@ def test_joint_model_own_mean_loss_keeps_the_lineage_random_stream():
     plain = PopulationDenoiser(net, mean_hidden=8, mean_depth=1)
     own = copy.deepcopy(plain)
     own.mean_train_sigma = LogNormalSigma(0.0, 1.5)
-    batch = {"population": torch.randn(2, 5, 3), "control": torch.randn(2, 4, 3),
-             "anchor": torch.randn(2, 5, 3),
-             "perturbation": torch.tensor([0, 1]), "cells": torch.rand(2, 3, 4),
-             "node0": torch.zeros(2, 3, dtype=torch.long), "tau0": torch.rand(2, 3)}  # fmt: skip
+    batch = {
+        "population": torch.randn(2, 5, 3),
+        "control": torch.randn(2, 4, 3),
+        "anchor": torch.randn(2, 5, 3),
+        "perturbation": torch.tensor([0, 1]),
+        "cells": torch.rand(2, 3, 4),
+        "node0": torch.zeros(2, 3, dtype=torch.long),
+        "tau0": torch.rand(2, 3),
+    }
     a = SingleCellModel(plain, copy.deepcopy(lin))(
         batch, ShardedRNG(torch.Generator().manual_seed(0))
     )

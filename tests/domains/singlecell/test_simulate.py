@@ -64,15 +64,28 @@ def test_populations_share_a_hidden_factor_and_pools_are_disjoint(pbmc, sim):
     ctrl, pool = simulate.split_pools(pbmc, seed=0)
     assert not set(ctrl.obs_names) & set(pool.obs_names)
     assert ctrl.n_obs + pool.n_obs == pbmc.n_obs
-    pops = simulate.simulate_populations(sim, pool, cell_type="CD19+ B", perturbation="P2",
-                                         n_populations=5, n_cells=20,
-                                         rng=np.random.default_rng(0))  # fmt: skip
+    pops = simulate.simulate_populations(
+        sim,
+        pool,
+        cell_type="CD19+ B",
+        perturbation="P2",
+        n_populations=5,
+        n_cells=20,
+        rng=np.random.default_rng(0),
+    )
     assert pops.n_obs == 100
     h = pops.obs.groupby("population")["hidden_factor"].nunique()
     assert (h == 1).all() and pops.obs["hidden_factor"].nunique() == 5
     with pytest.raises(KeyError, match="no cells of cell type"):
-        simulate.simulate_populations(sim, pool, cell_type="Neuron", perturbation="P2",
-                                      n_populations=1, n_cells=2, rng=np.random.default_rng(0))  # fmt: skip
+        simulate.simulate_populations(
+            sim,
+            pool,
+            cell_type="Neuron",
+            perturbation="P2",
+            n_populations=1,
+            n_cells=2,
+            rng=np.random.default_rng(0),
+        )
 
 
 def test_hidden_factor_is_lognormal(sim):
@@ -91,10 +104,61 @@ def test_krumsiek11_ground_truth():
 def test_mixture_populations_mix_cell_types(pbmc, sim):
     _, pool = simulate.split_pools(pbmc, seed=0)
     types = ["CD19+ B", "CD14+ Monocyte", "Dendritic"]
-    pops = simulate.simulate_populations(sim, pool, cell_type=types, perturbation="P1",
-                                         n_populations=6, n_cells=30, mixture=True,
-                                         rng=np.random.default_rng(1))  # fmt: skip
+    pops = simulate.simulate_populations(
+        sim,
+        pool,
+        cell_type=types,
+        perturbation="P1",
+        n_populations=6,
+        n_cells=30,
+        mixture=True,
+        rng=np.random.default_rng(1),
+    )
     comp = pops.obs.groupby("population")["cell_type"].nunique()
     assert comp.max() >= 2 and set(pops.obs["cell_type"]) <= set(types)
     frac_b = pops.obs.assign(b=pops.obs["cell_type"] == "CD19+ B").groupby("population")["b"].mean()
     assert frac_b.std() > 0.05  # proportions differ between populations
+
+
+def test_oracle_populations_apply_the_simulator_to_control_cells():
+    """The oracle row: populations of the held-out type's control cells under the simulator's
+    program, one fresh hidden factor each; seeded; the control AnnData is untouched."""
+    import pandas as pd
+    from anndata import AnnData
+
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(40)]
+    x = rng.gamma(2.0, 0.5, (30, 40)).astype(np.float32)
+    control = AnnData(
+        x,
+        obs=pd.DataFrame(
+            {"cell_type": ["B"] * 12 + ["T"] * 18}, index=[f"c{i}" for i in range(30)]
+        ),
+        var=pd.DataFrame(index=genes),
+    )
+    sim = simulate.PerturbationSimulator.from_adata(
+        control, n_perturbations=1, n_up=5, n_down=5, n_responders=3, seed=0
+    )
+    before = control.X.copy()
+    pop = simulate.oracle_populations(
+        sim, control, cell_type="B", perturbation="P1", n_populations=6, n_cells=10, seed=3
+    )
+    again = simulate.oracle_populations(
+        sim, control, cell_type="B", perturbation="P1", n_populations=6, n_cells=10, seed=3
+    )
+    np.testing.assert_array_equal(pop.X, again.X)
+    np.testing.assert_array_equal(control.X, before)
+    assert pop.shape == (60, 40) and pop.obs["sample"].nunique() == 6
+    assert (pop.obs["cell_type"] == "B").all() and (pop.obs["condition"] == "oracle").all()
+    h = pop.obs.groupby("sample")["hidden_factor"].first().values
+    assert len(np.unique(h)) == 6 and (h > 0).all()
+    # untouched genes are exact copies of B control cells; induced genes rose
+    up = [genes.index(g) for g in sim.programs["P1"].up]
+    other = [
+        i
+        for i in range(40)
+        if genes[i] not in set(sim.programs["P1"].up) | set(sim.programs["P1"].down)
+    ]
+    rows_b = {tuple(r) for r in x[:12][:, other]}
+    assert all(tuple(r) in rows_b for r in pop.X[:, other])
+    assert pop.X[:, up].mean() > x[:12][:, up].mean() + 0.5

@@ -15,8 +15,9 @@ from diffsci.domains.singlecell.models import LineageDiffusion, PopulationDenois
 def _control(n=40, g=12, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.gamma(2.0, 0.5, (n, g)).astype(np.float32)
-    obs = pd.DataFrame({"cell_type": np.where(np.arange(n) % 2, "A", "B")},
-                       index=[f"c{i}" for i in range(n)])  # fmt: skip
+    obs = pd.DataFrame(
+        {"cell_type": np.where(np.arange(n) % 2, "A", "B")}, index=[f"c{i}" for i in range(n)]
+    )
     return AnnData(x, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(g)]))
 
 
@@ -44,16 +45,26 @@ def test_predict_perturbation_outputs_and_leaves_input_alone():
     a = _control()
     tl.fit_latent(a, n_comps=4, perturbations=["P1", "P2"])
     before = a.X.copy()
-    out = tl.predict_perturbation(a, _model(4), perturbation="P2", cell_type="A", n_samples=3,
-                                  n_cells=5, n_control=6, steps=3)  # fmt: skip
+    out = tl.predict_perturbation(
+        a, _model(4), perturbation="P2", cell_type="A", n_samples=3, n_cells=5, n_control=6, steps=3
+    )
     np.testing.assert_array_equal(a.X, before)
     assert out.shape == (15, 12) and list(out.var_names) == list(a.var_names)
     assert out.obs["sample"].nunique() == 3 and (out.obs["condition"] == "predicted").all()
     assert out.obsm["X_latent"].shape == (15, 4)
     # (that a trained model learns the shift: test_models.py, control-dependent shift test)
     assert np.isfinite(out.X).all()
-    warm = tl.predict_perturbation(a, _model(4), perturbation="P1", cell_type="B", n_samples=2,
-                                   n_cells=4, n_control=6, steps=3, start_sigma=0.5)  # fmt: skip
+    warm = tl.predict_perturbation(
+        a,
+        _model(4),
+        perturbation="P1",
+        cell_type="B",
+        n_samples=2,
+        n_cells=4,
+        n_control=6,
+        steps=3,
+        start_sigma=0.5,
+    )
     assert warm.uns["predict_perturbation"]["start_sigma"] == 0.5 and warm.n_obs == 8
 
 
@@ -69,16 +80,31 @@ def test_predict_perturbation_cells_are_anchors_plus_displacement():
     genes (not only in the latent), and its latent is that cell's encoding."""
     a = _control()
     tl.fit_latent(a, n_comps=4, perturbations=["P1"])
-    out = tl.predict_perturbation(a, _NoResponse(), perturbation="P1", cell_type="A",
-                                  n_samples=3, n_cells=6, n_control=6, steps=4)  # fmt: skip
+    out = tl.predict_perturbation(
+        a,
+        _NoResponse(),
+        perturbation="P1",
+        cell_type="A",
+        n_samples=3,
+        n_cells=6,
+        n_control=6,
+        steps=4,
+    )
     ctrl = a[a.obs["cell_type"] == "A"]
     dist = ((out.X[:, None] - ctrl.X[None]) ** 2).sum(-1)
     assert np.allclose(dist.min(1), 0.0, atol=1e-8)
-    np.testing.assert_allclose(out.obsm["X_latent"], tl.encode(ctrl, a)[dist.argmin(1)],
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(out.obsm["X_latent"], tl.encode(ctrl, a)[dist.argmin(1)], atol=1e-5)
     # n_cells != n_control: anchors drawn among the condition's cells
-    more = tl.predict_perturbation(a, _NoResponse(), perturbation="P1", cell_type="A",
-                                   n_samples=2, n_cells=9, n_control=4, steps=3)  # fmt: skip
+    more = tl.predict_perturbation(
+        a,
+        _NoResponse(),
+        perturbation="P1",
+        cell_type="A",
+        n_samples=2,
+        n_cells=9,
+        n_control=4,
+        steps=3,
+    )
     assert more.n_obs == 18
     for k in range(2):
         cells = more[more.obs["sample"] == f"sample{k}"].X
@@ -101,8 +127,15 @@ def test_predict_perturbation_start_and_sigma_max():
     den = _Frozen(PopulationNet(4, n_perturbations=2, width=16, depth=1, heads=2))
     with torch.no_grad():
         den.weight.normal_()
-    kw = {"perturbation": "P2", "cell_type": "A", "n_samples": 3, "n_cells": 6, "n_control": 6,
-          "steps": 3, "sigma_max": 0.01}  # fmt: skip
+    kw = {
+        "perturbation": "P2",
+        "cell_type": "A",
+        "n_samples": 3,
+        "n_cells": 6,
+        "n_control": 6,
+        "steps": 3,
+        "sigma_max": 0.01,
+    }
     ctrl = a[a.obs["cell_type"] == "A"]
     zc = tl.encode(ctrl, a)
     zero = tl.predict_perturbation(a, den, **kw)
@@ -123,10 +156,13 @@ def test_predict_perturbation_start_and_sigma_max():
         tl.predict_perturbation(a, _NoResponse(), start="linear", **kw)
 
 
-@pytest.mark.parametrize("kw, err, match", [
-    ({"perturbation": "KO"}, KeyError, "unknown perturbation 'KO'"),
-    ({"cell_type": "Z"}, KeyError, "unknown cell_type 'Z'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw, err, match",
+    [
+        ({"perturbation": "KO"}, KeyError, "unknown perturbation 'KO'"),
+        ({"cell_type": "Z"}, KeyError, "unknown cell_type 'Z'"),
+    ],
+)
 def test_predict_perturbation_bad_names(kw, err, match):
     a = _control()
     tl.fit_latent(a, n_comps=4, perturbations=["P1"])
@@ -140,8 +176,16 @@ def test_genes_absent_and_non_finite_and_no_latent():
     tl.fit_latent(ref, n_comps=4, perturbations=["P1"])
     other = _control()[:, 2:].copy()
     with pytest.raises(KeyError, match="2 genes of the model absent, e.g. g0, g1"):
-        tl.predict_perturbation(other, _model(4), reference=ref, perturbation="P1",
-                                cell_type="A", n_samples=2, n_cells=2, steps=2)  # fmt: skip
+        tl.predict_perturbation(
+            other,
+            _model(4),
+            reference=ref,
+            perturbation="P1",
+            cell_type="A",
+            n_samples=2,
+            n_cells=2,
+            steps=2,
+        )
     bad = _control()
     bad.X[3, 1] = np.inf
     with pytest.raises(ValueError, match="non-finite"):
@@ -160,8 +204,9 @@ def test_baselines():
     ms = tl.mean_shift_baseline(a, pert, cell_type="A", perturbation="P1")
     b_ctrl = a[a.obs["cell_type"] == "B"].X.mean(0)
     b_pert = pert[pert.obs["cell_type"] == "B"].X.mean(0)
-    np.testing.assert_allclose(ms.X - ident.X, np.broadcast_to(b_pert - b_ctrl, ms.shape),
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        ms.X - ident.X, np.broadcast_to(b_pert - b_ctrl, ms.shape), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(KeyError, match="unknown perturbation 'P9'"):
         tl.mean_shift_baseline(a, pert, cell_type="A", perturbation="P9")
 
