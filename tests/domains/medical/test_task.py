@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
 from diffsci.core.task import TaskPaths, get_task
 from diffsci.domains.medical.io import read_volume_nifti
 
-TINY = {
-    "seed": 0,
-    "device": "cpu",
-    "data": {"size": 16, "n_train": 64, "n_test": 3, "pydicom_examples": True},
-    "model": {"channels": [16, 32], "attention_levels": [False, False]},
-    "train": {"steps": 6, "batch_size": 8, "lr": 1e-3, "ckpt_every": 3, "log_every": 3},
-    "sampling": {"steps": 4, "samples": 2, "batch": 3, "cg_iters": 5},
-    "mri": {"acceleration": 4, "center_fraction": 0.08, "pocs_tv": {"iters": 5}},
-    "ct": {"n_views": 6, "tv": {"iters": 10}},
-    "volume": {"slices": 4},
-}
+#: the same tiny config the shared contract test runs through the CLI
+TINY = yaml.safe_load(Path(__file__).with_name("tiny.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
