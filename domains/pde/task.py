@@ -65,6 +65,7 @@ class PDETask(DomainTask):
     name = "pde"
     schema_path = SCHEMA
     training_config_keys = ("seed", "data", "model", "train_chunk")
+    packages = ("matplotlib",)
 
     def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
         """Solve Burgers once on the finest grid and subsample, so every grid holds the same
