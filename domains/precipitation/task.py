@@ -123,6 +123,8 @@ class PrecipitationTask(DomainTask):
         ds.close()
 
     def evaluate(self, cfg: Mapping[str, Any], paths: TaskPaths, fig_dir: Path) -> EvalResult:
+        from . import plots  # matplotlib only where figures are made
+
         truth, tp_in, factor = io.read_truth(paths.data / "test.zarr")
         ens, base, seconds = io.read_predictions(paths.predictions / "predictions.zarr")
         e = cfg["evaluate"]
@@ -146,8 +148,6 @@ class PrecipitationTask(DomainTask):
             sw_weight=cfg["loss"]["sw_weight"],
             mass_consistency=cfg["sampling"]["mass_consistency"],
         )
-        from . import plots
-
         fields = plots.example_fields(truth, tp_in, ens, base)
         psd = metrics.psd_curves(truth, ens, base)
         figs = plots.write_figures(
