@@ -1,11 +1,12 @@
 """Single-cell quality bars: held-out cell type perturbation response and krumsiek11 lineage.
 
 Runs the generic stages (the same code as the Snakemake rules) with
-``benchmarks/configs/singlecell.yaml`` and checks, on the mean over the simulated
-perturbations of the held-out cell type: top-50-DE R^2 >= 0.9 and >= identity + 0.3,
-E-distance <= 0.5 x identity's, coverage of the hidden-factor draws by the 90% interval of
-the predicted population scores >= 0.8; on krumsiek11: NMI vs fates >= 0.8 and pseudotime
-Spearman >= scanpy DPT's. Also records the E-distance cross-check against an independent
+``benchmarks/configs/singlecell.yaml`` and checks the bars defined in
+:data:`diffsci.domains.singlecell.metrics.BARS` (evaluate reports each as a ``bar: ...``
+entry of its summary): on the mean over the simulated perturbations of the held-out cell type,
+top-50-DE R^2 >= 0.9 and >= identity + 0.3, E-distance <= 0.5 x identity's, coverage of the
+hidden-factor draws by the 90% interval of the predicted population scores >= 0.8; on
+krumsiek11, NMI vs fates >= 0.8 and pseudotime Spearman >= scanpy DPT's. Also records the E-distance cross-check against an independent
 implementation (a loop over cells with ``numpy.linalg.norm``) on a fixed example. The tables
 carry an oracle row (the simulator's ground truth applied to the held-out cell type's
 control-pool cells): the ceiling of predictions made from that pool, not a method.

@@ -51,8 +51,19 @@ def mean_shift_baseline(
 
     The shift of a cell type is ``mean(perturbed) - mean(control)`` per gene; the baseline adds
     the unweighted average of the shifts of every cell type in ``perturbed`` (other than
-    ``cell_type``) that has both control and perturbed cells. ``obs["condition"]`` is
-    ``"mean-shift"``.
+    ``cell_type``) that has both control and perturbed cells.
+
+    Parameters
+    ----------
+    adata, perturbed
+        Control and perturbed cells (same genes), cell types in ``obs[cell_type_key]``.
+    cell_type, perturbation
+        What to predict; ``perturbation`` is looked up in ``perturbed.obs[perturbation_key]``.
+
+    Returns
+    -------
+    AnnData
+        As :func:`identity_baseline`, with ``obs["condition"] = "mean-shift"``.
     """
     require_obs_value(perturbed, perturbation_key, perturbation, what="perturbed adata")
     if list(adata.var_names) != list(perturbed.var_names):

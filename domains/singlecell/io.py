@@ -35,7 +35,7 @@ def keep_torch_threads() -> Iterator[None]:
 
     Some scanpy calls (``pp.neighbors``, ``tl.rank_genes_groups``) reset it to the number of
     cores, so a one-thread benchmark ran its training and inference on two OpenMP threads,
-    spinning against another process on a shared 2-core machine (40x slower per step).
+    spinning against another process on a shared 2-core machine (many times slower per step).
     """
     import torch
 

@@ -1,8 +1,10 @@
 """The single-cell fields' own metrics.
 
 Perturbation response
-    :func:`e_distance` as pertpy's ``Distance("edistance")`` (current pertpy; versions before
-    0.7 used squared euclidean distances, not used here), :func:`mmd` (the core's RBF MMD),
+    :func:`e_distance`, the energy distance (Székely & Rizzo 2013) as scPerturb (Peidli et al.,
+    Nat. Methods 2024) and pertpy's ``Distance("edistance")`` compute it (current pertpy;
+    versions before 0.7 used squared euclidean distances, not used here), :func:`mmd` (the
+    core's RBF MMD, Gretton et al., JMLR 2012),
     :func:`r2_means` (sklearn's coefficient of determination of per-gene means, as pertpy's
     ``r2_distance``), :func:`top_de_genes` (scanpy's ``rank_genes_groups``) and
     :func:`response_score` / :func:`population_coverage` for the hidden-factor coverage.
@@ -132,6 +134,15 @@ def top_de_genes(
     scanpy's ``rank_genes_groups`` (``method``, perturbed vs the control as reference) on the
     log-normalised ``X``; genes ranked by the absolute score, so up- and down-regulated genes
     both count.
+
+    Parameters
+    ----------
+    truth, control
+        Perturbed and control cells, the same genes in the same order.
+    n
+        Genes to return.
+    method
+        ``rank_genes_groups``'s test.
     """
     import anndata as ad
     import scanpy as sc

@@ -99,11 +99,23 @@ class PerturbationSimulator:
         seed: int = 0,
         **kwargs: Any,
     ) -> PerturbationSimulator:
-        """Draw ``n_perturbations`` disjoint programs from the genes of ``adata`` (log-norm X).
+        """Draw ``n_perturbations`` disjoint programs from the genes of ``adata``.
 
         Induced genes come from the lower half of mean expression (so induction is visible),
         repressed genes from the 150 most expressed, responders from the 60 genes whose mean
         differs most between cell types (so the gain varies by cell type).
+
+        Parameters
+        ----------
+        adata
+            Log-normalised expression with cell types in ``obs[cell_type_key]``.
+        n_perturbations, n_up, n_down, n_responders
+            Programs, and induced, repressed and responder genes per program.
+        seed
+            Seed of the gene and weight draws.
+        **kwargs
+            The simulator's other fields (``effect_size``, ``gain_slope``, ``hidden_sd``,
+            ``noise``).
         """
         rng = np.random.default_rng(seed)
         x = dense(adata.X)
@@ -195,12 +207,18 @@ def load_pbmc(
 ) -> AnnData:
     """Log-normalised expression with a cell type per cell, as a dense AnnData.
 
-    Default: scanpy's bundled ``pbmc68k_reduced``, its ``.raw`` (765 genes). ``path``: an
-    ``.h5ad`` whose ``.raw`` holds log-normalised expression (as pbmc68k_reduced), or 10x
-    counts (``.h5`` / mtx directory, then normalised to 1e4 per cell and ``log1p``-ed with
-    scanpy). ``obs["cell_type"]`` holds ``obs[cell_type_key]``; cell types with fewer than
-    ``min_cells`` cells are dropped (too few to split into control and perturbed pools).
-    The input file is only read.
+    Parameters
+    ----------
+    path
+        ``None``: scanpy's bundled ``pbmc68k_reduced``, its ``.raw`` (765 genes). Else an
+        ``.h5ad`` whose ``.raw`` holds log-normalised expression (as pbmc68k_reduced), or 10x
+        counts (``.h5`` / mtx directory, then normalised to 1e4 per cell and ``log1p``-ed with
+        scanpy). The file is only read.
+    min_cells
+        Cell types with fewer cells are dropped (too few to split into control and perturbed
+        pools).
+    cell_type_key
+        The ``obs`` column with the cell types; copied to ``obs["cell_type"]``.
     """
     import scanpy as sc
 
@@ -266,11 +284,30 @@ def simulate_populations(
     """``n_populations`` perturbed populations of ``n_cells`` cells of ``cell_type``.
 
     Each population resamples the pool's cells of that type (with replacement), draws its own
-    hidden factor and applies the perturbation. With a list of cell types and
-    ``mixture=True``, each population mixes them with proportions drawn from a flat
-    Dirichlet (training augmentation: cell compositions between the cell types, each cell
-    responding by its own state). ``obs`` holds each cell's ``cell_type``, ``perturbation``,
-    ``condition``, ``population`` and the ground-truth ``hidden_factor``.
+    hidden factor and applies the perturbation.
+
+    Parameters
+    ----------
+    sim, perturbation
+        The simulator and the program to apply.
+    pool
+        The cells to resample (``obs["cell_type"]``).
+    cell_type
+        One cell type, or several with ``mixture=True``: each population then mixes them with
+        proportions drawn from a flat Dirichlet (training augmentation: cell compositions
+        between the cell types, each cell responding by its own state).
+    n_populations, n_cells
+        Populations and cells per population.
+    rng
+        Every draw (hidden factors, proportions, cells, noise), in that order per population.
+    prefix
+        Start of the population ids and cell names.
+
+    Returns
+    -------
+    AnnData
+        ``obs`` holds each cell's ``cell_type``, ``perturbation``, ``condition``,
+        ``population`` and the ground-truth ``hidden_factor``.
     """
     types = [cell_type] if isinstance(cell_type, str) else list(cell_type)
     idx = {t: np.flatnonzero(pool.obs["cell_type"].values == t) for t in types}
