@@ -21,7 +21,7 @@ import yaml
 
 from .fileio import atomic_dir, atomic_path
 from .provenance import provenance, write_json_atomic
-from .task import EvalResult, Task, TaskPaths, get_task
+from .task import EvalResult, Runtime, Task, TaskPaths, get_task
 from .training import TrainConfig, train
 
 __all__ = [
@@ -157,7 +157,7 @@ def run_baselines(
     task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bool = True, **_: Any
 ) -> None:
     with atomic_dir(paths.baselines) as tmp:
-        task.baselines(cfg, paths.data, tmp, device=_device(cfg), progress=progress)
+        task.baselines(cfg, paths.data, tmp, Runtime(_device(cfg), progress))
         write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
 
 
@@ -167,7 +167,7 @@ def run_infer(
     device = _device(cfg)
     model = load_model(task, cfg, paths.model).to(device)
     with atomic_dir(paths.predictions) as tmp:
-        task.infer(cfg, model, paths.data, tmp, device=device, progress=progress)
+        task.infer(cfg, model, paths.data, tmp, Runtime(device, progress))
         write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
 
 

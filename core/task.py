@@ -29,6 +29,8 @@ __all__ = [
     "DomainTask",
     "EvalResult",
     "LossFn",
+    "Config",
+    "Runtime",
     "TaskPaths",
     "get_task",
     "list_tasks",
@@ -39,6 +41,18 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "diffsci.tasks"
+
+#: A validated domain config (the YAML mapping with the schema's defaults filled in).
+Config = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a stage runs: the torch ``device`` and whether to show progress bars."""
+
+    device: torch.device
+    progress: bool = False
+
 
 #: ``loss(model, batch, rng) -> scalar or {"loss": scalar, <logged terms>...}``; all
 #: randomness through the ``torch.Generator`` ``rng``.
@@ -112,42 +126,27 @@ class Task(Protocol):
     #: Distributions whose versions the provenance record lists (besides the core's).
     packages: Sequence[str]
 
-    def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
+    def prepare(self, cfg: Config, data_dir: Path) -> None:
         """Write the training/evaluation data (field-native formats) into ``data_dir``."""
 
-    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
+    def build_model(self, cfg: Config) -> nn.Module:
         """The denoiser ``D(x, sigma, cond)`` (untrained)."""
 
-    def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
+    def train_dataset(self, cfg: Config, data_dir: Path) -> torch.utils.data.Dataset:
         """Training samples; items are what the loss receives (collated)."""
 
-    def make_loss(self, cfg: Mapping[str, Any], data_dir: Path) -> LossFn:
+    def make_loss(self, cfg: Config, data_dir: Path) -> LossFn:
         """The training loss, built from the config (and the prepared data's statistics)."""
 
-    def baselines(
-        self,
-        cfg: Mapping[str, Any],
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
-    ) -> None:
+    def baselines(self, cfg: Config, data_dir: Path, out_dir: Path, rt: Runtime) -> None:
         """Fit or train the domain's baselines; write them and their predictions to ``out_dir``."""
 
     def infer(
-        self,
-        cfg: Mapping[str, Any],
-        model: nn.Module,
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
+        self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
     ) -> None:
         """Run inference on the evaluation data; write predictions (native formats)."""
 
-    def evaluate(self, cfg: Mapping[str, Any], paths: TaskPaths, fig_dir: Path) -> EvalResult:
+    def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
         """Metrics of the model and the baselines (``paths.predictions``, ``paths.baselines``);
         figures go into ``fig_dir``."""
 
@@ -160,15 +159,7 @@ class DomainTask:
     training_config_keys: Sequence[str] = ("seed", "data", "model", "loss")
     packages: Sequence[str] = ()
 
-    def baselines(
-        self,
-        cfg: Mapping[str, Any],
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
-    ) -> None:
+    def baselines(self, cfg: Config, data_dir: Path, out_dir: Path, rt: Runtime) -> None:
         """No trained baselines: the domain's baselines are computed by ``infer``/``evaluate``."""
 
 

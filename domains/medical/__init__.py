@@ -12,7 +12,7 @@ fastMRI HDF5, the task's files), :mod:`.metrics` (fastMRI PSNR/SSIM/NMSE), :mod:
 
 from __future__ import annotations
 
-from diffsci.core.lazy import lazy_getattr
+from diffsci.core.lazy import lazy_exports
 
 _EXPORTS = {
     # operators
@@ -66,6 +66,4 @@ _EXPORTS = {
     "nmse": "metrics",
 }
 
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

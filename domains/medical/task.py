@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffsci.core.task import DomainTask, EvalResult, LossFn, TaskPaths
+from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, metrics, models, plots, posterior, simulate
 from .models import AffineData
@@ -59,7 +59,7 @@ def _timed(fn: Callable[[], Tensor], n: int) -> tuple[Tensor, float]:
     return out, (time.perf_counter() - t0) / n
 
 
-def _sampling(cfg: Mapping[str, Any], data: str | None = None) -> dict[str, Any]:
+def _sampling(cfg: Config, data: str | None = None) -> dict[str, Any]:
     """:func:`~.posterior.posterior_reconstruct`'s options from the config (``data``: the
     ``mri`` or ``ct`` section giving the data step; ``None``: hard data consistency)."""
     s = cfg["sampling"]
@@ -77,7 +77,7 @@ def _sampling(cfg: Mapping[str, Any], data: str | None = None) -> dict[str, Any]
     return opts
 
 
-def _label(cfg: Mapping[str, Any], name: str) -> str:
+def _label(cfg: Config, name: str) -> str:
     """The acquisition of ``name`` (``mri`` or ``ct``) in words, for table titles."""
     if name == "mri":
         m = cfg["mri"]
@@ -96,7 +96,7 @@ class MedicalTask(DomainTask):
     packages = ("pydicom", "nibabel", "scikit-image")
 
     # ---------------------------------------------------------------- prepare
-    def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
+    def prepare(self, cfg: Config, data_dir: Path) -> None:
         d, seed = cfg["data"], int(cfg["seed"])
         n = d["size"]
         train = simulate.random_ellipse_phantoms(d["n_train"], n, seed=seed)
@@ -121,7 +121,7 @@ class MedicalTask(DomainTask):
             io.write_sinograms(data_dir / "ct_test.h5", sino[:, 0].numpy(), angles, n)
 
     @staticmethod
-    def _prepare_mri(cfg: Mapping[str, Any], data_dir: Path, x: Tensor, test: np.ndarray) -> None:
+    def _prepare_mri(cfg: Config, data_dir: Path, x: Tensor, test: np.ndarray) -> None:
         m, seed, n = cfg["mri"], int(cfg["seed"]), cfg["data"]["size"]
         mask = kspace_mask(
             (n, n),
@@ -151,27 +151,21 @@ class MedicalTask(DomainTask):
             )
 
     # ---------------------------------------------------------------- model
-    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
+    def build_model(self, cfg: Config) -> nn.Module:
         return models.build_prior(cfg["model"])
 
-    def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
+    def train_dataset(self, cfg: Config, data_dir: Path) -> torch.utils.data.Dataset:
         x = io.read_images(Path(data_dir) / "train.h5")
         return torch.utils.data.TensorDataset(AffineData.to_model(x[:, None]))
 
-    def make_loss(self, cfg: Mapping[str, Any], data_dir: Path) -> LossFn:
+    def make_loss(self, cfg: Config, data_dir: Path) -> LossFn:
         return models.flip_edm_loss
 
     # ---------------------------------------------------------------- inference
     def infer(
-        self,
-        cfg: Mapping[str, Any],
-        model: nn.Module,
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
+        self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
     ) -> None:
+        device, progress = rt.device, rt.progress
         data_dir, out_dir = Path(data_dir), Path(out_dir)
         g = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
         run = {"model": model, "generator": g, "device": device, "progress": progress}
@@ -184,7 +178,7 @@ class MedicalTask(DomainTask):
 
     @staticmethod
     def _infer_mri(
-        cfg: Mapping[str, Any],
+        cfg: Config,
         data_dir: Path,
         out_dir: Path,
         *,
@@ -229,7 +223,7 @@ class MedicalTask(DomainTask):
 
     @staticmethod
     def _infer_volume(
-        cfg: Mapping[str, Any],
+        cfg: Config,
         data_dir: Path,
         out_dir: Path,
         *,
@@ -259,7 +253,7 @@ class MedicalTask(DomainTask):
 
     @staticmethod
     def _infer_ct(
-        cfg: Mapping[str, Any],
+        cfg: Config,
         data_dir: Path,
         out_dir: Path,
         *,
@@ -308,7 +302,7 @@ class MedicalTask(DomainTask):
         )
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, cfg: Mapping[str, Any], paths: TaskPaths, fig_dir: Path) -> EvalResult:
+    def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
         truth = torch.from_numpy(io.read_volume_nifti(paths.data / "test_ground_truth.nii.gz"))
         tables: dict[str, Any] = {}
         figures: list[str] = []

@@ -11,7 +11,7 @@ FNO), :mod:`.sampling` (forecasts, assimilation), :mod:`.events` (event study),
 
 from __future__ import annotations
 
-from diffsci.core.lazy import lazy_getattr
+from diffsci.core.lazy import lazy_exports
 
 _EXPORTS = {
     "advection_1d": "simulate",
@@ -25,6 +25,4 @@ _EXPORTS = {
     "write_pdebench": "io",
 }
 
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

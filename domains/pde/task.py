@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from diffsci.core.task import DomainTask, EvalResult, LossFn, TaskPaths
+from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, metrics, plots, sampling
 from .events import event_study
@@ -41,7 +40,7 @@ def _trajectories(data_dir: Path, grids: list[int]) -> list[Tensor]:
     return [torch.from_numpy(io.read_pdebench(files[g]).u).float() for g in grids]
 
 
-def _check_chunks(cfg: Mapping[str, Any]) -> None:
+def _check_chunks(cfg: Config) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if len(cfg["data"]["train_nx"]) > 1 and cfg["train"]["batch_size"] != world:
         raise ValueError(
@@ -51,7 +50,7 @@ def _check_chunks(cfg: Mapping[str, Any]) -> None:
         )
 
 
-def _test_data(path: Path, cfg: Mapping[str, Any]) -> io.PDEData:
+def _test_data(path: Path, cfg: Config) -> io.PDEData:
     data = io.read_pdebench(path)
     if data.spatial_dims != 1:
         raise ValueError(f"{path}: expected 1-D trajectories (N, nt, nx), got {data.u.shape}")
@@ -67,7 +66,7 @@ class PDETask(DomainTask):
     training_config_keys = ("seed", "data", "model", "train_chunk")
     packages = ("matplotlib",)
 
-    def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
+    def prepare(self, cfg: Config, data_dir: Path) -> None:
         """Solve Burgers once on the finest grid and subsample, so every grid holds the same
         trajectories; write ``{train,test}_nx<N>.h5`` and the training data's scale."""
         d = cfg["data"]
@@ -94,29 +93,22 @@ class PDETask(DomainTask):
                     attrs={**attrs, "split": split},
                 )
 
-    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
+    def build_model(self, cfg: Config) -> nn.Module:
         return build_denoiser(cfg)
 
-    def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> TrajectoryChunks:
+    def train_dataset(self, cfg: Config, data_dir: Path) -> TrajectoryChunks:
         _check_chunks(cfg)
         trajs = _trajectories(Path(data_dir), cfg["data"]["train_nx"])
         scale = io.read_scale(data_dir)
         return TrajectoryChunks(trajs, chunk=cfg["train_chunk"], scale=scale, **codec(cfg))
 
-    def make_loss(self, cfg: Mapping[str, Any], data_dir: Path) -> LossFn:
+    def make_loss(self, cfg: Config, data_dir: Path) -> LossFn:
         return chunk_loss(cfg["model"]["cond_dropout"])
 
-    def baselines(
-        self,
-        cfg: Mapping[str, Any],
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
-    ) -> None:
+    def baselines(self, cfg: Config, data_dir: Path, out_dir: Path, rt: Runtime) -> None:
         """Train the FNO (resumable checkpoints in ``<workdir>/checkpoints_fno``, outside the
         stage's output) and write its test predictions ``fno_nx<N>.h5``."""
+        device, progress = rt.device, rt.progress
         scale = io.read_scale(data_dir)
         trajs = _trajectories(Path(data_dir), cfg["data"]["train_nx"])
         ckpt = Path(data_dir).parent / "checkpoints_fno"
@@ -131,17 +123,11 @@ class PDETask(DomainTask):
             )
 
     def infer(
-        self,
-        cfg: Mapping[str, Any],
-        model: nn.Module,
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
+        self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
     ) -> None:
         """Ensemble forecasts (and assimilation) of every test grid; the event study on the
         coarsest one. One generator (``seed + 1``) drives every sampler run, in that order."""
+        device, progress = rt.device, rt.progress
         scale = io.read_scale(data_dir)
         g = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
         kw = {"cfg": cfg, "scale": scale, "generator": g, "device": device}
@@ -172,7 +158,7 @@ class PDETask(DomainTask):
             (out_dir / "events.json").write_text(json.dumps(ev, indent=2))
 
     @staticmethod
-    def _assimilates(cfg: Mapping[str, Any]) -> bool:
+    def _assimilates(cfg: Config) -> bool:
         if not cfg.get("assimilation", {}).get("enabled", True):
             return False
         if not serves_prior(cfg):
@@ -184,7 +170,7 @@ class PDETask(DomainTask):
             return False
         return True
 
-    def evaluate(self, cfg: Mapping[str, Any], paths: TaskPaths, fig_dir: Path) -> EvalResult:
+    def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
         tables: dict[str, dict[str, dict[str, Any]]] = {}
         figures: list[Path] = []
         for nx, path in io.split_files(paths.data, "test").items():

@@ -16,7 +16,7 @@ table) and :mod:`.plots`. Their public names are re-exported here lazily.
 
 from __future__ import annotations
 
-from diffsci.core.lazy import lazy_getattr
+from diffsci.core.lazy import lazy_exports
 
 _EXPORTS = {
     # simulate
@@ -72,6 +72,4 @@ _EXPORTS = {
     "plot_fields": "plots",
 }
 
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

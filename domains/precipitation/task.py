@@ -18,14 +18,12 @@ model (CorrDiff-style) and WassDiff's sliced-Wasserstein regulariser.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from diffsci.core.task import DomainTask, EvalResult, LossFn, TaskPaths
+from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, losses, metrics, models, simulate
 from .operators import block_mean
@@ -33,11 +31,11 @@ from .operators import block_mean
 __all__ = ["PrecipitationTask"]
 
 
-def _normaliser(cfg: Mapping[str, Any], data_dir: Path) -> models.Normaliser:
+def _normaliser(cfg: Config, data_dir: Path) -> models.Normaliser:
     return models.Normaliser.from_file(data_dir / "stats.json", cfg["data"]["input_variables"])
 
 
-def _read_cases(cfg: Mapping[str, Any], path: Path):
+def _read_cases(cfg: Config, path: Path):
     ds = io.open_dataset(path, required_inputs=cfg["data"]["input_variables"])
     return ds, *io.case_arrays(ds, cfg["data"]["input_variables"], str(path))
 
@@ -49,7 +47,7 @@ class PrecipitationTask(DomainTask):
     schema_path = Path(__file__).with_name("config.schema.yaml")
     packages = ("xarray", "dask", "zarr", "h5netcdf")
 
-    def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
+    def prepare(self, cfg: Config, data_dir: Path) -> None:
         d, data_dir = cfg["data"], Path(data_dir)
         params = {k: d[k] for k in simulate.PARAMS}
         train, test = simulate.make_split(
@@ -66,11 +64,11 @@ class PrecipitationTask(DomainTask):
         io.write_dataset(test, data_dir / "test.zarr", chunks=chunks)
         io.write_stats(io.compute_stats(train), data_dir / "stats.json")
 
-    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
+    def build_model(self, cfg: Config) -> nn.Module:
         n_cond = len(cfg["data"]["input_variables"]) + len(io.INVARIANT_VARIABLES)
         return models.build_model(cfg, n_cond)
 
-    def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
+    def train_dataset(self, cfg: Config, data_dir: Path) -> torch.utils.data.Dataset:
         ds, inputs, inv = _read_cases(cfg, Path(data_dir) / "train.nc")
         norm = _normaliser(cfg, Path(data_dir))
         cond = norm.encode_condition(torch.from_numpy(inputs), torch.from_numpy(inv))
@@ -78,21 +76,15 @@ class PrecipitationTask(DomainTask):
         ds.close()
         return torch.utils.data.TensorDataset(target, cond)
 
-    def make_loss(self, cfg: Mapping[str, Any], data_dir: Path) -> LossFn:
+    def make_loss(self, cfg: Config, data_dir: Path) -> LossFn:
         clamp = cfg["loss"].get("sw_clamp_dry", False)
         dry = _normaliser(cfg, Path(data_dir)).dry_level if clamp else None
         return losses.training_loss(cfg["loss"], dry_level=dry)
 
     def infer(
-        self,
-        cfg: Mapping[str, Any],
-        model: nn.Module,
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
+        self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
     ) -> None:
+        device, progress = rt.device, rt.progress
         from .downscale import downscale_arrays
 
         path = Path(data_dir) / "test.zarr"
@@ -122,7 +114,7 @@ class PrecipitationTask(DomainTask):
         io.write_dataset(out, Path(out_dir) / "predictions.nc")
         ds.close()
 
-    def evaluate(self, cfg: Mapping[str, Any], paths: TaskPaths, fig_dir: Path) -> EvalResult:
+    def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
         from . import plots  # matplotlib only where figures are made
 
         truth, tp_in, factor = io.read_truth(paths.data / "test.zarr")

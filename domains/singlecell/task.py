@@ -21,7 +21,6 @@ Glue between the config, the files and the domain's modules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +30,9 @@ from anndata import AnnData
 from torch import nn
 
 from diffsci.core.schedules import LogNormalSigma
-from diffsci.core.task import DomainTask, EvalResult, LossFn, TaskPaths
+from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
-from . import baselines, io, metrics, plots, simulate
-from .models import (
-    LATENT_KEY,
-    LineageDiffusion,
-    PopulationDenoiser,
-    PopulationNet,
-    SingleCellModel,
-    TensorItems,
-    encode,
-    fit_shared_latent,
-    joint_loss,
-    lineage,
-    lineage_items,
-    population_items,
-    predict_perturbation,
-)
+from . import baselines, io, metrics, models, plots, simulate
 
 __all__ = ["SingleCellTask"]
 
@@ -85,7 +69,7 @@ class SingleCellTask(DomainTask):
     packages = ("scanpy", "anndata", "pandas", "scikit-learn", "igraph", "matplotlib")
 
     @io.keep_torch_threads()
-    def prepare(self, cfg: Mapping[str, Any], data_dir: Path) -> None:
+    def prepare(self, cfg: Config, data_dir: Path) -> None:
         c, seed = cfg["perturbation"], int(cfg["seed"])
         data_dir = Path(data_dir)
         pbmc = simulate.load_pbmc(
@@ -110,11 +94,11 @@ class SingleCellTask(DomainTask):
             test_draws=c["test_draws"],
             n_cells=c["n_cells"],
         )
-        fit_shared_latent(
+        models.fit_shared_latent(
             data.control,
             [data.train],
             n_comps=c["n_pcs"],
-            key_added=LATENT_KEY,
+            key_added=models.LATENT_KEY,
             perturbations=list(data.simulator.programs),
         )
         data.control.uns["held_out_cell_type"] = held
@@ -124,16 +108,16 @@ class SingleCellTask(DomainTask):
         (data_dir / "simulator.json").write_text(data.simulator.to_json())
         io.write_h5ad(simulate.load_krumsiek11(), data_dir / "krumsiek11.h5ad")
 
-    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
+    def build_model(self, cfg: Config) -> nn.Module:
         m, c, lin = cfg["model"], cfg["perturbation"], cfg["lineage"]
-        net = PopulationNet(
+        net = models.PopulationNet(
             c["n_pcs"],
             n_perturbations=c["n_perturbations"],
             width=m["width"],
             depth=m["depth"],
             heads=m["heads"],
         )
-        lineage_model = LineageDiffusion(
+        lineage_model = models.LineageDiffusion(
             11,
             depth=lin["tree_depth"],
             branching=lin["branching"],
@@ -147,7 +131,7 @@ class SingleCellTask(DomainTask):
         mean_sigma = None
         if m["mean_sigma_mean"] is not None:
             mean_sigma = LogNormalSigma(m["mean_sigma_mean"], m["mean_sigma_std"])
-        den = PopulationDenoiser(
+        den = models.PopulationDenoiser(
             net,
             sigma_data=m["sigma_data"],
             linear=m["linear_response"],
@@ -157,19 +141,19 @@ class SingleCellTask(DomainTask):
             mean_train_sigma=mean_sigma,
             mean_loss_weight=m["mean_loss_weight"],
         )
-        return SingleCellModel(den, lineage_model, lineage_weight=m["lineage_weight"])
+        return models.SingleCellModel(den, lineage_model, lineage_weight=m["lineage_weight"])
 
     @io.keep_torch_threads()
-    def train_dataset(self, cfg: Mapping[str, Any], data_dir: Path) -> torch.utils.data.Dataset:
+    def train_dataset(self, cfg: Config, data_dir: Path) -> torch.utils.data.Dataset:
         data_dir = Path(data_dir)
         c, lin, seed = cfg["perturbation"], cfg["lineage"], int(cfg["seed"])
         control = _read(data_dir / "control.h5ad")
         train = _read(data_dir / "train_perturbed.h5ad")
-        perts = list(map(str, control.uns[LATENT_KEY]["perturbations"]))
-        pops, ctrls, anchors, pidx = population_items(
-            encode(control, control, what=str(data_dir / "control.h5ad")),
+        perts = list(map(str, control.uns[models.LATENT_KEY]["perturbations"]))
+        pops, ctrls, anchors, pidx = models.population_items(
+            models.encode(control, control, what=str(data_dir / "control.h5ad")),
             control.obs["cell_type"].astype(str).values,
-            encode(train, control, what=str(data_dir / "train_perturbed.h5ad")),
+            models.encode(train, control, what=str(data_dir / "train_perturbed.h5ad")),
             train.obs["cell_type"].astype(str).values,
             train.obs["population"].values,
             [perts.index(str(q)) for q in train.obs["perturbation"].values],
@@ -181,7 +165,7 @@ class SingleCellTask(DomainTask):
         baselines.lineage_baselines(
             kr, n_neighbors=lin["n_neighbors"], resolution=lin["leiden_resolution"], seed=seed
         )
-        cells, node0, tau0 = lineage_items(
+        cells, node0, tau0 = models.lineage_items(
             io.dense(kr.X),
             kr.obs["dpt_pseudotime"].values,
             parent,
@@ -190,7 +174,7 @@ class SingleCellTask(DomainTask):
             seed=seed,
             rng=np.random.default_rng(seed + 4),
         )
-        return TensorItems(
+        return models.TensorItems(
             {
                 "population": torch.as_tensor(pops, dtype=torch.float32),
                 "control": torch.as_tensor(ctrls, dtype=torch.float32),
@@ -202,30 +186,29 @@ class SingleCellTask(DomainTask):
             }
         )
 
-    def make_loss(self, cfg: Mapping[str, Any], data_dir: Path) -> LossFn:
-        return joint_loss
+    def make_loss(self, cfg: Config, data_dir: Path) -> LossFn:
+        return models.joint_loss
 
     @io.keep_torch_threads()
     def infer(
-        self,
-        cfg: Mapping[str, Any],
-        model: nn.Module,
-        data_dir: Path,
-        out_dir: Path,
-        *,
-        device: torch.device,
-        progress: bool,
+        self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
     ) -> None:
+        device, progress = rt.device, rt.progress
         import anndata as ad
 
         data_dir, out_dir = Path(data_dir), Path(out_dir)
-        c, s, lin, seed = cfg["perturbation"], cfg["sampling"], cfg["lineage"], int(cfg["seed"])
+        c, s, lin, seed = (
+            cfg["perturbation"],
+            cfg["sampling"],
+            cfg["lineage"],
+            int(cfg["seed"]),
+        )
         control = _read(data_dir / "control.h5ad")
         train = _read(data_dir / "train_perturbed.h5ad")
         held = str(control.uns["held_out_cell_type"])
         preds, bases = [], []
-        for k, q in enumerate(map(str, control.uns[LATENT_KEY]["perturbations"])):
-            p = predict_perturbation(
+        for k, q in enumerate(map(str, control.uns[models.LATENT_KEY]["perturbations"])):
+            p = models.predict_perturbation(
                 control,
                 model,
                 perturbation=q,
@@ -252,7 +235,7 @@ class SingleCellTask(DomainTask):
         io.write_h5ad(perturbation, out_dir / "perturbation.h5ad")
         io.write_h5ad(ad.concat(bases, index_unique="-"), out_dir / "baselines.h5ad")
         kr = _read(data_dir / "krumsiek11.h5ad")
-        lineage(
+        models.lineage(
             kr, model.cpu(), tau_grid=lin["infer_tau_grid"], n_noise=lin["infer_noise"], seed=seed
         )
         baselines.lineage_baselines(
@@ -261,7 +244,7 @@ class SingleCellTask(DomainTask):
         io.write_h5ad(kr, out_dir / "lineage.h5ad")
 
     @io.keep_torch_threads()
-    def evaluate(self, cfg: Mapping[str, Any], paths: TaskPaths, fig_dir: Path) -> EvalResult:
+    def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -274,7 +257,7 @@ class SingleCellTask(DomainTask):
         base = _read(paths.predictions / "baselines.h5ad")
         held = str(control.uns["held_out_cell_type"])
         sim = simulate.PerturbationSimulator.from_json((paths.data / "simulator.json").read_text())
-        perts = list(map(str, control.uns[LATENT_KEY]["perturbations"]))
+        perts = list(map(str, control.uns[models.LATENT_KEY]["perturbations"]))
         per_pert: dict[str, dict[str, dict[str, float]]] = {}
         fig, axes = plt.subplots(2, len(perts), figsize=(4.2 * len(perts), 7.5), squeeze=False)
         for j, q in enumerate(perts):

@@ -52,12 +52,12 @@ class ToyTask(DomainTask):
     def make_loss(self, cfg, data_dir):
         return lambda model, x0, rng: edm_loss(model, x0, rng)
 
-    def baselines(self, cfg, data_dir, out_dir, *, device, progress):
+    def baselines(self, cfg, data_dir, out_dir, rt):
         x = np.load(Path(data_dir) / "train.npy")
         fit = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
         (Path(out_dir) / "gaussian_fit.json").write_text(json.dumps(fit))
 
-    def infer(self, cfg, model, data_dir, out_dir, *, device, progress):
+    def infer(self, cfg, model, data_dir, out_dir, rt):
         g = torch.Generator().manual_seed(cfg["seed"])
         x = sample(model, (cfg["n"], 2), karras(8, 0.01, 10.0), sampler="heun", generator=g)
         np.save(Path(out_dir) / "samples.npy", x.numpy())

@@ -8,10 +8,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
-from diffsci.core.task import TaskPaths, get_task
+from diffsci.core.task import Runtime, TaskPaths, get_task
 from diffsci.domains.medical.io import read_volume_nifti
 
 #: the same tiny config the shared contract test runs through the CLI
@@ -93,7 +94,7 @@ def test_mri_file_without_mask_names_the_file(run, tmp_path):
 
     model = load_model(task, cfg, paths.model)
     with pytest.raises(KeyError, match="mri_test.h5"):
-        task.infer(cfg, model, data, out, device="cpu", progress=False)
+        task.infer(cfg, model, data, out, Runtime(torch.device("cpu")))
 
 
 def test_missing_training_data_is_a_clear_error(tmp_path):
@@ -112,5 +113,5 @@ def test_hard_dc_with_noisy_data_is_refused(run, tmp_path):
     out.mkdir()
     with pytest.raises(ValueError, match="mri.method hard_dc"):
         task.infer(
-            noisy, load_model(task, cfg, paths.model), paths.data, out, device="cpu", progress=False
+            noisy, load_model(task, cfg, paths.model), paths.data, out, Runtime(torch.device("cpu"))
         )

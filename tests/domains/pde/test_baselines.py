@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffsci.core.task import Runtime
 from diffsci.domains.pde.baselines import interpolate_observations
 from diffsci.domains.pde.operators import observation_mask
 
@@ -65,7 +66,7 @@ def test_baselines_stage_writes_fno_predictions_and_keeps_checkpoints_outside(tm
     task.prepare(cfg, tmp_path / "data")
     out = tmp_path / "baselines.tmp"
     out.mkdir()
-    task.baselines(cfg, tmp_path / "data", out, device=torch.device("cpu"), progress=False)
+    task.baselines(cfg, tmp_path / "data", out, Runtime(torch.device("cpu")))
     assert sorted(p.name for p in out.iterdir()) == ["fno_nx32.h5"]
     fno = read_pdebench(out / "fno_nx32.h5")
     assert fno.u.shape == (2, 8, 32) and fno.attrs["method"] == "fno"
