@@ -4,8 +4,9 @@ registering its entry point.
 - the entry point loads and implements :class:`diffsci.core.task.Task`;
 - every ``workflows/config/<d>*.yaml`` and ``benchmarks/configs/<d>*.yaml`` validates;
 - every operator in the domain's ``operators.OPERATORS`` registry passes ``check_adjoint``;
-- the tiny pipeline (``tests/domains/<d>/tiny.yaml``) runs through the CLI, ``evaluate``
-  returns the documented :class:`~diffsci.core.task.EvalResult`, and ``report`` writes its tables;
+- the tiny pipeline (``tests/domains/<d>/tiny.yaml``) runs through the Snakemake workflow,
+  ``evaluate`` returns the documented :class:`~diffsci.core.task.EvalResult`, ``report`` writes
+  its tables, and ``snakemake --report`` holds every figure and table of the domain;
 - ``workflows/notebooks/<d>.ipynb`` executes headless against that run's outputs.
 """
 
@@ -15,10 +16,13 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from diffsci.core.operators import check_adjoint
 from diffsci.core.stages import load_config
@@ -26,6 +30,14 @@ from diffsci.core.task import EvalResult, Task, domain_module, get_task, list_ta
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = list_tasks()
+_BIN = Path(sys.executable).parent
+SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+ENV = {
+    **os.environ,
+    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def _configs() -> list[tuple[str, Path]]:
@@ -70,12 +82,23 @@ def test_operator_is_adjoint(domain, name):
     assert check_adjoint(case.op, case.x_shape, dtype=case.dtype, rtol=case.rtol) <= case.rtol
 
 
+def _snakemake(root: Path, domain: str, *args: str) -> None:
+    tiny = ROOT / "tests" / "domains" / domain / "tiny.yaml"
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(root), "--cores", "1"]
+    cmd += [domain, "--config", f"{domain}_config={tiny}", f"domains=[{domain}]", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
 @pytest.fixture(scope="module", params=DOMAINS)
-def tiny_run(request, tmp_path_factory, cli_pipeline):
-    domain = request.param
-    cfg = yaml.safe_load((ROOT / "tests" / "domains" / domain / "tiny.yaml").read_text())
-    _, work = cli_pipeline(domain, cfg, tmp_path_factory.mktemp(domain))
-    return domain, work
+def tiny_run(request, tmp_path_factory):
+    """The domain's tiny chain through the workflow, then Snakemake's report of it."""
+    if SNAKEMAKE is None:
+        pytest.skip("snakemake not installed (pip install -e '.[workflow]')")
+    domain, root = request.param, tmp_path_factory.mktemp(request.param)
+    _snakemake(root, domain)
+    _snakemake(root, domain, "--report", "report.html")
+    return domain, root / "results" / domain
 
 
 def test_evaluate_returns_the_documented_result(tiny_run):
@@ -89,6 +112,15 @@ def test_evaluate_returns_the_documented_result(tiny_run):
     assert res.figures and all((work / f).is_file() for f in res.figures)
     tables = sorted(p.name for p in (work / "tables").glob("*.csv"))
     assert len(tables) == len(res.tables) + 1 and "summary.csv" in tables
+
+
+def test_snakemake_report_holds_every_figure_and_table(tiny_run):
+    domain, work = tiny_run
+    html = (work.parents[1] / "report.html").read_text()
+    names = [Path(f).name for f in json.loads((work / "metrics.json").read_text())["figures"]]
+    names += [p.name for p in (work / "tables").glob("*.csv")]
+    missing = [n for n in names if n not in html]
+    assert names and not missing, missing
 
 
 def test_notebook_executes(tiny_run, monkeypatch):
