@@ -120,12 +120,10 @@ def run_demo(
 
 
 def _plot(path: Path, truth, exact, learned, history, metrics) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend to choose
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(16, 4))
+    fig = Figure(figsize=(16, 4))
+    ax = fig.subplots(1, 4)
     for a, pts, title in zip(
         ax[:3],
         (truth, exact, learned),
@@ -147,4 +145,3 @@ def _plot(path: Path, truth, exact, learned, history, metrics) -> None:
     ax[3].set_title("training loss (EDM-weighted)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

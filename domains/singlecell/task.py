@@ -46,11 +46,8 @@ def _read(path: Path) -> AnnData:
 
 
 def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _rows(adata: AnnData, perturbation: str, condition: str) -> AnnData:
@@ -245,10 +242,8 @@ class SingleCellTask(DomainTask):
 
     @io.keep_torch_threads()
     def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a bare Figure (no pyplot): no backend to choose, nothing global to close
+        from matplotlib.figure import Figure
 
         c, fig_dir = cfg["perturbation"], Path(fig_dir)
         control = _read(paths.data / "control.h5ad")
@@ -259,7 +254,8 @@ class SingleCellTask(DomainTask):
         sim = simulate.PerturbationSimulator.from_json((paths.data / "simulator.json").read_text())
         perts = list(map(str, control.uns[models.LATENT_KEY]["perturbations"]))
         per_pert: dict[str, dict[str, dict[str, float]]] = {}
-        fig, axes = plt.subplots(2, len(perts), figsize=(4.2 * len(perts), 7.5), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(perts), 7.5))
+        axes = fig.subplots(2, len(perts), squeeze=False)
         for j, q in enumerate(perts):
             t = truth[truth.obs["perturbation"] == q]
             preds = {
@@ -291,7 +287,8 @@ class SingleCellTask(DomainTask):
         mean = metrics.mean_table(per_pert)
         kr = _read(paths.predictions / "lineage.h5ad")
         lin = metrics.lineage_table(kr)
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        fig = Figure(figsize=(14, 4))
+        axes = fig.subplots(1, 3)
         plots.lineage_panels(axes, kr)
         _save(fig, fig_dir / "lineage.png")
         tables = {
