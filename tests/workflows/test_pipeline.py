@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = Path(__file__).with_name("pde_tiny.yaml")
+TINY = Path(__file__).resolve().parents[1] / "domains" / "pde" / "tiny.yaml"
 # The venv's snakemake (pytest may run as .venv/bin/python without .venv/bin on PATH).
 _BIN = Path(sys.executable).parent
 SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")

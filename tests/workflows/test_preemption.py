@@ -17,7 +17,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = Path(__file__).with_name("pde_tiny.yaml")
+TINY = Path(__file__).resolve().parents[1] / "domains" / "pde" / "tiny.yaml"
 _BIN = Path(sys.executable).parent
 SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 # One torch thread per process: the suite runs two workers on two cores.

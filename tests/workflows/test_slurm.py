@@ -23,7 +23,7 @@ import yaml
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = Path(__file__).with_name("pde_tiny.yaml")
+TINY = Path(__file__).resolve().parents[1] / "domains" / "pde" / "tiny.yaml"
 PROFILE = ROOT / "workflows" / "profiles" / "slurm" / "config.yaml"
 START = ROOT / "scripts" / "slurm" / "start_local_slurm.sh"
 STOP = ROOT / "scripts" / "slurm" / "stop_local_slurm.sh"
