@@ -39,6 +39,20 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply(args: argparse.Namespace) -> int:
+    from .stages import run_apply
+
+    run_apply(
+        args.domain,
+        model=args.model,
+        inputs=args.input,
+        output=args.output,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    return 0
+
+
 def _domains(args: argparse.Namespace) -> int:
     from .task import list_tasks
 
@@ -67,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--workdir", help="work directory (default results/<domain>)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         sp.set_defaults(func=_stage)
+    a = sub.add_parser("apply", help="apply a trained model to new files (checked by its card)")
+    a.add_argument("--domain", required=True, help="registered domain (see `diffsci domains`)")
+    a.add_argument("--model", required=True, help="trained model.pt (its card must be present)")
+    a.add_argument("--input", required=True, nargs="+", help="input files (paths or globs)")
+    a.add_argument("--output", required=True, help="output folder (written atomically)")
+    a.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(func=_apply)
     sub.add_parser("domains", help="list registered domains").set_defaults(func=_domains)
     return p
 
@@ -76,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError, ImportError) as e:
+        print(f"diffsci {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except NotImplementedError as e:
         print(f"diffsci {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 import yaml
 
+from .datasource import expand_paths, fingerprint, resolve_source
 from .fileio import atomic_dir, atomic_path
+from .modelcard import Incompatible, card_path, new_card, read_card
 from .provenance import provenance, write_json_atomic
 from .task import EvalResult, Runtime, Task, TaskPaths, get_task
 from .training import TrainConfig, train
@@ -131,13 +133,28 @@ def run_train(
     settings = {k: cfg[k] for k in task.training_config_keys if k in cfg}
     result = train(model, loss, data, tcfg, device=_device(cfg), settings=settings)
     net = result.ema if result.ema is not None else result.model
+    card = _model_card(task, cfg, paths)
     payload = {
         "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
         "step": result.step,
         "provenance": _provenance(task, cfg),
+        "card": card,
     }
+    write_json_atomic(card_path(paths.model), card)
     with atomic_path(paths.model) as tmp:
         torch.save(payload, tmp)
+
+
+def _model_card(task: Task, cfg: Mapping[str, Any], paths: TaskPaths) -> dict[str, Any]:
+    """The card of the model trained from ``paths.data``: the domain's part plus the data's
+    source and fingerprint."""
+    files = resolve_source(cfg)
+    data = {
+        "source": "simulate" if files is None else "files",
+        "fingerprint": fingerprint([paths.data]),
+        "files": {} if files is None else {s: list(map(str, f)) for s, f in files.items()},
+    }
+    return new_card(task.name, config=cfg, data=data, **task.model_card(cfg, paths.data))
 
 
 def load_model(task: Task, cfg: Mapping[str, Any], path: Path) -> torch.nn.Module:
@@ -166,6 +183,8 @@ def run_infer(
 ) -> None:
     device = _device(cfg)
     model = load_model(task, cfg, paths.model).to(device)
+    if card_path(paths.model).is_file():  # models trained before model cards have none
+        task.check_inputs(cfg, read_card(paths.model), paths.data)
     with atomic_dir(paths.predictions) as tmp:
         task.infer(cfg, model, paths.data, tmp, Runtime(device, progress))
         write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
@@ -216,6 +235,42 @@ def run_report(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> N
             _table_csv(tmp / f"{i:02d}_{_slug(title)}.csv", rows)
         summary = {k: {"value": v} for k, v in m.get("summary", {}).items()}
         _table_csv(tmp / "summary.csv", summary, first="quantity")
+
+
+def run_apply(
+    domain: str,
+    *,
+    model: str | Path,
+    inputs: list[str],
+    output: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+) -> None:
+    """Apply the trained model ``model`` (its weights, card and training config) to ``inputs``;
+    write the domain's native outputs and a provenance record into the folder ``output``."""
+    task = get_task(domain)
+    model = Path(model)
+    if not model.is_file():
+        raise FileNotFoundError(f"trained model not found: {model} (run the train stage first)")
+    payload = torch.load(model, map_location="cpu", weights_only=False)
+    card = read_card(model, payload)
+    if card["domain"] != task.name:
+        raise Incompatible(f"{model}: a {card['domain']!r} model, not {task.name!r}")
+    cfg = copy.deepcopy(card["config"])
+    validate_config(cfg, task.schema_path, source=f"{model} (its training config)")
+    net = load_model(task, cfg, model).to(_device({"device": device}))
+    files = expand_paths(inputs, key="--input")
+    rt = Runtime(_device({"device": device}), progress)
+    with atomic_dir(Path(output)) as tmp:
+        task.apply(cfg, net, card, files, tmp, rt)
+        record = _provenance(task, cfg)
+        record["apply"] = {
+            "model": str(model),
+            "model_data_fingerprint": card["data"].get("fingerprint"),
+            "inputs": list(map(str, files)),
+            "inputs_fingerprint": fingerprint(files),
+        }
+        write_json_atomic(tmp / "provenance.json", record)
 
 
 _RUNNERS = {

@@ -159,6 +159,32 @@ class DomainTask:
     training_config_keys: Sequence[str] = ("seed", "data", "model", "loss")
     packages: Sequence[str] = ()
 
+    def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
+        """The domain's part of the model card (:mod:`diffsci.core.modelcard`): ``serves``
+        (sizes, grids, variables/genes by name, physical parameters) and optionally
+        ``normalisation`` and ``sigma``. Default: nothing the model is known to serve."""
+        return {"serves": {}}
+
+    def check_inputs(self, cfg: Config, card: dict[str, Any], data_dir: Path) -> None:
+        """Refuse (:class:`~diffsci.core.modelcard.Incompatible`) or warn about evaluation data
+        in ``data_dir`` that the trained model (its ``card``) cannot serve. Default: no check."""
+
+    def apply(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        card: dict[str, Any],
+        inputs: Sequence[Path],
+        out_dir: Path,
+        rt: Runtime,
+    ) -> None:
+        """Run the trained model on the user's ``inputs`` (files in the field's formats), checked
+        against ``card``; write native outputs into ``out_dir``."""
+        raise NotImplementedError(
+            f"domain {self.name!r} cannot apply a trained model to new files yet; run its "
+            "pipeline with `source: {kind: files, ...}` in the config instead"
+        )
+
     def baselines(self, cfg: Config, data_dir: Path, out_dir: Path, rt: Runtime) -> None:
         """No trained baselines: the domain's baselines are computed by ``infer``/``evaluate``."""
 

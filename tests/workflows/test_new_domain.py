@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from diffsci.core.denoisers import KarrasDenoiser, edm_loss
+from diffsci.core.modelcard import require
 from diffsci.core.metrics import energy_distance
 from diffsci.core.networks import MLPDenoiser
 from diffsci.core.samplers import sample
@@ -61,6 +62,17 @@ class ToyTask(DomainTask):
         g = torch.Generator().manual_seed(cfg["seed"])
         x = sample(model, (cfg["n"], 2), karras(8, 0.01, 10.0), sampler="heun", generator=g)
         np.save(Path(out_dir) / "samples.npy", x.numpy())
+
+    def model_card(self, cfg, data_dir):
+        return {"serves": {"dim": 2}}
+
+    def apply(self, cfg, model, card, inputs, out_dir, rt):
+        for f in inputs:
+            x = np.load(f)
+            require("dim", x.shape[1], card["serves"]["dim"], source=str(f), fix="use 2-D points")
+            g = torch.Generator().manual_seed(cfg["seed"])
+            y = sample(model, x.shape, karras(8, 0.01, 10.0), sampler="heun", generator=g)
+            np.save(Path(out_dir) / Path(f).name, y.numpy())
 
     def evaluate(self, cfg, paths, fig_dir):
         import matplotlib
@@ -137,6 +149,74 @@ def test_a_registered_domain_runs_its_chain(cli, tmp_path):
     assert (work / "figures" / "samples.png").is_file()
     assert (work / "baselines" / "gaussian_fit.json").is_file()
     assert sorted(p.name for p in (work / "tables").glob("*.csv")) == ["00_toy.csv", "summary.csv"]
+
+
+def test_apply_checks_the_card_and_writes_beside_provenance(cli, tmp_path):
+    import numpy as np
+    import torch
+
+    config = tmp_path / "toy.yaml"
+    config.write_text("n: 16\ntrain: {steps: 4, batch_size: 8}\n")
+    work = tmp_path / "work"
+    for stage in ("prepare", "train"):
+        assert (
+            cli(
+                stage, "--domain", "toy", "--config", str(config), "--workdir", str(work)
+            ).returncode
+            == 0
+        )
+    card = json.loads((work / "model_card.json").read_text())
+    assert card["serves"] == {"dim": 2} and card["data"]["source"] == "simulate"
+    assert len(card["data"]["fingerprint"]) == 64
+    np.save(tmp_path / "new.npy", np.zeros((5, 2), np.float32))
+    out = tmp_path / "applied"
+    model = str(work / "model.pt")
+    r = cli(
+        "apply",
+        "--domain",
+        "toy",
+        "--model",
+        model,
+        "--input",
+        str(tmp_path / "new.npy"),
+        "--output",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    assert np.load(out / "new.npy").shape == (5, 2)
+    prov = json.loads((out / "provenance.json").read_text())["apply"]
+    assert prov["model_data_fingerprint"] == card["data"]["fingerprint"]
+    # an input the model cannot serve: refused, naming file and mismatch, nothing written
+    np.save(tmp_path / "bad.npy", np.zeros((5, 3), np.float32))
+    r = cli(
+        "apply",
+        "--domain",
+        "toy",
+        "--model",
+        model,
+        "--input",
+        str(tmp_path / "bad.npy"),
+        "--output",
+        str(tmp_path / "bad_out"),
+    )
+    assert r.returncode == 2 and "bad.npy: dim is 3 but the model serves 2" in r.stderr
+    assert not (tmp_path / "bad_out").exists()
+    # a model saved before model cards existed
+    payload = torch.load(model, weights_only=False)
+    del payload["card"]
+    torch.save(payload, tmp_path / "old.pt")
+    r = cli(
+        "apply",
+        "--domain",
+        "toy",
+        "--model",
+        str(tmp_path / "old.pt"),
+        "--input",
+        str(tmp_path / "new.npy"),
+        "--output",
+        str(tmp_path / "old_out"),
+    )
+    assert r.returncode == 2 and "no model card" in r.stderr
 
 
 def test_a_bad_config_names_the_key(cli, tmp_path):

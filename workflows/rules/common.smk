@@ -244,6 +244,26 @@ rule report:
         "--workdir {params.workdir} --quiet > {log} 2>&1"
 
 
+# A trained model applied to new files (checked against its model card):
+#   snakemake results/pde/applied --config pde_apply='[my/file1.h5, my/file2.h5]'
+rule apply:
+    input:
+        model="results/{domain}/model.pt",
+        files=lambda wc: config.get(f"{wc.domain}_apply", []),
+    output:
+        directory("results/{domain}/applied"),
+    log:
+        "logs/{domain}/apply.log",
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=8000,
+        runtime=lambda wc, attempt: 60 * attempt,
+    shell:
+        "diffsci apply --domain {wildcards.domain} --model {input.model} "
+        "--input {input.files:q} --output {output} --quiet > {log} 2>&1"
+
+
 # A domain's own rules (`rules.smk` in its package), when it has any.
 for _smk in filter(None, map(domain_rules, DOMAINS)):
 
