@@ -19,7 +19,7 @@ from anndata import AnnData
 
 from .io import dense, keep_torch_threads, require_obs_value
 
-__all__ = ["identity_baseline", "mean_shift_baseline", "lineage_baselines"]
+__all__ = ["identity_baseline", "mean_shift_baseline", "lineage_baselines", "find_root"]
 
 
 def identity_baseline(
@@ -94,7 +94,8 @@ def lineage_baselines(
     Parameters
     ----------
     adata
-        Cells (expression in ``X``) with the root cell in ``uns["iroot"]``.
+        Cells (expression in ``X``) with the root cell in ``uns["iroot"]`` (set it with
+        :func:`find_root`; without it DPT has no start and is refused).
     n_neighbors
         Neighbours of the kNN graph (on ``X``) both baselines use.
     resolution
@@ -110,6 +111,12 @@ def lineage_baselines(
     """
     import scanpy as sc
 
+    if "iroot" not in adata.uns:
+        raise ValueError(
+            "DPT needs a root cell and adata.uns['iroot'] is not set: give files.root (a cell "
+            "name), files.root_key (a boolean obs column marking root cells) or files.time_key "
+            "(the earliest time point's cells), or set adata.uns['iroot'] with find_root"
+        )
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep="X", random_state=seed)
     sc.tl.diffmap(adata, random_state=seed)
     sc.tl.dpt(adata, n_branchings=0)
@@ -134,3 +141,47 @@ def _tree_parents(tree, root: int) -> np.ndarray:
                 queue.append(u)
     parent[parent == -2] = root
     return parent
+
+
+def find_root(
+    adata: AnnData,
+    *,
+    root: str | None = None,
+    root_key: str | None = None,
+    time: np.ndarray | None = None,
+    what: str = "adata",
+) -> int:
+    """The index of DPT's root cell (scanpy's ``uns["iroot"]``; Haghverdi et al. 2016 start
+    the diffusion pseudotime from a chosen stem cell).
+
+    Tried in order: the cell named ``root`` (if ``adata`` holds it), the medoid (cell nearest
+    the mean in ``X``) of the cells marked true in the boolean obs column ``root_key``, the
+    medoid of the cells at the earliest of the time points ``time`` (one per cell).
+
+    Raises
+    ------
+    ValueError
+        Naming what was given and how to give a root, when none of them applies.
+    """
+    x = dense(adata.X)
+    if root is not None and root in adata.obs_names:
+        return int(adata.obs_names.get_loc(root))
+    if root_key is not None:
+        if root_key not in adata.obs:
+            raise KeyError(f"{what}: no obs column {root_key!r} (files.root_key)")
+        marked = np.flatnonzero(adata.obs[root_key].astype(bool).to_numpy())
+        if len(marked):
+            return _medoid(x, marked)
+    if time is not None:
+        return _medoid(x, np.flatnonzero(time == np.min(time)))
+    given = f"root cell {root!r} is not among its cells" if root is not None else "no root"
+    raise ValueError(
+        f"{what}: {given}; DPT needs one: set files.root (a cell name), files.root_key (a "
+        "boolean obs column marking root cells) or files.time_key (an obs column of time "
+        "points: the earliest time point's medoid is the root)"
+    )
+
+
+def _medoid(x: np.ndarray, idx: np.ndarray) -> int:
+    d = ((x[idx] - x[idx].mean(0)) ** 2).sum(1)
+    return int(idx[int(np.argmin(d))])

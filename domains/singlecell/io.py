@@ -3,6 +3,13 @@
 Every reader names the file in its error when the input is missing or not what it claims to
 be; :func:`write_h5ad` replaces its target atomically (a failed write leaves nothing that looks
 complete, and never touches an existing file until the new one is whole).
+
+A user's files (``source.kind: files``) go through :func:`read_expression`: the expression of
+``.raw`` (when present and asked for) or ``.X``, refused or normalised explicitly when it holds
+integer counts rather than log-normalised values; :func:`clone_matrix` and :func:`time_points`
+check the lineage-tracing annotations (clonal barcodes in ``.obsm``, as CoSpar's and
+``cospar.datasets`` AnnData ship them, Wang et al., Nat. Biotechnol. 2022; time points in
+``.obs``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ __all__ = [
     "require_obs_value",
     "dense",
     "keep_torch_threads",
+    "is_counts",
+    "read_expression",
+    "clone_matrix",
+    "time_points",
+    "read_cells",
 ]
 
 
@@ -50,6 +62,8 @@ def keep_torch_threads() -> Iterator[None]:
 def read(path: str | os.PathLike) -> AnnData:
     """Read ``.h5ad``, a 10x ``.h5`` or a 10x ``mtx`` directory with scanpy's readers.
 
+    A 10x mtx directory may be named by its ``matrix.mtx[.gz]`` file (file lists hold files).
+
     Raises
     ------
     FileNotFoundError
@@ -64,6 +78,8 @@ def read(path: str | os.PathLike) -> AnnData:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.name.startswith("matrix.mtx"):  # a 10x mtx folder named by its matrix file
+        p = p.parent
     try:
         if p.is_dir():
             if not any(p.glob("matrix.mtx*")):
@@ -122,3 +138,224 @@ def require_obs_value(adata: AnnData, key: str, value: str, *, what: str = "adat
     present = set(map(str, adata.obs[key].unique()))
     if str(value) not in present:
         raise KeyError(f"{what}: unknown {key} {value!r}; present: {', '.join(sorted(present))}")
+
+
+def is_counts(x, *, sample: int = 100_000) -> bool:
+    """Whether ``x`` (numpy or scipy sparse) looks like raw counts: non-negative, integer
+    valued and not all zero, on up to ``sample`` stored values. Log-normalised expression
+    (``log1p`` of scaled counts) is almost never integer valued."""
+    data = np.asarray(x.data if sp.issparse(x) else x).ravel()[:sample]
+    data = data[np.isfinite(data)]
+    if data.size == 0 or not (data > 0).any():
+        return False
+    return bool((data >= 0).all() and np.all(data == np.round(data)))
+
+
+def read_expression(
+    adata: AnnData,
+    *,
+    what: str,
+    use_raw: bool = True,
+    counts: str = "refuse",
+    target_sum: float = 1e4,
+) -> AnnData:
+    """The log-normalised expression of ``adata`` (cells x genes) as a new AnnData.
+
+    Parameters
+    ----------
+    adata
+        As read by :func:`read`.
+    what
+        Names the file in errors.
+    use_raw
+        Take ``.raw`` when it exists (scanpy keeps all genes there), else ``.X``.
+    counts
+        What to do with integer counts (:func:`is_counts`): ``"refuse"`` (a ``ValueError``
+        naming the file, the matrix and the fix) or ``"normalise"`` (scanpy's
+        ``pp.normalize_total`` to ``target_sum`` per cell, then ``pp.log1p``).
+    target_sum
+        Counts per cell after normalisation.
+
+    Returns
+    -------
+    AnnData
+        ``X`` float32 (dense or sparse as read), ``obs``/``obsm``/``uns`` of ``adata``, gene
+        names unique; ``uns["expression"]`` says where it came from and how it was normalised.
+    """
+    import scanpy as sc
+
+    raw = use_raw and adata.raw is not None
+    where = ".raw.X" if raw else ".X"
+    out = AnnData(
+        X=(adata.raw.X if raw else adata.X).astype(np.float32),
+        obs=adata.obs.copy(),
+        var=(adata.raw.var if raw else adata.var).copy(),
+        obsm=dict(adata.obsm),
+        uns=dict(adata.uns),
+    )
+    check_finite(out, what=f"{what} ({where})")
+    if out.var_names.has_duplicates:
+        out.var_names_make_unique()
+    norm = "log-normalised as read"
+    if is_counts(out.X):
+        if counts != "normalise":
+            raise ValueError(
+                f"{what}: {where} holds integer counts, not log-normalised expression; set "
+                f"files.counts: normalise in the config (normalise_total to {target_sum:g} per "
+                "cell, then log1p), or store log-normalised values there (sc.pp.normalize_total"
+                " + sc.pp.log1p)"
+            )
+        sc.pp.normalize_total(out, target_sum=target_sum)
+        sc.pp.log1p(out)
+        norm = f"counts normalised to {target_sum:g} per cell, log1p"
+    out.uns["expression"] = {"matrix": where, "normalisation": norm}
+    return out
+
+
+def clone_matrix(adata: AnnData, key: str, *, what: str):
+    """Clonal barcodes ``adata.obsm[key]`` (cells x clones, 0/1 or counts; CoSpar's
+    ``X_clone``) as a CSR matrix of 0/1, or ``None`` when ``adata`` has none.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the key, if the matrix is not cells x clones with non-negative
+        finite values, or no cell carries a barcode.
+    """
+    if key not in adata.obsm:
+        return None
+    m = adata.obsm[key]
+    m = sp.csr_matrix(m.values if hasattr(m, "values") else m)
+    data = m.data
+    if m.shape[0] != adata.n_obs:
+        raise ValueError(f"{what}: obsm[{key!r}] has {m.shape[0]} rows, not one per cell")
+    if not np.isfinite(data).all() or (data < 0).any():
+        raise ValueError(
+            f"{what}: obsm[{key!r}] must hold non-negative barcode counts (cells x clones)"
+        )
+    if m.nnz == 0:
+        raise ValueError(f"{what}: obsm[{key!r}] is empty (no cell carries a clonal barcode)")
+    m.data = np.ones_like(data, dtype=np.float32)
+    m.eliminate_zeros()
+    return m
+
+
+def time_points(adata: AnnData, key: str, *, what: str) -> np.ndarray:
+    """``adata.obs[key]`` as numbers: numeric values, an ordered categorical (its category
+    rank), or labels ending in a number (``"d2"``, ``"day 4"``).
+
+    Raises
+    ------
+    KeyError
+        If ``key`` is not an obs column (listing the columns).
+    ValueError
+        If the values cannot be ordered as time points.
+    """
+    import pandas as pd
+
+    if key not in adata.obs:
+        raise KeyError(
+            f"{what}: no obs column {key!r} with time points (files.time_key; columns: "
+            f"{', '.join(map(str, adata.obs.columns))})"
+        )
+    col = adata.obs[key]
+    if isinstance(col.dtype, pd.CategoricalDtype) and col.cat.ordered:
+        return col.cat.codes.to_numpy().astype(np.float64)
+    num = pd.to_numeric(col, errors="coerce")
+    if num.isna().any():
+        num = pd.to_numeric(col.astype(str).str.extract(r"(-?\d+\.?\d*)\s*$")[0], errors="coerce")
+    if num.isna().any():
+        bad = sorted(set(map(str, col[num.isna()])))[:5]
+        raise ValueError(
+            f"{what}: obs[{key!r}] has values that are not time points ({', '.join(bad)}); "
+            "use numbers, labels ending in a number (d2, day4) or an ordered categorical"
+        )
+    return num.to_numpy(np.float64)
+
+
+def _annotated(path: Path, opts: dict) -> AnnData:
+    """One user file as :func:`read_cells` returns its cells."""
+    import pandas as pd
+
+    what = str(path)
+    cells = read_expression(
+        read(path),
+        what=what,
+        use_raw=opts.get("use_raw", True),
+        counts=opts.get("counts", "refuse"),
+        target_sum=opts.get("target_sum", 1e4),
+    )
+    obs = pd.DataFrame(index=cells.obs_names.astype(str))
+    obs["source_file"] = what
+    if opts.get("time_key"):
+        obs["time_point"] = time_points(cells, opts["time_key"], what=what)
+    if opts.get("fate_key"):
+        if opts["fate_key"] not in cells.obs:
+            raise KeyError(f"{what}: no obs column {opts['fate_key']!r} (files.fate_key)")
+        obs["fate"] = cells.obs[opts["fate_key"]].astype(str).values
+    if opts.get("root_key"):
+        if opts["root_key"] not in cells.obs:
+            raise KeyError(f"{what}: no obs column {opts['root_key']!r} (files.root_key)")
+        obs["is_root"] = cells.obs[opts["root_key"]].astype(bool).values
+    out = AnnData(X=cells.X, obs=obs, var=pd.DataFrame(index=cells.var_names.astype(str)))
+    clones = clone_matrix(cells, opts.get("clone_key") or "X_clone", what=what)
+    if clones is not None:
+        out.obsm["X_clone"] = clones
+    out.uns["expression"] = cells.uns["expression"]
+    if "iroot" in cells.uns:
+        out.uns["iroot"] = int(cells.uns["iroot"])
+    return out
+
+
+def read_cells(paths: list[Path] | tuple[Path, ...], **opts) -> AnnData:
+    """The cells of a user's files (``.h5ad``, 10x ``.h5``, 10x mtx directories) as one
+    AnnData, in the pipeline's own layout.
+
+    Parameters
+    ----------
+    paths
+        Files of one split; each must have the same genes (names and order).
+    **opts
+        The config's ``files`` block: ``use_raw``, ``counts``, ``target_sum``
+        (:func:`read_expression`), ``time_key``, ``fate_key``, ``root_key``, ``clone_key``.
+
+    Returns
+    -------
+    AnnData
+        ``X`` log-normalised expression (float32); ``obs``: ``source_file`` and, where the
+        config names them, ``time_point`` (:func:`time_points`), ``fate`` (str) and
+        ``is_root`` (bool); ``obsm["X_clone"]`` (:func:`clone_matrix`, CSR 0/1) when every
+        file has clonal barcodes. Cell names are made unique across files.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: genes differing between files, clonal barcodes in some files only or
+        with different clone counts, and every error of the readers above.
+    """
+    import anndata as ad
+
+    parts = [_annotated(Path(p), opts) for p in paths]
+    first = parts[0]
+    for p, a in zip(paths[1:], parts[1:], strict=True):
+        if list(a.var_names) != list(first.var_names):
+            raise ValueError(
+                f"{p}: genes differ from {paths[0]}'s ({a.n_vars} vs {first.n_vars}); files of "
+                "one run must share their genes (subset them to the common genes first)"
+            )
+    with_clones = ["X_clone" in a.obsm for a in parts]
+    if any(with_clones) and not all(with_clones):
+        raise ValueError(
+            f"{paths[with_clones.index(False)]}: no obsm[{opts.get('clone_key')!r}] while other "
+            "files have clonal barcodes; give them to every file or to none"
+        )
+    if all(with_clones) and len({a.obsm["X_clone"].shape[1] for a in parts}) > 1:
+        raise ValueError(f"{', '.join(map(str, paths))}: different numbers of clones per file")
+    cells = ad.concat(parts, merge="first") if len(parts) > 1 else first
+    cells.var = first.var.copy()
+    cells.uns["expression"] = first.uns["expression"]
+    if len(parts) > 1:
+        cells.uns.pop("iroot", None)  # a root index of one file, not of the concatenation
+    if cells.obs_names.has_duplicates:
+        cells.obs_names_make_unique()
+    return cells

@@ -10,10 +10,14 @@ Perturbation response
     :func:`response_score` / :func:`population_coverage` for the hidden-factor coverage.
 Lineage
     :func:`nmi` (sklearn), :func:`dendrogram_purity` (Heller & Ghahramani 2005),
-    :func:`spearman` (scipy).
+    :func:`spearman` (scipy); on a user's lineage-tracing data :func:`clonal_coherence` (do the
+    cells of one clone share a branch?) and :func:`clone_coupling` (clone-based fate coupling
+    between branches, as CoSpar's ``pl.fate_coupling`` with ``source="X_clone"``; Wang et al.,
+    Nat. Biotechnol. 2022).
 Tables
     :func:`perturbation_tables` (one held-out (cell type, perturbation), every prediction),
-    :func:`mean_table`, :func:`lineage_table`, with the row labels :data:`MODEL`,
+    :func:`mean_table`, :func:`lineage_table` (krumsiek11), :func:`user_lineage_table` (a
+    user's files: the truth they carry), with the row labels :data:`MODEL`,
     :data:`IDENTITY`, :data:`MEAN_SHIFT`, :data:`ORACLE` and the lineage rows; and
     :func:`acceptance_bars`, the single-cell benchmark's bars (:data:`BARS`) as evaluate reports
     them.
@@ -42,6 +46,9 @@ __all__ = [
     "perturbation_tables",
     "mean_table",
     "lineage_table",
+    "user_lineage_table",
+    "clonal_coherence",
+    "clone_coupling",
     "acceptance_bars",
     "BARS",
     "MODEL",
@@ -380,23 +387,94 @@ def lineage_table(adata: AnnData) -> dict[str, dict[str, float]]:
     }
 
 
+def clonal_coherence(clones: Any, labels: Sequence, *, shuffle_seed: int | None = None) -> float:
+    """Mean over clones with at least two barcoded cells of the fraction of the clone's cells in
+    its most common label (1: every clone within one branch).
+
+    ``clones`` is cells x clones (0/1, scipy sparse or dense); ``labels`` one per cell. With
+    ``shuffle_seed`` the labels are permuted first (the value expected without clonal
+    structure, the reference a method's value is read against).
+    """
+    import scipy.sparse as sp
+
+    lab = np.asarray(labels).astype(str)
+    if shuffle_seed is not None:
+        lab = np.random.default_rng(shuffle_seed).permutation(lab)
+    m = sp.csc_matrix(clones)
+    fracs = []
+    for j in range(m.shape[1]):
+        cells = m.indices[m.indptr[j] : m.indptr[j + 1]]
+        if len(cells) >= 2:
+            _, n = np.unique(lab[cells], return_counts=True)
+            fracs.append(n.max() / len(cells))
+    return float(np.mean(fracs)) if fracs else float("nan")
+
+
+def clone_coupling(clones: Any, labels: Sequence) -> tuple[list[str], np.ndarray]:
+    """Clone-based fate coupling between labels (branches, clusters): the Pearson correlation
+    of the labels' clone profiles (barcoded cells of each label per clone, normalised per
+    label), as CoSpar's ``fate_coupling`` reads ``X_clone``. Returns ``(labels, matrix)``."""
+    import scipy.sparse as sp
+
+    lab = np.asarray(labels).astype(str)
+    cats = sorted(set(lab))
+    m = sp.csr_matrix(clones)
+    prof = np.stack([np.asarray(m[lab == c].sum(0)).ravel() for c in cats]).astype(np.float64)
+    prof /= np.maximum(prof.sum(1, keepdims=True), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coupling = np.nan_to_num(np.corrcoef(prof)) if len(cats) > 1 else np.ones((1, 1))
+    return cats, np.atleast_2d(coupling)
+
+
+def user_lineage_table(adata: AnnData) -> dict[str, dict[str, float]]:
+    """The lineage metrics on a user's evaluation cells, from the truth they carry.
+
+    ``adata`` as :func:`lineage_table` reads it, where ``obs["fate"]`` (files.fate_key),
+    ``obs["time_point"]`` (files.time_key) and ``obsm["X_clone"]`` (clonal barcodes) are
+    each optional: NMI of the branches vs fate, Spearman of the pseudotime with the time
+    points, :func:`clonal_coherence` of the branches (and of label-shuffled branches, the
+    chance level), branches used.
+    """
+    rows: dict[str, dict[str, float]] = {LINEAGE_MODEL: {}, DPT: {}, PAGA: {}}
+    labels = {LINEAGE_MODEL: adata.obs["lineage_branch"], PAGA: adata.obs["leiden"]}
+    if "fate" in adata.obs:
+        fate = adata.obs["fate"].astype(str).values
+        for k, lab in labels.items():
+            rows[k]["NMI vs fate"] = nmi(fate, lab)
+    if "time_point" in adata.obs:
+        t = adata.obs["time_point"].to_numpy(np.float64)
+        rows[LINEAGE_MODEL]["pseudotime Spearman vs time points"] = spearman(
+            adata.obs["lineage_pseudotime"], t
+        )
+        rows[DPT]["pseudotime Spearman vs time points"] = spearman(adata.obs["dpt_pseudotime"], t)
+    if "X_clone" in adata.obsm:
+        for k, lab in labels.items():
+            rows[k]["clonal coherence"] = clonal_coherence(adata.obsm["X_clone"], lab)
+            rows[k]["clonal coherence (shuffled)"] = clonal_coherence(
+                adata.obsm["X_clone"], lab, shuffle_seed=0
+            )
+    for k, lab in labels.items():
+        rows[k]["branches used"] = int(lab.nunique())
+    return {k: r for k, r in rows.items() if r}
+
+
 def acceptance_bars(
     perturbation: Mapping[str, Mapping[str, float]],
-    lineage: Mapping[str, Mapping[str, float]],
+    lineage: Mapping[str, Mapping[str, float]] | None,
     *,
     n_de: int,
 ) -> dict[str, bool]:
     """Whether each of :data:`BARS` is met: ``{"bar: <what>": bool}``.
 
     ``perturbation`` is the mean table over perturbations (:func:`mean_table`) and
-    ``lineage`` the :func:`lineage_table`; the top-DE R^2 is ``f"R2 top-{n_de} DE"``.
+    ``lineage`` the :func:`lineage_table` (``None``: no krumsiek11 bars, for a lineage model
+    trained on a user's files); the top-DE R^2 is ``f"R2 top-{n_de} DE"``.
     """
     b = BARS
     de = f"R2 top-{n_de} DE"
     model, ident = perturbation[MODEL], perturbation[IDENTITY]
-    lm, dpt = lineage[LINEAGE_MODEL], lineage[DPT]
     e = "E-distance (PCA)"
-    return {
+    bars = {
         f"bar: top-DE R2 >= {b['top_de_r2']}": bool(model[de] >= b["top_de_r2"]),
         f"bar: top-DE R2 >= identity + {b['top_de_r2_over_identity']}": bool(
             model[de] >= ident[de] + b["top_de_r2_over_identity"]
@@ -407,6 +485,12 @@ def acceptance_bars(
         f"bar: coverage >= {b['coverage']}": bool(
             model["coverage 90% (hidden-factor draws)"] >= b["coverage"]
         ),
+    }
+    if lineage is None:
+        return bars
+    lm, dpt = lineage[LINEAGE_MODEL], lineage[DPT]
+    return {
+        **bars,
         f"bar: krumsiek11 NMI >= {b['lineage_nmi']}": bool(lm["NMI vs fate"] >= b["lineage_nmi"]),
         "bar: pseudotime Spearman >= DPT": bool(
             lm["pseudotime Spearman"] >= dpt["pseudotime Spearman"]

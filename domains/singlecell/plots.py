@@ -2,7 +2,7 @@
 
 :func:`populations`, :func:`de_scatter`, :func:`pseudotime_scatter` and :func:`branches` draw
 one panel; :func:`perturbation_panels` and :func:`lineage_panels` draw the evaluate stage's
-figures into given Axes. Public as :mod:`.pl` (scanpy's namespace).
+figures into given Axes (:func:`user_lineage_panels` on a user's files). Public as :mod:`.pl` (scanpy's namespace).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "branches",
     "perturbation_panels",
     "lineage_panels",
+    "user_lineage_panels",
 ]
 
 
@@ -133,4 +134,24 @@ def lineage_panels(axes: Sequence, adata: AnnData) -> Sequence:
     branches(xy, adata.obs["lineage_branch"], ax=axes[1], title="model branches (diffmap)")
     fate = adata.obs["fate"].astype(str).values
     branches(xy, fate, ax=axes[2], title="true fates (diffmap)")
+    return axes
+
+
+def user_lineage_panels(axes: Sequence, adata: AnnData) -> Sequence:
+    """Three panels of a user's evaluation cells: the model's and DPT's pseudotime against
+    the time points (``obs["time_point"]``; against DPT's pseudotime if there are none), and
+    the diffusion map coloured by the model's branches and by the fate (``obs["fate"]``; the
+    Leiden clusters if there is none)."""
+    has_time = "time_point" in adata.obs
+    tt = adata.obs["time_point" if has_time else "dpt_pseudotime"].to_numpy(np.float64)
+    pts = {"diffusion": adata.obs["lineage_pseudotime"].values}
+    if has_time:
+        pts["DPT"] = adata.obs["dpt_pseudotime"].values
+    pseudotime_scatter(
+        tt, pts, ax=axes[0], title="pseudotime vs " + ("time points" if has_time else "DPT")
+    )
+    xy = adata.obsm["X_diffmap"][:, 1:3]
+    branches(xy, adata.obs["lineage_branch"], ax=axes[1], title="model branches (diffmap)")
+    key = "fate" if "fate" in adata.obs else "leiden"
+    branches(xy, adata.obs[key].astype(str).values, ax=axes[2], title=f"{key} (diffmap)")
     return axes

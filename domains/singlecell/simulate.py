@@ -203,7 +203,12 @@ class PerturbationSimulator:
 
 # ---------------------------------------------------------------------- data sets
 def load_pbmc(
-    path: str | None = None, *, min_cells: int = 30, cell_type_key: str = "bulk_labels"
+    path: str | None = None,
+    *,
+    min_cells: int = 30,
+    cell_type_key: str = "bulk_labels",
+    counts: str = "refuse",
+    target_sum: float = 1e4,
 ) -> AnnData:
     """Log-normalised expression with a cell type per cell, as a dense AnnData.
 
@@ -219,10 +224,14 @@ def load_pbmc(
         pools).
     cell_type_key
         The ``obs`` column with the cell types; copied to ``obs["cell_type"]``.
+    counts, target_sum
+        An ``.h5ad`` whose ``.raw`` holds integer counts instead (:func:`.io.is_counts`) is
+        refused (``"refuse"``, naming the file and the fix) or normalised to ``target_sum``
+        per cell and ``log1p``-ed (``"normalise"``).
     """
     import scanpy as sc
 
-    from .io import check_finite, read, require_raw
+    from .io import check_finite, is_counts, read, read_expression, require_raw
 
     if path is None:
         src = sc.datasets.pbmc68k_reduced()
@@ -232,6 +241,8 @@ def load_pbmc(
         what = str(path)
     if path is None or str(path).endswith(".h5ad"):
         raw = require_raw(src, what=what)
+        if is_counts(raw.X):
+            raw = read_expression(src, what=what, counts=counts, target_sum=target_sum)
     else:
         raw = src.copy()
         sc.pp.normalize_total(raw, target_sum=1e4)

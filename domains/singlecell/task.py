@@ -17,18 +17,29 @@ Glue between the config, the files and the domain's modules:
   DPT and PAGA baselines).
 - evaluate: :mod:`.metrics` tables (perturbation per perturbation and their mean, lineage),
   the acceptance bars in the summary, :mod:`.plots` figures.
+
+With ``source.kind: files`` the lineage part runs on the user's cells instead of krumsiek11:
+prepare reads them (:func:`.io.read_cells`), fits a PCA codec of their genes
+(:class:`.models.GeneCodec`) on the train (and validation) files and writes
+``lineage_train.h5ad`` and ``lineage_test.h5ad`` (the latent, time points, fates, clonal
+barcodes, DPT's root); the model card records the genes by name and the codec, and ``apply``
+runs the trained lineage model on new files of the same genes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from torch import nn
 
+from diffsci.core.datasource import FileSplits, resolve_source
+from diffsci.core.modelcard import Incompatible, require, warn_outside
 from diffsci.core.schedules import LogNormalSigma
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
@@ -50,11 +61,191 @@ def _save(fig: Any, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+KRUMSIEK = "krumsiek11.h5ad"
+LINEAGE_TRAIN, LINEAGE_TEST = "lineage_train.h5ad", "lineage_test.h5ad"
+
+
+def _simulated(cfg: Config) -> bool:
+    return (cfg.get("source") or {}).get("kind", "simulate") == "simulate"
+
+
+def _lineage_files(cfg: Config) -> tuple[str, str]:
+    """The lineage model's training file and evaluation file in the data folder."""
+    return (KRUMSIEK, KRUMSIEK) if _simulated(cfg) else (LINEAGE_TRAIN, LINEAGE_TEST)
+
+
+def _lineage_inputs(cfg: Config) -> int:
+    """The lineage model's input width: krumsiek11's 11 genes, or the PCA latent's size."""
+    return 11 if _simulated(cfg) else int(cfg["files"]["lineage_pcs"])
+
+
+def _refuse_perturbation_files(cfg: Config) -> None:
+    key = cfg["files"]["perturbation_key"]
+    if key is not None:
+        raise NotImplementedError(
+            f"files.perturbation_key = {key!r}: training the perturbation model on a user's "
+            "own perturbation screen is not supported yet (it trains on simulated gene-program "
+            "perturbations of perturbation.input, where the truth of a held-out cell type is "
+            "known); remove files.perturbation_key"
+        )
+
+
+def _cells_opts(cfg: Config) -> dict[str, Any]:
+    return dict(cfg["files"])
+
+
+def _latent_cells(
+    cells: AnnData, codec: models.GeneCodec | None, cfg: Config, what: str, genes: list[str] = ()
+) -> AnnData:
+    """The lineage model's layout of ``cells``: ``X`` the codec's latent (or, without a codec,
+    ``genes`` selected by name), the truth columns and clonal barcodes carried, DPT's root in
+    ``uns["iroot"]`` (the file's own if it has one)."""
+    f = cfg["files"]
+    if codec is None:
+        x = io.dense(models.select_genes(cells, list(genes), what=what).X).astype(np.float32)
+        z = AnnData(X=x, obs=cells.obs.copy())
+        z.var_names = list(genes)
+    else:
+        z = AnnData(X=codec.encode(cells, what=what), obs=cells.obs.copy())
+        z.var_names = [f"PC{i + 1}" for i in range(codec.n_comps)]
+    if "X_clone" in cells.obsm:
+        z.obsm["X_clone"] = cells.obsm["X_clone"]
+    z.uns["iroot"] = (
+        int(cells.uns["iroot"])
+        if "iroot" in cells.uns
+        else baselines.find_root(
+            z,
+            root=f["root"],
+            root_key="is_root" if "is_root" in z.obs else None,
+            time=z.obs["time_point"].to_numpy() if "time_point" in z.obs else None,
+            what=what,
+        )
+    )
+    z.uns["expression"] = cells.uns["expression"]
+    return z
+
+
+def _prepare_lineage(cfg: Config, files: FileSplits, data_dir: Path) -> None:
+    """The user's cells into ``lineage_train.h5ad`` (train + validation files: the lineage
+    model has no early stopping) and ``lineage_test.h5ad``, in the codec's latent."""
+    opts = _cells_opts(cfg)
+    train_files = files.train + files.validation
+    train = io.read_cells(train_files, **opts)
+    test = io.read_cells(files.test, **opts)
+    what = ", ".join(map(str, train_files))
+    codec = models.GeneCodec.fit(
+        train, cfg["files"]["lineage_pcs"], target_sd=cfg["model"]["lineage_sigma_data"], what=what
+    )
+    zt = _latent_cells(train, codec, cfg, what)
+    zt.uns["lineage_codec"] = {k: v for k, v in codec.to_card().items() if k != "kind"}
+    io.write_h5ad(zt, data_dir / LINEAGE_TRAIN)
+    zs = _latent_cells(test, codec, cfg, ", ".join(map(str, files.test)))
+    zs.uns["lineage_genes"] = np.asarray(test.var_names, dtype=str)
+    io.write_h5ad(zs, data_dir / LINEAGE_TEST)
+
+
 def _rows(adata: AnnData, perturbation: str, condition: str) -> AnnData:
     return adata[
         (adata.obs["perturbation"] == perturbation).values
         & (adata.obs["condition"] == condition).values
     ]
+
+
+def _input_norms(x: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(np.asarray(x, np.float64), axis=1)
+
+
+def _lineage_card(cfg: Config, data_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``serves`` and ``normalisation`` of the lineage model: its genes by name, its input
+    (genes, or the PCA codec) and the 1st-99th percentile of its inputs' norms."""
+    kr = _read(Path(data_dir) / _lineage_files(cfg)[0])
+    f = cfg["files"]
+    norms = np.percentile(_input_norms(io.dense(kr.X)), [1, 99]).tolist()
+    if _simulated(cfg):
+        genes, norm = list(map(str, kr.var_names)), {"kind": "genes"}
+    else:
+        norm = {"kind": "pca", **{k: _plain(v) for k, v in kr.uns["lineage_codec"].items()}}
+        genes = list(norm["genes"])
+    serves = {
+        "data": "krumsiek11" if _simulated(cfg) else "files",
+        "genes": genes,
+        "n_genes": len(genes),
+        "inputs": norm["kind"],
+        "n_inputs": _lineage_inputs(cfg),
+        "cells": int(kr.n_obs),
+        "expression": _plain(kr.uns.get("expression", {"normalisation": "krumsiek11 as bundled"})),
+        **{k: f[k] for k in ("time_key", "fate_key", "clone_key", "root", "root_key")},
+    }
+    return serves, {**norm, "input_norm_p01_p99": norms}
+
+
+def _plain(v: Any) -> Any:
+    """An h5ad-read value as JSON-ready Python."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _check_genes(found: list[str], served: list[str], *, source: str) -> None:
+    """Refuse cells missing any of the model's genes (extra genes are dropped later)."""
+    models.select_genes(AnnData(var=pd.DataFrame(index=found)), served, what=source)
+
+
+def _warn_norms(x: np.ndarray, card: dict[str, Any], *, source: str) -> None:
+    """Warn when the median input norm of the cells lies outside the training cells' 1st-99th
+    percentile range."""
+    lo, hi = card["normalisation"]["lineage"]["input_norm_p01_p99"]
+    med = float(np.median(_input_norms(x)))
+    warn_outside("median norm of the lineage model's inputs", med, lo, hi, source=source)
+
+
+def _run_lineage(cfg: Config, model: nn.Module, z: AnnData) -> None:
+    """The lineage model's E-step and the DPT / PAGA baselines on ``z`` (the model's inputs)."""
+    lin, seed = cfg["lineage"], int(cfg["seed"])
+    models.lineage(
+        z, model.cpu(), tau_grid=lin["infer_tau_grid"], n_noise=lin["infer_noise"], seed=seed
+    )
+    baselines.lineage_baselines(
+        z, n_neighbors=lin["n_neighbors"], resolution=lin["leiden_resolution"], seed=seed
+    )
+
+
+def _applied(cells: AnnData, z: AnnData, card: dict[str, Any]) -> AnnData:
+    """The user's cells (genes as read) with the lineage results of ``z``."""
+    out = cells.copy()
+    for k in ("lineage_branch", "lineage_pseudotime", "dpt_pseudotime", "leiden"):
+        out.obs[k] = z.obs[k].values
+    out.obsm["X_lineage"] = z.obsm["X_lineage"]
+    out.obsm["X_lineage_input"] = np.asarray(z.X)
+    out.obsm["X_diffmap"] = z.obsm["X_diffmap"]
+    out.uns["lineage"] = z.uns["lineage"]
+    out.uns["paga_parent"] = np.asarray(z.uns["paga_parent"])
+    out.uns["iroot"] = int(z.uns["iroot"])
+    out.uns["lineage_model"] = {
+        "data_fingerprint": str(card.get("data", {}).get("fingerprint")),
+        "inputs": str(card["serves"]["lineage"]["inputs"]),
+    }
+    return out
+
+
+def _stem(p: Path) -> str:
+    return p.name.removesuffix(".h5ad").removesuffix(".h5") or "cells"
+
+
+def _lineage_tables(kr: AnnData, lin: dict, sim: bool) -> dict[str, dict]:
+    """The lineage table (and, on clonal data, the clone coupling of the model's branches)."""
+    if sim:
+        return {"Lineage, krumsiek11 (fates and within-trajectory time)": lin}
+    out = {"Lineage, your test cells (time points, fates and clones they carry)": lin}
+    if "X_clone" in kr.obsm:
+        names, m = metrics.clone_coupling(kr.obsm["X_clone"], kr.obs["lineage_branch"])
+        rows = {a: {b: float(m[i, j]) for j, b in enumerate(names)} for i, a in enumerate(names)}
+        out["Clone coupling between the model's branches (CoSpar-style, X_clone)"] = rows
+    return out
 
 
 class SingleCellTask(DomainTask):
@@ -69,8 +260,14 @@ class SingleCellTask(DomainTask):
     def prepare(self, cfg: Config, data_dir: Path) -> None:
         c, seed = cfg["perturbation"], int(cfg["seed"])
         data_dir = Path(data_dir)
+        _refuse_perturbation_files(cfg)
+        files = resolve_source(cfg)
         pbmc = simulate.load_pbmc(
-            c["input"], min_cells=c["min_cells"], cell_type_key=c["cell_type_key"]
+            c["input"],
+            min_cells=c["min_cells"],
+            cell_type_key=c["cell_type_key"],
+            counts=cfg["files"]["counts"],
+            target_sum=cfg["files"]["target_sum"],
         )
         held = c["held_out_cell_type"]
         what = f"{c['input'] or 'pbmc68k_reduced'} (after the min_cells filter)"
@@ -103,7 +300,10 @@ class SingleCellTask(DomainTask):
         io.write_h5ad(data.train, data_dir / "train_perturbed.h5ad")
         io.write_h5ad(data.truth, data_dir / "truth.h5ad")
         (data_dir / "simulator.json").write_text(data.simulator.to_json())
-        io.write_h5ad(simulate.load_krumsiek11(), data_dir / "krumsiek11.h5ad")
+        if files is None:
+            io.write_h5ad(simulate.load_krumsiek11(), data_dir / KRUMSIEK)
+        else:
+            _prepare_lineage(cfg, files, data_dir)
 
     def build_model(self, cfg: Config) -> nn.Module:
         m, c, lin = cfg["model"], cfg["perturbation"], cfg["lineage"]
@@ -115,7 +315,7 @@ class SingleCellTask(DomainTask):
             heads=m["heads"],
         )
         lineage_model = models.LineageDiffusion(
-            11,
+            _lineage_inputs(cfg),
             depth=lin["tree_depth"],
             branching=lin["branching"],
             code_dim=m["lineage_code_dim"],
@@ -157,7 +357,7 @@ class SingleCellTask(DomainTask):
             n_control=c["n_control"],
             seed=seed + 3,
         )
-        kr = _read(data_dir / "krumsiek11.h5ad")
+        kr = _read(data_dir / _lineage_files(cfg)[0])
         parent = self.build_model(cfg).lineage.codebook.parent
         baselines.lineage_baselines(
             kr, n_neighbors=lin["n_neighbors"], resolution=lin["leiden_resolution"], seed=seed
@@ -185,6 +385,77 @@ class SingleCellTask(DomainTask):
 
     def make_loss(self, cfg: Config, data_dir: Path) -> LossFn:
         return models.joint_loss
+
+    def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
+        """Genes by name (lineage and perturbation models), the lineage codec and input
+        range, the perturbations and held-out cell type, sigma settings."""
+        control = _read(Path(data_dir) / "control.h5ad")
+        lin_serves, lin_norm = _lineage_card(cfg, data_dir)
+        m, c = cfg["model"], cfg["perturbation"]
+        pert = {
+            "genes": list(map(str, control.var_names)),
+            "perturbations": list(map(str, control.uns[models.LATENT_KEY]["perturbations"])),
+            "held_out_cell_type": str(control.uns["held_out_cell_type"]),
+            "latent_pcs": int(c["n_pcs"]),
+            "cells_per_population": int(c["n_cells"]),
+        }
+        sigma = {
+            "data": m["sigma_data"],
+            "lineage_data": m["lineage_sigma_data"],
+            "train_log_mean": m["train_sigma_mean"],
+            "train_log_std": m["train_sigma_std"],
+            "max": cfg["sampling"]["sigma_max"],
+        }
+        return {
+            "serves": {"lineage": lin_serves, "perturbation": pert},
+            "normalisation": {"lineage": lin_norm},
+            "sigma": sigma,
+        }
+
+    def check_inputs(self, cfg: Config, card: dict[str, Any], data_dir: Path) -> None:
+        """The evaluation cells against the card: the lineage model's input width and genes
+        (refused), their input norms (a warning when outside the training range)."""
+        lin = card.get("serves", {}).get("lineage")
+        if lin is None:
+            return
+        path = Path(data_dir) / _lineage_files(cfg)[1]
+        fix = "retrain the model on this data (diffsci train, or the train rule)"
+        require("lineage inputs", _lineage_inputs(cfg), lin["n_inputs"], source=str(path), fix=fix)
+        kr = _read(path)
+        found = kr.uns.get("lineage_genes", kr.var_names)
+        _check_genes(list(map(str, found)), lin["genes"], source=str(path))
+        _warn_norms(io.dense(kr.X), card, source=str(path))
+
+    @io.keep_torch_threads()
+    def apply(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        card: dict[str, Any],
+        inputs: Sequence[Path],
+        out_dir: Path,
+        rt: Runtime,
+    ) -> None:
+        """The lineage model (and the DPT / PAGA baselines) on the user's new files: one
+        ``<name>.h5ad`` per input (anndata), the input's cells and genes with the model's
+        ``lineage_branch`` / ``lineage_pseudotime``, ``obsm["X_lineage"]`` (codes) and
+        ``obsm["X_lineage_input"]`` (the model's input), DPT's ``dpt_pseudotime``, PAGA's
+        ``leiden``, clonal barcodes and time points carried. Every input is checked against the
+        card (genes by name) before anything runs."""
+        lin = card.get("serves", {}).get("lineage")
+        if lin is None:
+            raise Incompatible("the model card has no lineage entry; retrain the model")
+        codec = models.GeneCodec.from_card(card)
+        opts, todo = _cells_opts(cfg), []
+        for p in inputs:
+            cells = io.read_cells([p], **opts)
+            _check_genes(list(map(str, cells.var_names)), lin["genes"], source=str(p))
+            z = _latent_cells(cells, codec, cfg, str(p), lin["genes"])
+            _warn_norms(z.X, card, source=str(p))
+            todo.append((Path(p), cells, z))
+        for p, cells, z in todo:
+            _run_lineage(cfg, model, z)
+            io.write_h5ad(_applied(cells, z, card), Path(out_dir) / f"{_stem(p)}.h5ad")
 
     @io.keep_torch_threads()
     def infer(
@@ -231,7 +502,7 @@ class SingleCellTask(DomainTask):
         perturbation = ad.concat(preds, index_unique="-", merge="same")
         io.write_h5ad(perturbation, out_dir / "perturbation.h5ad")
         io.write_h5ad(ad.concat(bases, index_unique="-"), out_dir / "baselines.h5ad")
-        kr = _read(data_dir / "krumsiek11.h5ad")
+        kr = _read(data_dir / _lineage_files(cfg)[1])
         models.lineage(
             kr, model.cpu(), tau_grid=lin["infer_tau_grid"], n_noise=lin["infer_noise"], seed=seed
         )
@@ -286,15 +557,16 @@ class SingleCellTask(DomainTask):
         _save(fig, fig_dir / "perturbation.png")
         mean = metrics.mean_table(per_pert)
         kr = _read(paths.predictions / "lineage.h5ad")
-        lin = metrics.lineage_table(kr)
+        demo = _simulated(cfg)
+        lin = metrics.lineage_table(kr) if demo else metrics.user_lineage_table(kr)
         fig = Figure(figsize=(14, 4))
         axes = fig.subplots(1, 3)
-        plots.lineage_panels(axes, kr)
+        (plots.lineage_panels if demo else plots.user_lineage_panels)(axes, kr)
         _save(fig, fig_dir / "lineage.png")
         tables = {
             f"Perturbation, mean over {len(perts)} perturbations ({held} held out)": mean,
             **{f"Perturbation {q}, held-out cell type {held}": per_pert[q] for q in perts},
-            "Lineage, krumsiek11 (fates and within-trajectory time)": lin,
+            **_lineage_tables(kr, lin, demo),
         }
         return EvalResult(
             tables=tables,
@@ -302,6 +574,6 @@ class SingleCellTask(DomainTask):
             figures=["figures/perturbation.png", "figures/lineage.png"],
             summary={
                 "held-out cell type": held,
-                **metrics.acceptance_bars(mean, lin, n_de=c["n_de"]),
+                **metrics.acceptance_bars(mean, lin if demo else None, n_de=c["n_de"]),
             },
         )

@@ -7,10 +7,12 @@
 - :mod:`.tree`: tree-codebook lineage diffusion (HDTree-style), its training items and the
   E-step :func:`~.tree.lineage`.
 - :mod:`.joint`: both in one module for the core's training loop.
+- :mod:`.genes`: the PCA codec (by gene name) of a lineage model trained on a user's files.
 """
 
 from __future__ import annotations
 
+from .genes import GeneCodec, select_genes
 from .joint import SingleCellModel, TensorItems, joint_loss
 from .latent import LATENT_KEY, decode, encode, fit_latent, fit_shared_latent
 from .population import (
@@ -43,4 +45,6 @@ __all__ = [
     "SingleCellModel",
     "TensorItems",
     "joint_loss",
+    "GeneCodec",
+    "select_genes",
 ]

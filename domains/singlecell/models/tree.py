@@ -31,9 +31,11 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from diffsci.core.denoisers import KarrasDenoiser, edm_loss
+from diffsci.core.modelcard import Incompatible
 from diffsci.core.networks import MLPDenoiser
 
 from ..io import check_finite, dense
+from .genes import GeneCodec
 
 __all__ = ["TreeCodebook", "LineageDiffusion", "tree_init", "lineage_items", "lineage"]
 
@@ -269,6 +271,7 @@ def lineage(
     seed: int = 0,
     batch: int = 128,
     copy: bool = False,
+    codec: GeneCodec | None = None,
 ) -> AnnData | None:
     """Branch, pseudotime and hierarchy of every cell from the tree-codebook diffusion model.
 
@@ -291,6 +294,10 @@ def lineage(
         Grid size, noise draws (from a generator seeded with ``seed``), cells per batch.
     copy
         Return a modified copy instead of writing into ``adata``.
+    codec
+        The gene codec of a model trained on a user's files (:class:`.genes.GeneCodec`, from
+        its model card: ``GeneCodec.from_card(read_card("model.pt"))``): ``adata``'s genes are
+        selected by name and encoded. ``None``: ``X`` is the model's input as it is.
 
     Returns
     -------
@@ -299,9 +306,7 @@ def lineage(
     """
     lin = getattr(model, "lineage", model)
     check_finite(adata)
-    x = torch.as_tensor(dense(adata.X), dtype=torch.float32)
-    if x.shape[1] != lin.n_genes:
-        raise ValueError(f"adata has {x.shape[1]} genes, the lineage model {lin.n_genes}")
+    x = torch.as_tensor(_inputs(adata, lin, codec), dtype=torch.float32)
     adata = adata.copy() if copy else adata
     lin = lin.eval()
     g = torch.Generator().manual_seed(seed)
@@ -321,6 +326,21 @@ def lineage(
         tau[i : i + batch] = (taus[best] + shift * step).clamp(0, 1)
     _write_lineage(adata, lin, node, tau, key_added)
     return adata if copy else None
+
+
+def _inputs(adata: AnnData, lin: LineageDiffusion, codec: GeneCodec | None) -> np.ndarray:
+    """The model's input of every cell: ``codec``'s encoding, or ``X`` if it has the model's
+    width; else :class:`~diffsci.core.modelcard.Incompatible` with the way forward."""
+    if codec is not None:
+        return codec.encode(adata, what="adata")
+    if adata.n_vars != lin.n_genes:
+        raise Incompatible(
+            f"adata has {adata.n_vars} genes, the lineage model {lin.n_genes} inputs: "
+            "a model trained on your files (source.kind: files) encodes genes by name, so pass "
+            "codec=GeneCodec.from_card(read_card(model_path)); a model trained on the demo "
+            "data serves krumsiek11's genes only (select them, or retrain on your data)"
+        )
+    return dense(adata.X)
 
 
 def _subgrid_shift(tot: Tensor, best: Tensor, per: int) -> Tensor:
