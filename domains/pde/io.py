@@ -13,6 +13,9 @@ PDEBench's 1-D generators store ``nt + 1`` times with ``nt`` frames (its own loa
 :func:`write_pdebench` writes exactly ``nt``. Scalar parameters (``nu``, ``beta``, ...) are file
 attributes. PDEBench's other layouts (one group per seed with ``data`` and ``grid/x``, or the
 CFD files with ``density``/``Vx``/``pressure``) are not read: :func:`read_pdebench` says so.
+
+The user's own trajectories (:func:`read_trajectories`) may also come as MATLAB ``.mat`` (v5
+through SciPy, v7.3 through h5py) or NumPy ``.npz`` files with named variables.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = [
     "read_ensemble",
     "read_pdebench",
     "read_scale",
+    "read_trajectories",
+    "file_format",
     "split_files",
     "write_assimilation",
     "write_ensemble",
@@ -296,3 +301,137 @@ def read_assimilation(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, 
     """``(ensemble, observations, mask)`` of a file written by :func:`write_assimilation`."""
     with h5py.File(path) as f:
         return f["ensemble"][()], f["observations"][()], f["mask"][()]
+
+
+# --------------------------------------------------------------------------------------------
+# the user's trajectories: PDEBench HDF5 under other dataset names, MATLAB .mat, NumPy .npz
+
+#: Default variable names per format: PDEBench's datasets, and ``u``/``x``/``t`` in the
+#: .mat/.npz files that PDE-FIND, FNO and many papers ship.
+DEFAULT_KEYS = {
+    "hdf5": {"u": TENSOR, "x": X, "t": T},
+    "mat": {"u": "u", "x": "x", "t": "t"},
+    "npz": {"u": "u", "x": "x", "t": "t"},
+}
+SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".mat": "mat", ".npz": "npz"}
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """``hdf5``, ``mat`` or ``npz`` from the file's suffix.
+
+    Raises
+    ------
+    ValueError
+        Another suffix; the message lists the formats read.
+    """
+    fmt = SUFFIXES.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: unknown trajectory format {Path(path).suffix!r}; PDE files are PDEBench "
+            "HDF5 (.h5/.hdf5), MATLAB .mat or NumPy .npz with named variables"
+        )
+    return fmt
+
+
+def _scalar_attrs(variables: Mapping[str, Any], skip: set[str]) -> dict[str, Any]:
+    """Scalars and strings among a .mat/.npz file's variables (``nu``, ``equation``...)."""
+    out: dict[str, Any] = {}
+    for k, v in variables.items():
+        if k in skip or k.startswith("__"):
+            continue
+        a = np.asarray(v)
+        if a.dtype.kind in "US":
+            out[k] = str(a.reshape(-1)[0]) if a.size else ""
+        elif a.size == 1 and a.dtype.kind in "fiub":
+            out[k] = a.reshape(-1)[0].item()
+    return out
+
+
+def _read_variables(path: Path, fmt: str, names: list[str]) -> tuple[dict[str, Any], dict]:
+    """``({name: array}, attrs)`` of an HDF5 / .mat (v5 or v7.3) / .npz file."""
+    if fmt == "npz":
+        with np.load(path, allow_pickle=False) as z:
+            variables = {k: z[k] for k in z.files}
+        return variables, _scalar_attrs(variables, set(names))
+    if fmt == "mat":
+        import scipy.io
+
+        try:
+            variables = scipy.io.loadmat(path, squeeze_me=True)
+        except NotImplementedError:  # MATLAB v7.3 files are HDF5 (arrays stored transposed)
+            with open_hdf5(path, what="MATLAB v7.3 file") as f:
+                variables = {k: np.asarray(f[k][()]).T for k in f if isinstance(f[k], h5py.Dataset)}
+        return variables, _scalar_attrs(variables, set(names))
+    with open_hdf5(path, what="HDF5 trajectory file") as f:
+        variables = {k: f[k][()] for k in names if k in f and isinstance(f[k], h5py.Dataset)}
+        variables["__keys__"] = sorted(f.keys())
+        return variables, {k: _attr(v) for k, v in f.attrs.items()}
+
+
+def _axes_order(shape: tuple[int, ...], nt: int, nx: int, path: Path) -> tuple[int, ...]:
+    """The permutation putting ``shape`` into ``(N, nt, nx)`` order, found from the lengths
+    of the coordinates (``t`` may have ``nt + 1`` entries, as PDEBench stores them)."""
+    import itertools
+
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{path}: trajectories must be 2-D (t, x) or 3-D (N, t, x), got {shape}")
+    fits = []
+    for perm in itertools.permutations(range(len(shape))):
+        s = [shape[i] for i in perm][-2:]
+        if s[1] == nx and s[0] in (nt, nt - 1):
+            fits.append(perm)
+    if not fits:
+        raise ValueError(
+            f"{path}: no axes of the trajectories {shape} match the coordinates (t has {nt}, x "
+            f"{nx} entries); check files.keys (which variables hold u, x and t)"
+        )
+    if len(fits) > 1 and len({tuple(shape[i] for i in p) for p in fits}) > 1:
+        fits.sort(key=lambda p: p != tuple(range(len(shape))))  # the stored order if it fits
+    return fits[0]
+
+
+def read_trajectories(
+    path: str | os.PathLike, *, keys: Mapping[str, str | None] | None = None
+) -> PDEData:
+    """Read 1-D trajectories from PDEBench HDF5, MATLAB .mat or NumPy .npz files.
+
+    PDEBench HDF5 files with the standard names go through :func:`read_pdebench`. Otherwise the
+    variables named by ``keys`` (``{"u": ..., "x": ..., "t": ...}``; ``None`` = the format's
+    default, :data:`DEFAULT_KEYS`) are read and put into ``(N, nt, nx)`` order by matching the
+    coordinates' lengths, so PDE-FIND's ``usol`` ``(nx, nt)`` and FNO-style ``(N, nt, nx)``
+    arrays both read; a 2-D array is one trajectory. MATLAB v5 files are read with
+    ``scipy.io.loadmat`` and v7.3 files (HDF5, column-major) with h5py. Scalars and strings
+    among a .mat/.npz file's variables (``nu``, ``equation``) become ``attrs``, as HDF5 file
+    attributes do.
+
+    Raises
+    ------
+    ValueError
+        Unknown suffix, a variable missing (the message lists the file's variables and the
+        config key ``files.keys`` to set), axes that match no coordinate, non-finite values.
+    """
+    path = Path(path)
+    fmt = file_format(path)
+    names = {**DEFAULT_KEYS[fmt], **{k: v for k, v in (keys or {}).items() if v}}
+    if fmt == "hdf5" and names == DEFAULT_KEYS["hdf5"]:
+        return read_pdebench(path)
+    variables, attrs = _read_variables(path, fmt, list(names.values()))
+    found = variables.pop("__keys__", sorted(k for k in variables if not k.startswith("__")))
+    for role, name in names.items():
+        if name not in variables:
+            raise ValueError(
+                f"{path}: no variable {name!r} for {role} (the file holds {found}); set "
+                f"files.keys.{role} in the config to the name your file uses"
+            )
+    x = np.asarray(variables[names["x"]], dtype=np.float64).reshape(-1)
+    t = np.asarray(variables[names["t"]], dtype=np.float64).reshape(-1)
+    u = np.asarray(variables[names["u"]])
+    perm = _axes_order(u.shape, len(t), len(x), path)
+    u = np.transpose(u, perm).astype(np.float32)
+    u = u[None] if u.ndim == 2 else u
+    if not np.isfinite(u).all():
+        raise ValueError(f"{path}: {names['u']!r} has NaN/inf values")
+    for name, c in (("x", x), ("t", t)):
+        if not np.isfinite(c).all():
+            raise ValueError(f"{path}: coordinate {names[name]!r} has non-finite values")
+    return PDEData(u=u, x=x, t=t[: u.shape[1]], attrs=attrs)

@@ -14,15 +14,18 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from diffsci.core.datasource import resolve_source
+from diffsci.core.modelcard import Incompatible
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
-from . import baselines, io, metrics, plots, sampling
+from . import baselines, io, metrics, plots, sampling, userdata
 from .events import event_study
 from .models import TrajectoryChunks, build_denoiser, check_grid, chunk_loss, codec, serves_prior
 from .simulate import burgers_dataset, periodic_grid, solver_grid
@@ -58,8 +61,33 @@ def _test_data(path: Path, cfg: Config) -> io.PDEData:
     return data
 
 
+#: How tables and summaries name an equation given by a file's ``equation`` attribute.
+EQUATION_NAMES = {
+    "burgers": "Burgers",
+    "kdv": "KdV",
+    "korteweg-de vries": "KdV",
+    "ks": "Kuramoto-Sivashinsky",
+    "kuramoto-sivashinsky": "Kuramoto-Sivashinsky",
+    "advection": "Advection",
+}
+
+
+def _equation(attrs: dict[str, Any]) -> str:
+    eq = str(attrs.get("equation", "burgers"))
+    return EQUATION_NAMES.get(eq.lower(), eq)
+
+
+def _nu(attrs: dict[str, Any]) -> Any:
+    """The viscosity of a prepared file: one value, the list of values, or None (unknown)."""
+    if "nu" in attrs:
+        return attrs["nu"]
+    values = attrs.get("nu_values")
+    return None if values is None else [float(v) for v in values]
+
+
 class PDETask(DomainTask):
-    """Burgers forecasting and assimilation with a wavelet-domain diffusion model."""
+    """Forecasting and assimilation of 1-D trajectories (Burgers by default, or the user's own
+    equation from their files) with a wavelet-domain diffusion model."""
 
     name = "pde"
     schema_path = SCHEMA
@@ -68,7 +96,13 @@ class PDETask(DomainTask):
 
     def prepare(self, cfg: Config, data_dir: Path) -> None:
         """Solve Burgers once on the finest grid and subsample, so every grid holds the same
-        trajectories; write ``{train,test}_nx<N>.h5`` and the training data's scale."""
+        trajectories; write ``{train,test}_nx<N>.h5`` and the training data's scale. With
+        ``source.kind: files`` the user's files are read instead
+        (:func:`~diffsci.domains.pde.userdata.prepare_files`)."""
+        files = resolve_source(cfg)
+        if files is not None:
+            userdata.prepare_files(cfg, Path(data_dir), files)
+            return
         d = cfg["data"]
         grids = sorted(set(d["train_nx"]) | set(d["eval_nx"]))
         fine = solver_grid(grids, d["solver_nx"])
@@ -152,10 +186,23 @@ class PDETask(DomainTask):
                 io.write_assimilation(
                     target, ens, y.numpy(), mask.numpy(), x=data.x, t=data.t, attrs=attrs
                 )
-        if cfg.get("events", {}).get("enabled", True):
+        if self._events(cfg):
             nx = min(io.split_files(data_dir, "test"))
             ev = event_study(model, cfg, data_dir, nx=nx, scale=scale, device=device)
             (out_dir / "events.json").write_text(json.dumps(ev, indent=2))
+
+    @staticmethod
+    def _events(cfg: Config) -> bool:
+        if not cfg.get("events", {}).get("enabled", True):
+            return False
+        if resolve_source(cfg) is not None:
+            warnings.warn(
+                "event study skipped: its reference is a Monte Carlo of the Burgers solver on the "
+                "config's data.nu, which does not describe the user's files (source.kind files)",
+                stacklevel=3,
+            )
+            return False
+        return True
 
     @staticmethod
     def _assimilates(cfg: Config) -> bool:
@@ -170,28 +217,82 @@ class PDETask(DomainTask):
             return False
         return True
 
+    def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
+        """Equation, viscosities, domain, grids, frames, scale and sigma range of the trained
+        model (:func:`~diffsci.domains.pde.userdata.card`)."""
+        return userdata.card(cfg, Path(data_dir))
+
+    def check_inputs(self, cfg: Config, card: dict[str, Any], data_dir: Path) -> None:
+        """Every test file of ``data_dir`` checked against ``card``
+        (:func:`~diffsci.domains.pde.userdata.check`)."""
+        for path in io.split_files(data_dir, "test").values():
+            data, phys = userdata.prepared_physics(path)
+            userdata.check(data, phys, card, source=str(path))
+
+    def apply(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        card: dict[str, Any],
+        inputs: Sequence[Path],
+        out_dir: Path,
+        rt: Runtime,
+    ) -> None:
+        """Ensemble forecasts from the first frame of every trajectory of each input file (read
+        as in ``prepare``, checked against ``card``), ``card.serves.nt`` frames at its frame
+        spacing, written as PDEBench HDF5 ``<stem>.h5`` (``tensor`` = the ensemble mean,
+        ``ensemble``, the file's ``x``, attributes: equation, nu, method, source file). One
+        generator (``seed + 1``) drives every file in the order given."""
+        scale = card["normalisation"]["scale"]
+        sv = card["serves"]
+        g = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
+        names = [Path(f).stem for f in inputs]
+        if len(set(names)) < len(names):
+            raise Incompatible(f"input files share a name stem ({names}); outputs would clash")
+        for path in map(Path, inputs):
+            data = userdata.load(path, cfg)
+            phys = userdata.physics(data, path, cfg)
+            userdata.check(data, phys, card, source=str(path))
+            u = torch.zeros(data.u.shape[0], sv["nt"], data.u.shape[2])
+            u[:, 0] = torch.from_numpy(data.u[:, 0])
+            ens = sampling.forecast_ensemble(
+                model, u, cfg=cfg, scale=scale, generator=g, device=rt.device, progress=rt.progress
+            )
+            t = float(data.t[0]) + sv["dt"] * torch.arange(sv["nt"], dtype=torch.float64).numpy()
+            attrs = {
+                "method": "diffusion",
+                "members": ens.shape[0],
+                "equation": phys["equation"],
+                "source_file": str(path),
+                **({"nu": phys["nu"]} if phys["nu"] is not None else {}),
+            }
+            io.write_ensemble(out_dir / f"{path.stem}.h5", ens, x=data.x, t=t, attrs=attrs)
+
     def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
         tables: dict[str, dict[str, dict[str, Any]]] = {}
         figures: list[Path] = []
+        attrs: dict[str, Any] = {}
         for nx, path in io.split_files(paths.data, "test").items():
-            true = torch.from_numpy(io.read_pdebench(path).u).float()
-            tables.update(_forecast_tables(paths, nx, true, fig_dir, figures))
+            data = io.read_pdebench(path)
+            attrs, eq = data.attrs, _equation(data.attrs)
+            true = torch.from_numpy(data.u).float()
+            tables.update(_forecast_tables(paths, nx, true, fig_dir, figures, eq))
             tables.update(_event_tables(paths, nx))
-            tables.update(_assimilation_tables(paths, nx, true))
+            tables.update(_assimilation_tables(paths, nx, true, eq))
         return EvalResult(
             tables=tables,
             lower_is_better=list(metrics.LOWER_IS_BETTER),
             figures=[str(Path("figures") / Path(f).name) for f in figures if f],
             summary={
-                "equation": "burgers",
-                "nu": cfg["data"]["nu"],
+                "equation": str(attrs.get("equation", "burgers")),
+                "nu": _nu(attrs),
                 "members": cfg["sampling"]["members"],
             },
         )
 
 
 def _forecast_tables(
-    paths: TaskPaths, nx: int, true: Tensor, fig_dir: Path, figures: list[Path]
+    paths: TaskPaths, nx: int, true: Tensor, fig_dir: Path, figures: list[Path], eq: str
 ) -> dict[str, Any]:
     """The forecast table of grid ``nx`` (persistence, the diffusion ensemble mean, the FNO);
     appends its figures to ``figures``."""
@@ -213,7 +314,7 @@ def _forecast_tables(
         )
         figures.append(fig)
     figures.append(plots.save_nrmse_per_frame(fig_dir / f"nrmse_per_frame_nx{nx}.png", per_frame))
-    return {f"Burgers forecast, nx={nx}": rows}
+    return {f"{eq} forecast, nx={nx}": rows}
 
 
 def _event_tables(paths: TaskPaths, nx: int) -> dict[str, Any]:
@@ -226,7 +327,7 @@ def _event_tables(paths: TaskPaths, nx: int) -> dict[str, Any]:
     return {f"Event probability ({ev['event']}), nx={nx}": metrics.event_table(ev)}
 
 
-def _assimilation_tables(paths: TaskPaths, nx: int, true: Tensor) -> dict[str, Any]:
+def _assimilation_tables(paths: TaskPaths, nx: int, true: Tensor, eq: str) -> dict[str, Any]:
     apath = paths.predictions / f"assimilation_nx{nx}.h5"
     if not apath.is_file():
         return {}
@@ -235,4 +336,4 @@ def _assimilation_tables(paths: TaskPaths, nx: int, true: Tensor) -> dict[str, A
     rows = metrics.assimilation_table(
         {"interpolation of sensors": interp}, {"diffusion DA (ens. mean)": ens}, true
     )
-    return {f"Burgers assimilation (sparse noisy sensors), nx={nx}": rows}
+    return {f"{eq} assimilation (sparse noisy sensors), nx={nx}": rows}

@@ -1,0 +1,289 @@
+"""The user's own trajectories: PDEBench HDF5 and .mat/.npz files written here in the field's
+layouts (h5py, scipy.io, numpy; not the project's writer), trained on through Snakemake,
+applied to a held-out file through ``diffsci apply``, and each mismatch of issue 19 refused or
+warned about."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from diffsci.core.modelcard import Incompatible
+from diffsci.core.stages import validate_config
+from diffsci.domains.pde import io, userdata
+from diffsci.domains.pde.simulate import burgers_dataset
+from diffsci.domains.pde.task import SCHEMA
+
+ROOT = Path(__file__).resolve().parents[3]
+TINY = Path(__file__).with_name("tiny.yaml")
+_BIN = Path(sys.executable).parent
+SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+ENV = {
+    **os.environ,
+    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+NX, NT = 64, 16  # the files' grid and frames; the model uses every 2nd point and frame
+
+
+def _trajectories(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    _, u, t = burgers_dataset(
+        n, NX, seed=seed, nu=0.05, t_end=0.5, nt=NT, initial={"kind": "sines", "k_max": 4}
+    )
+    return u.astype(np.float32), t
+
+
+def write_pdebench_file(path: Path, u: np.ndarray, t: np.ndarray, x: np.ndarray, **attrs) -> Path:
+    """PDEBench's 1-D layout as its generators write it: ``tensor`` (N, nt, nx), cell-centre
+    ``x-coordinate`` and ``t-coordinate`` with ``nt + 1`` entries."""
+    with h5py.File(path, "w") as f:
+        f["tensor"] = u
+        f["x-coordinate"] = x
+        f["t-coordinate"] = np.append(t, t[-1] + (t[1] - t[0]))
+        f.attrs.update(attrs)
+    return path
+
+
+def _x(lo: float = -1.0, hi: float = 1.0, n: int = NX) -> np.ndarray:
+    return lo + (hi - lo) * (np.arange(n) + 0.5) / n  # cell centres of [lo, hi)
+
+
+def _cfg(tmp_path: Path, files: dict, **over) -> dict:
+    cfg = yaml.safe_load(TINY.read_text())
+    for k in ("nu", "t_end", "n_train", "n_test", "solver_nx"):
+        cfg["data"].pop(k)
+    cfg["source"] = {"kind": "files", **files}
+    cfg["files"] = {"frame_stride": 2, **over}
+    validate_config(cfg, SCHEMA)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("user")
+    for name, n, seed in (("train", 24, 0), ("val", 4, 1), ("test", 4, 2)):
+        u, t = _trajectories(n, seed)
+        write_pdebench_file(root / f"1D_Burgers_Sols_Nu0.05_{name}.hdf5", u, t, _x())
+    u, t = _trajectories(3, 3)  # the held-out file: PDE-FIND's .mat layout, usol (nx, nt)
+    scipy_io = pytest.importorskip("scipy.io")
+    scipy_io.savemat(root / "heldout.mat", {"u": u[0].T, "x": _x(), "t": t, "nu": 0.05})
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(user_files, tmp_path_factory) -> Path:
+    """The tiny model trained on the user's files through ``snakemake pde``."""
+    if SNAKEMAKE is None:
+        pytest.skip("snakemake not installed (pip install -e '.[workflow]')")
+    work = tmp_path_factory.mktemp("run")
+    cfg = yaml.safe_load(TINY.read_text())
+    for k in ("nu", "t_end", "n_train", "n_test", "solver_nx"):
+        cfg["data"].pop(k)
+    f = user_files
+    cfg["source"] = {
+        "kind": "files",
+        "train": [str(f / "1D_Burgers_Sols_Nu0.05_train.hdf5")],
+        "validation": [str(f / "1D_Burgers_Sols_Nu0.05_val.hdf5")],
+        "test": [str(f / "1D_Burgers_Sols_Nu0.05_test.hdf5")],
+    }
+    cfg["files"] = {"frame_stride": 2}
+    config = work / "my.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "1"]
+    cmd += ["pde", "--config", f"pde_config={config}", "domains=[pde]"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work / "results" / "pde"
+
+
+def test_snakemake_trains_on_the_files_and_apply_writes_pdebench(trained, user_files, tmp_path):
+    card = json.loads((trained / "model_card.json").read_text())
+    sv = card["serves"]
+    assert card["data"]["source"] == "files"
+    assert sv["equation"] == "burgers" and sv["nu"] == [0.05, 0.05]  # nu from the file name
+    assert sv["x0"] == pytest.approx(-1 + 1 / NX) and sv["domain_length"] == pytest.approx(2.0)
+    assert sv["nt"] == 8 and sv["train_nx"] == [32] and sv["grid_multiple"] == 4
+    assert card["normalisation"]["scale"] > 0 and card["sigma"]["sampling"] == [0.002, 80.0]
+    m = json.loads((trained / "metrics.json").read_text())
+    assert m["summary"]["equation"] == "burgers" and m["summary"]["nu"] == 0.05
+    assert "Burgers forecast, nx=32" in m["tables"]
+    with h5py.File(trained / "data" / "test_nx32.h5") as f:
+        np.testing.assert_allclose(f["x-coordinate"][()], _x()[::2])  # the file's own x
+
+    out = tmp_path / "applied"
+    r = subprocess.run(
+        [str(_BIN / "diffsci"), "apply", "--domain", "pde", "--model", str(trained / "model.pt")]
+        + ["--input", str(user_files / "heldout.mat"), "--output", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    with h5py.File(out / "heldout.h5") as f:  # PDEBench HDF5, opened with h5py
+        assert f["tensor"].shape == (1, 8, NX) and f["ensemble"].shape == (2, 1, 8, NX)
+        np.testing.assert_allclose(f["x-coordinate"][()], _x())
+        assert f["t-coordinate"].shape == (8,) and f.attrs["equation"] == "burgers"
+        assert f.attrs["nu"] == 0.05 and np.isfinite(f["tensor"][()]).all()
+    assert json.loads((out / "provenance.json").read_text())["apply"]["inputs"]
+
+
+def _card(**serves) -> dict:
+    sv = {
+        "equation": "burgers",
+        "nu": [0.05, 0.05],
+        "x0": 0.0,
+        "domain_length": 1.0,
+        "dt": 0.1,
+        "nt": 8,
+        "grid_multiple": 8,
+        **serves,
+    }
+    return {"serves": sv, "normalisation": {"scale": 1.0, "trajectory_std": [0.2, 0.6]}}
+
+
+def _data(path: Path, tmp_path: Path, **attrs) -> tuple[io.PDEData, dict]:
+    cfg = _cfg(tmp_path, {"train": [str(path)], "test": [str(path)]}, frame_stride=1)
+    data = userdata.load(path, cfg)
+    return data, userdata.physics(data, path, cfg)
+
+
+def _wave(nx: int, lo: float, hi: float, closed: bool = False, amp: float = 0.5):
+    x = np.linspace(lo, hi, nx) if closed else lo + (hi - lo) * np.arange(nx) / nx
+    t = 0.1 * np.arange(8)
+    u = amp * np.sin(2 * np.pi * (x[None, None] - lo) / (hi - lo) + t[None, :, None])
+    return np.repeat(u, 2, axis=0).astype(np.float32), x, t
+
+
+@pytest.mark.parametrize("equation", ["kdv", "Kuramoto-Sivashinsky"])
+def test_another_equation_is_refused(tmp_path, equation):
+    u, x, t = _wave(32, 0.0, 1.0)
+    path = write_pdebench_file(tmp_path / "f.h5", u, t, x, equation=equation)
+    data, phys = _data(path, tmp_path)
+    with pytest.raises(Incompatible, match=r"equation is .* model serves 'burgers'.*train a model"):
+        userdata.check(data, phys, _card(), source=str(path))
+
+
+def test_a_grid_on_minus_one_one_is_not_taken_as_the_unit_interval(tmp_path):
+    u, x, t = _wave(33, -1.0, 1.0, closed=True)  # linspace(-1, 1, 33): the endpoint repeats
+    path = write_pdebench_file(tmp_path / "f.h5", u, t, x)
+    data, phys = _data(path, tmp_path)
+    assert data.u.shape[-1] == 32 and phys["domain_length"] == pytest.approx(2.0)
+    assert phys["x0"] == -1.0
+    with pytest.raises(Incompatible, match=r"domain length .* is 2 but the model serves 1"):
+        userdata.check(data, phys, _card(), source=str(path))
+    userdata.check(data, phys, _card(x0=-1.0, domain_length=2.0), source=str(path))
+
+
+def test_the_file_viscosity_is_reported_and_warned_about(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0)
+    path = write_pdebench_file(tmp_path / "1D_Burgers_Sols_Nu0.001.hdf5", u, t, x)
+    data, phys = _data(path, tmp_path)
+    assert phys["nu"] == 0.001  # from PDEBench's file name
+    with pytest.warns(UserWarning, match=r"viscosity nu 0.001 is outside the training range"):
+        userdata.check(data, phys, _card(), source=str(path))
+
+
+def test_amplitude_outside_training_warns_and_grid_multiple_refused(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0, amp=5.0)
+    data, phys = _data(write_pdebench_file(tmp_path / "a.h5", u, t, x, nu=0.05), tmp_path)
+    with pytest.warns(UserWarning, match=r"trajectory std .* outside the training range"):
+        userdata.check(data, phys, _card(), source="a.h5")
+    u, x, t = _wave(36, 0.0, 1.0)
+    data, phys = _data(write_pdebench_file(tmp_path / "b.h5", u, t, x, nu=0.05), tmp_path)
+    with pytest.raises(Incompatible, match=r"nx=36 .* multiple of 8; resample the file to nx=32"):
+        userdata.check(data, phys, _card(), source="b.h5")
+
+
+def test_frame_spacing_mismatch_is_refused(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0)
+    data, phys = _data(write_pdebench_file(tmp_path / "a.h5", u, 2 * t, x, nu=0.05), tmp_path)
+    with pytest.raises(Incompatible, match=r"frame spacing dt=0.2, the model forecasts at dt=0.1"):
+        userdata.check(data, phys, _card(), source="a.h5")
+
+
+def test_mat_and_npz_readers_find_the_axes(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    u, x, t = _wave(32, 0.0, 1.0)
+    scipy_io.savemat(tmp_path / "a.mat", {"usol": u[0].T, "xx": x, "tt": t, "equation": "kdv"})
+    got = io.read_trajectories(tmp_path / "a.mat", keys={"u": "usol", "x": "xx", "t": "tt"})
+    np.testing.assert_allclose(got.u, u[:1]) and np.testing.assert_allclose(got.x, x)
+    assert got.attrs["equation"] == "kdv"
+    np.savez(tmp_path / "b.npz", u=np.transpose(u, (2, 0, 1)), x=x, t=t)  # (nx, N, nt)
+    np.testing.assert_allclose(io.read_trajectories(tmp_path / "b.npz").u, u)
+    with pytest.raises(ValueError, match=r"no variable 'u' for u .* set files.keys.u"):
+        io.read_trajectories(tmp_path / "a.mat")
+
+
+def test_prepare_refuses_mixed_equations_and_unequal_grids(tmp_path):
+    from diffsci.core.datasource import resolve_source
+
+    u, x, t = _wave(32, 0.0, 1.0)
+    a = write_pdebench_file(tmp_path / "a.h5", u, t, x, equation="burgers")
+    b = write_pdebench_file(tmp_path / "b.h5", u, t, x, equation="kdv")
+    c = write_pdebench_file(tmp_path / "c.h5", u, t, x, equation="burgers")
+    cfg = _cfg(tmp_path, {"train": [str(a), str(b)], "test": [str(c)]}, frame_stride=1)
+    with pytest.raises(ValueError, match=r"differ in equation .* one model per equation"):
+        userdata.prepare_files(cfg, tmp_path, resolve_source(cfg))
+    cfg = _cfg(tmp_path, {"train": [str(a)], "test": [str(b)]}, frame_stride=1)
+    with pytest.raises(ValueError, match=r"source.test: equation 'kdv' differs"):
+        userdata.prepare_files(cfg, tmp_path, resolve_source(cfg))
+    cfg["data"]["eval_nx"] = [24]
+    with pytest.raises(ValueError, match=r"24 does not divide"):
+        userdata.on_grid(u, x, 24, source="source.test")
+
+
+def test_a_nonuniform_grid_is_refused(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0)
+    x = x**2
+    path = write_pdebench_file(tmp_path / "a.h5", u, t, x)
+    with pytest.raises(ValueError, match=r"not a uniform increasing grid .* resample"):
+        _data(path, tmp_path)
+
+
+def test_simulate_stays_the_default(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    validate_config(cfg, SCHEMA)
+    assert cfg["source"]["kind"] == "simulate"
+    del cfg["data"]["nu"]
+    with pytest.raises(ValueError, match="'nu' is a required property"):
+        validate_config(cfg, SCHEMA)
+
+
+def test_evaluate_names_the_file_equation(tmp_path):
+    from diffsci.core.task import TaskPaths
+    from diffsci.domains.pde.task import PDETask
+
+    u, x, t = _wave(32, 0.0, 1.0)
+    paths = TaskPaths(tmp_path)
+    for d in (paths.data, paths.predictions, paths.baselines):
+        d.mkdir()
+    io.write_pdebench(paths.data / "test_nx32.h5", u, x=x, t=t, attrs={"equation": "kdv"})
+    cfg = _cfg(tmp_path, {"train": [__file__], "test": [str(TINY)]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (tmp_path / "fig").mkdir()
+        res = PDETask().evaluate(cfg, paths, tmp_path / "fig")
+    assert list(res.tables) == ["KdV forecast, nx=32"]
+    assert res.summary["equation"] == "kdv" and res.summary["nu"] is None
+
+
+def test_apply_on_a_model_without_a_card_says_so(tmp_path):
+    import torch
+
+    from diffsci.core.stages import run_apply
+
+    torch.save({"state_dict": {}}, tmp_path / "model.pt")  # as saved before model cards
+    with pytest.raises(Incompatible, match="no model card .* retrain"):
+        run_apply("pde", model=tmp_path / "model.pt", inputs=[__file__], output=tmp_path / "o")
