@@ -15,6 +15,7 @@ The task's own files (last section) hold torch tensors in and out: training imag
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -53,6 +54,12 @@ __all__ = [
     "write_nifti",
     "read_fastmri",
     "write_fastmri_like",
+    "read_dicom_files",
+    "Sinograms",
+    "read_dataexchange",
+    "read_projection_file",
+    "fastmri_images",
+    "read_image_volumes",
 ]
 
 PathLike = str | os.PathLike
@@ -240,6 +247,11 @@ def read_dicom_series(directory: PathLike) -> DicomImage:
     if len(by_series) > 1:
         parts = "; ".join(f"{uid or '<none>'}: {', '.join(n)}" for uid, n in by_series.items())
         raise ValueError(f"{d} mixes {len(by_series)} series (SeriesInstanceUID: files): {parts}")
+    return _read_series(files, heads)
+
+
+def _read_series(files: list[Path], heads: list[Any]) -> DicomImage:
+    """Slices of one series (headers ``heads``) ordered along the normal, stacked."""
     order = sorted(range(len(files)), key=lambda i: (_slice_key(heads[i]), files[i].name))
     files = [files[i] for i in order]
     slices, first = [], None
@@ -265,6 +277,29 @@ def read_dicom_series(directory: PathLike) -> DicomImage:
     else:
         dz = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
     return DicomImage(vol, (dz, *pix), _meta(first, files))
+
+
+def read_dicom_files(files: list[PathLike]) -> list[DicomImage]:
+    """DICOM files (e.g. a glob over several series folders) as one volume per series.
+
+    Files are grouped by SeriesInstanceUID (first-seen order) and each group is ordered and
+    stacked as :func:`read_dicom_series` does (DICOM PS3.3 C.7.6.2: ImagePositionPatient along
+    the normal of ImageOrientationPatient).
+
+    Raises
+    ------
+    ValueError
+        A file that is not a DICOM image (the message names it), or slices of different sizes
+        within one series.
+    """
+    paths = [Path(f) for f in files]
+    heads = [_dcmread(f, pixels=False) for f in paths]
+    groups: dict[str, list[int]] = {}
+    for i, ds in enumerate(heads):
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(i)
+    return [
+        _read_series([paths[i] for i in idx], [heads[i] for i in idx]) for idx in groups.values()
+    ]
 
 
 def _reference_dataset(reference: Any):
@@ -649,11 +684,18 @@ def read_kspace_and_mask(path: PathLike) -> tuple[Tensor, Tensor]:
 
 
 def write_sinograms(
-    path: PathLike, sinograms: np.ndarray, angles_deg: np.ndarray, image_size: int
+    path: PathLike,
+    sinograms: np.ndarray,
+    angles_deg: np.ndarray,
+    image_size: int,
+    *,
+    rotation_center: float | None = None,
+    detector_spacing: float | None = None,
 ) -> Path:
     """Parallel-beam sinograms ``(n, n_angles, n_det)`` (float32) with their angles (degrees)
     and the reconstructed image size, as HDF5 (``sinogram``, ``angles_deg``, attrs
-    ``geometry``, ``image_size``)."""
+    ``geometry``, ``image_size``, and ``rotation_center`` (detector column of the axis) and
+    ``detector_spacing`` (bin width in image pixels) when given)."""
     import h5py
 
     p = Path(path)
@@ -662,6 +704,9 @@ def write_sinograms(
         f.create_dataset("angles_deg", data=angles_deg)
         f.attrs["geometry"] = "parallel-beam"
         f.attrs["image_size"] = image_size
+        for k, v in (("rotation_center", rotation_center), ("detector_spacing", detector_spacing)):
+            if v is not None:
+                f.attrs[k] = float(v)
     return p
 
 
@@ -784,3 +829,196 @@ def read_volume_reconstructions(path: PathLike) -> dict[str, Tensor]:
 
     with open_hdf5(path, what="volume predictions file (run the infer stage)") as f:
         return {k: torch.from_numpy(f[k][()]) for k in f}
+
+
+# --------------------------------------------------------------------------------------------
+# Tomography (DataExchange) and the user's image files
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sinograms:
+    """Parallel-beam sinograms of a scan and their geometry.
+
+    Attributes
+    ----------
+    sinogram
+        ``(slices, n_angles, n_det)`` float32 line integrals (``-log`` of the normalised
+        transmission for a DataExchange file).
+    angles_deg
+        ``(n_angles,)`` projection angles in degrees.
+    image_size
+        Side of the square image the scan reconstructs to (DataExchange: the detector width,
+        image pixels of the detector's pitch).
+    rotation_center
+        Detector column of the rotation axis if the file states it, else ``None``.
+    detector_spacing
+        Detector bin width in image pixels.
+    path
+        The file read.
+    """
+
+    sinogram: np.ndarray
+    angles_deg: np.ndarray
+    image_size: int
+    rotation_center: float | None = None
+    detector_spacing: float = 1.0
+    path: Path | None = None
+
+
+def _dx_dataset(f: Any, key: str, p: Path) -> np.ndarray:
+    if key not in f:
+        raise KeyError(
+            f"{p}: no {key!r} dataset (a DataExchange tomography file holds /exchange/data, "
+            "/exchange/data_white, /exchange/data_dark and /exchange/theta)"
+        )
+    return np.asarray(f[key][()], dtype=np.float64)
+
+
+def _frame_mean(frames: np.ndarray, shape: tuple[int, ...], key: str, p: Path) -> np.ndarray:
+    frames = frames if frames.ndim == 3 else frames[None]
+    if frames.shape[1:] != shape:
+        raise ValueError(f"{p}: {key} frames are {frames.shape[1:]}, projections {shape}")
+    return frames.mean(0)
+
+
+def read_dataexchange(path: PathLike, *, min_transmission: float = 1e-6) -> Sinograms:
+    """Read a tomography file in the DataExchange layout and return its sinograms.
+
+    Layout (De Carlo et al., "Scientific data exchange: a schema for HDF5-based storage of
+    raw and analyzed data", J. Synchrotron Rad. 21, 1224, 2014; APS/dxchange):
+    ``/exchange/data`` projections ``(n_angles, rows, cols)``, ``/exchange/data_white`` flat
+    fields and ``/exchange/data_dark`` dark fields ``(frames, rows, cols)``,
+    ``/exchange/theta`` angles in degrees (radians if its ``units`` attribute says so).
+
+    The projections are flat/dark corrected, ``T = (data - dark) / (white - dark)`` with the
+    mean flat and dark frames, clipped below at ``min_transmission``, and turned into line
+    integrals ``-log T`` (Beer-Lambert). Each detector row is one slice's sinogram.
+
+    Returns
+    -------
+    Sinograms
+        ``sinogram`` ``(rows, n_angles, cols)``; ``image_size = cols``; ``rotation_center``
+        from ``/exchange/rotation_center`` if present, else ``None``.
+
+    Raises
+    ------
+    KeyError
+        A dataset of the layout is missing (the message names the file and key).
+    ValueError
+        Shapes that do not match, or flat fields not brighter than dark fields.
+    """
+    p = Path(path)
+    with open_hdf5(p, what="DataExchange tomography file") as f:
+        data = _dx_dataset(f, "exchange/data", p)
+        if data.ndim != 3:
+            raise ValueError(f"{p}: /exchange/data must be (angles, rows, cols), got {data.shape}")
+        white = _frame_mean(_dx_dataset(f, "exchange/data_white", p), data.shape[1:], "white", p)
+        dark = _frame_mean(_dx_dataset(f, "exchange/data_dark", p), data.shape[1:], "dark", p)
+        theta = _dx_dataset(f, "exchange/theta", p).reshape(-1)
+        units = str(f["exchange/theta"].attrs.get("units", "degrees")).lower()
+        center = f["exchange/rotation_center"][()] if "exchange/rotation_center" in f else None
+    if theta.size != data.shape[0]:
+        raise ValueError(f"{p}: /exchange/theta has {theta.size} angles, data {data.shape[0]}")
+    if units.startswith("rad"):
+        theta = np.rad2deg(theta)
+    gain = white - dark
+    if not (gain > 0).all():
+        raise ValueError(
+            f"{p}: data_white is not brighter than data_dark at {int((gain <= 0).sum())} "
+            "pixels; check the flat and dark fields (swapped?)"
+        )
+    trans = np.clip((data - dark) / gain, min_transmission, None)
+    sino = np.moveaxis(-np.log(trans), 1, 0).astype(np.float32)
+    c = None if center is None else float(np.asarray(center).reshape(-1)[0])
+    return Sinograms(sino, theta, int(data.shape[2]), c, 1.0, p)
+
+
+def read_projection_file(path: PathLike) -> Sinograms:
+    """Sinograms from a DataExchange file (:func:`read_dataexchange`) or from a sinogram HDF5
+    (:func:`write_sinograms`: ``sinogram`` ``(slices, n_angles, n_det)`` or
+    ``(n_angles, n_det)``, ``angles_deg``, attrs ``image_size`` and optionally
+    ``rotation_center``, ``detector_spacing``).
+
+    Raises
+    ------
+    ValueError
+        Neither layout (the message lists the file's keys).
+    """
+    p = Path(path)
+    with open_hdf5(p, what="CT projection file") as f:
+        if "exchange" in f and "data" in f["exchange"]:
+            dx = True
+        elif "sinogram" in f and "angles_deg" in f:
+            dx = False
+            sino = np.asarray(f["sinogram"][()], np.float32)
+            angles = np.asarray(f["angles_deg"][()], np.float64).reshape(-1)
+            a = dict(f.attrs)
+        else:
+            raise ValueError(
+                f"{p}: neither a DataExchange file (/exchange/data, data_white, data_dark, "
+                "theta) nor a sinogram file (sinogram, angles_deg); keys: "
+                f"{sorted(f.keys())}"
+            )
+    if dx:
+        return read_dataexchange(p)
+    sino = sino[None] if sino.ndim == 2 else sino
+    if sino.ndim != 3 or sino.shape[1] != angles.size:
+        raise ValueError(f"{p}: sinogram {sino.shape} does not match {angles.size} angles_deg")
+    size = int(a.get("image_size", math.floor(sino.shape[2] / math.sqrt(2))))
+    center = float(a["rotation_center"]) if "rotation_center" in a else None
+    return Sinograms(sino, angles, size, center, float(a.get("detector_spacing", 1.0)), p)
+
+
+def fastmri_images(data: FastMRIData) -> np.ndarray:
+    """The images ``(slices, h, w)`` of a fastMRI file: ``reconstruction_esc`` (single coil)
+    or ``reconstruction_rss`` (multi coil) when present (fastMRI's references, Zbontar et al.
+    2018), else the magnitude of the centered orthonormal inverse FFT of ``kspace``
+    (root-sum-of-squares over coils)."""
+    for ref in (data.reconstruction_esc, data.reconstruction_rss):
+        if ref is not None:
+            return np.asarray(ref, np.float32)
+    k = np.fft.ifftshift(data.kspace, axes=(-2, -1))
+    img = np.fft.fftshift(np.fft.ifft2(k, norm="ortho"), axes=(-2, -1))
+    mag = np.abs(img)
+    if data.multicoil:
+        mag = np.sqrt((mag**2).sum(1))
+    return mag.astype(np.float32)
+
+
+_NIFTI = (".nii", ".nii.gz")
+_HDF5 = (".h5", ".hdf5", ".hdf")
+
+
+def _nifti_slices(path: Path, slice_axis: int) -> np.ndarray:
+    arr = read_nifti(path).array
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {arr.shape}")
+    return np.moveaxis(arr, slice_axis, 0)
+
+
+def read_image_volumes(
+    files: list[PathLike], *, nifti_slice_axis: int = 2
+) -> list[tuple[str, np.ndarray]]:
+    """The user's image files as ``[(name, slices (n, H, W) float32), ...]``, one per volume.
+
+    By suffix: ``.nii``/``.nii.gz`` (NIfTI-1/2, slices along ``nifti_slice_axis``);
+    ``.h5``/``.hdf5`` with ``kspace`` (fastMRI, :func:`fastmri_images`); any other file is
+    read as DICOM and grouped into series (:func:`read_dicom_files`). A DataExchange file is
+    not an image file (its slices need a reconstruction): the caller handles it.
+    """
+    out: list[tuple[str, np.ndarray]] = []
+    dicoms: list[Path] = []
+    for f in map(Path, files):
+        name = f.name.lower()
+        if name.endswith(_NIFTI):
+            out.append((str(f), _nifti_slices(f, nifti_slice_axis)))
+        elif name.endswith(_HDF5):
+            out.append((str(f), fastmri_images(read_fastmri(f))))
+        else:
+            dicoms.append(f)
+    for img in read_dicom_files(dicoms) if dicoms else []:
+        out.append((img.meta["files"][0], img.array))
+    return out

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diffsci.core.datasource import resolve_source
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
-from . import baselines, io, metrics, models, plots, posterior, simulate
+from . import baselines, io, metrics, models, plots, posterior, reconstruct, simulate, userdata
 from .models import AffineData
 from .operators import (
     CGPinv,
@@ -94,22 +95,28 @@ class MedicalTask(DomainTask):
     name = "medical"
     schema_path = SCHEMA
     packages = ("pydicom", "nibabel", "scikit-image")
+    training_config_keys = ("seed", "data", "model", "loss", "source", "files")
 
     # ---------------------------------------------------------------- prepare
     def prepare(self, cfg: Config, data_dir: Path) -> None:
+        files = resolve_source(cfg)
         d, seed = cfg["data"], int(cfg["seed"])
         n = d["size"]
-        train = simulate.random_ellipse_phantoms(d["n_train"], n, seed=seed)
-        test = simulate.held_out_slices(
-            d["n_test"], n, seed=seed + 10_000, bundled=d["pydicom_examples"]
-        )
+        if files is None:
+            train = simulate.random_ellipse_phantoms(d["n_train"], n, seed=seed)
+            test = simulate.held_out_slices(
+                d["n_test"], n, seed=seed + 10_000, bundled=d["pydicom_examples"]
+            )
+        else:  # the user's files: their train split trains, their test split evaluates
+            train, _ = userdata.load_images(files.train, cfg, fbp=baselines.fbp)
+            test, _ = userdata.load_images(files.test, cfg, fbp=baselines.fbp)
         io.write_images(data_dir / "train.h5", train)
         # held-out slices as a volume (z last, as NIfTI) and a DICOM series for derived outputs
         io.write_volume_nifti(test, data_dir / "test_ground_truth.nii.gz")
         io.write_dicom_series(test, data_dir / "test_dicom", description="diffsci held-out")
         x = torch.from_numpy(test)[:, None]
         if cfg["mri"]["enabled"]:
-            self._prepare_mri(cfg, data_dir, x, test)
+            self._prepare_mri(cfg, data_dir, x, test, volume=files is None)
         if cfg["ct"]["enabled"]:
             angles = ct_angles(cfg)
             sino = simulate.noisy_sinograms(
@@ -121,7 +128,9 @@ class MedicalTask(DomainTask):
             io.write_sinograms(data_dir / "ct_test.h5", sino[:, 0].numpy(), angles, n)
 
     @staticmethod
-    def _prepare_mri(cfg: Config, data_dir: Path, x: Tensor, test: np.ndarray) -> None:
+    def _prepare_mri(
+        cfg: Config, data_dir: Path, x: Tensor, test: np.ndarray, *, volume: bool = True
+    ) -> None:
         m, seed, n = cfg["mri"], int(cfg["seed"]), cfg["data"]["size"]
         mask = kspace_mask(
             (n, n),
@@ -142,13 +151,38 @@ class MedicalTask(DomainTask):
                 "num_low_frequency": int(round(n * m["center_fraction"])),
             },
         )
-        if cfg["volume"]["enabled"]:
+        if cfg["volume"]["enabled"] and volume:
             vol = simulate.random_ellipsoid_volume(cfg["volume"]["slices"], n, seed=seed + 40_000)
             io.write_volume_nifti(vol, data_dir / "volume_ground_truth.nii.gz")
             kv = fft2c(torch.from_numpy(vol).to(torch.complex64))
             io.write_fastmri_like(
                 data_dir / "mri_volume.h5", kv.numpy(), reconstruction_esc=vol, mask=mask.numpy()
             )
+
+    # ---------------------------------------------------------------- card and apply
+    def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
+        train = io.read_images(Path(data_dir) / "train.h5").numpy()
+        return userdata.card_part(cfg, train)
+
+    def check_inputs(self, cfg: Config, card: dict[str, Any], data_dir: Path) -> None:
+        path = Path(data_dir) / "test_ground_truth.nii.gz"
+        userdata.check_images(io.read_volume_nifti(path), card, source=str(path))
+
+    def apply(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        card: dict[str, Any],
+        inputs: Sequence[Path],
+        out_dir: Path,
+        rt: Runtime,
+    ) -> None:
+        names: list[str] = []
+        for path in map(Path, inputs):
+            stem = path.name.split(".")[0]
+            name = stem if stem not in names else f"{stem}_{len(names)}"
+            names.append(name)
+            reconstruct.apply_file(cfg, model, card, path, Path(out_dir), name, rt)
 
     # ---------------------------------------------------------------- model
     def build_model(self, cfg: Config) -> nn.Module:

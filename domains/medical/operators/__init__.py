@@ -4,7 +4,8 @@
 - :class:`MultiCoilMRI` (:mod:`.multi_coil`): SENSE multi-coil MRI.
 - :class:`RealImageMRI` (:mod:`.real_image`): single-coil MRI of real images,
   Hermitian-completed (the operator the posterior sampler uses).
-- :class:`ParallelBeamRadon` (:mod:`.radon`): parallel-beam CT as a sparse matrix.
+- :class:`ParallelBeamRadon` (:mod:`.radon`): parallel-beam CT as a sparse matrix, with the
+  rotation centre and detector spacing of a real scan (:func:`estimate_rotation_center`).
 - :class:`CGPinv` (:mod:`.cg_pinv`): any operator with a fixed-iteration CG pseudo-inverse.
 
 :mod:`.kspace` holds what the MRI operators share (centered FFTs, MONAI k-space masks, the
@@ -23,7 +24,13 @@ from diffsci.core.operators import OperatorCase
 from .cg_pinv import CGPinv
 from .kspace import DEFAULT_CENTER_FRACTIONS, fft2c, ifft2c, kspace_mask, reflect, rss
 from .multi_coil import MultiCoilMRI
-from .radon import ParallelBeamRadon, ct_angles, limited_angle_angles, sparse_view_angles
+from .radon import (
+    ParallelBeamRadon,
+    ct_angles,
+    estimate_rotation_center,
+    limited_angle_angles,
+    sparse_view_angles,
+)
 from .real_image import RealImageMRI
 from .single_coil import SingleCoilMRI
 
@@ -36,6 +43,7 @@ __all__ = [
     "RealImageMRI",
     "SingleCoilMRI",
     "ct_angles",
+    "estimate_rotation_center",
     "fft2c",
     "ifft2c",
     "kspace_mask",
@@ -71,6 +79,14 @@ def _radon() -> OperatorCase:
     return OperatorCase(ParallelBeamRadon(_N, sparse_view_angles(6)), (2, 1, _N, _N))
 
 
+def _radon_off_centre() -> OperatorCase:
+    """A real scan's geometry: the axis 1.7 columns off the middle, a coarser detector."""
+    op = ParallelBeamRadon(
+        _N, sparse_view_angles(7), n_det=19, rotation_center=10.7, detector_spacing=1.3
+    )
+    return OperatorCase(op, (2, 1, _N, _N))
+
+
 def _cg_radon() -> OperatorCase:
     op = CGPinv(ParallelBeamRadon(_N, limited_angle_angles(5, 120.0)), iters=10)
     return OperatorCase(op, (2, 1, _N, _N))
@@ -82,5 +98,6 @@ OPERATORS: dict[str, Callable[[], OperatorCase]] = {
     "multi_coil_mri": _multi_coil,
     "real_image_mri": _real_image,
     "parallel_beam_radon": _radon,
+    "parallel_beam_radon_off_centre": _radon_off_centre,
     "cg_pinv_radon": _cg_radon,
 }
