@@ -12,6 +12,10 @@
 - evaluate: PSNR (data_range = volume max, as fastMRI), SSIM (fastMRI's 7x7 uniform window,
   and MONAI's 11x11 Gaussian, labelled), NMSE, coverage of the 90% interval, seconds per slice
   (:mod:`.metrics`), example figures (:mod:`.plots`).
+- ``source: {kind: files}``: prepare reads the user's images instead of phantoms
+  (:mod:`.userdata`); the model card records the served image size, normalisation and sigma
+  range; ``check_inputs`` and ``apply`` (:mod:`.reconstruct`: a user's k-space or tomography
+  scan) refuse other sizes.
 """
 
 from __future__ import annotations

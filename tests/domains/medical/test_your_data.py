@@ -347,3 +347,21 @@ def test_unknown_centre_without_a_180_pair_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert userdata.rotation_center(s, 9.0) == (9.0, "config")
+
+
+def test_fastmri_and_dataexchange_files_train_as_slices(tmp_path):
+    """Training images from a fully sampled fastMRI file (|IFFT| of its k-space) and from a
+    DataExchange scan (full-view FBP about the estimated centre), normalised to [0, 1]."""
+    cfg = _cfg({"kind": "files", "train": ["x"], "test": ["x"]})
+    validate_config(cfg, get_task("medical").schema_path)
+    ph = random_ellipse_phantoms(3, N, seed=4)
+    full = tmp_path / "full.h5"
+    with h5py.File(full, "w") as f:
+        f.create_dataset("kspace", data=kspace_of(ph) * 1e-4)
+    dx = write_dataexchange(tmp_path / "dx.h5", ph, theta=np.linspace(0, 180, 91))
+    x, names = userdata.load_images([full, dx], cfg, fbp=baselines.fbp)
+    assert x.shape == (6, N, N) and names == [str(full)] * 3 + [str(dx)] * 3
+    assert float(x.min()) >= 0 and float(x.max()) == 1.0
+    np.testing.assert_allclose(x[:3], ph / ph.max(), atol=1e-5)  # per-volume min-max (min 0)
+    err = np.sqrt(np.mean((x[3:] - ph / ph.max()) ** 2))
+    assert err < 0.13, err  # the FBP of the off-centre scan, not a doubled image
