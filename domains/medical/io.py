@@ -58,6 +58,7 @@ __all__ = [
     "Sinograms",
     "read_dataexchange",
     "read_projection_file",
+    "bin_detector",
     "fastmri_images",
     "read_image_volumes",
 ]
@@ -968,6 +969,26 @@ def read_projection_file(path: PathLike) -> Sinograms:
     size = int(a.get("image_size", math.floor(sino.shape[2] / math.sqrt(2))))
     center = float(a["rotation_center"]) if "rotation_center" in a else None
     return Sinograms(sino, angles, size, center, float(a.get("detector_spacing", 1.0)), p)
+
+
+def bin_detector(sino: Sinograms, factor: int) -> Sinograms:
+    """Sinograms on a detector ``factor`` times coarser: the mean of ``factor`` neighbouring
+    columns (trailing columns that do not fill a bin are dropped), reconstructing to an image
+    ``factor`` times smaller (``image_size // factor``) on pixels of the binned pitch; the
+    rotation centre is carried over to the binned columns."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    n = sino.sinogram.shape[-1] // factor
+    binned = sino.sinogram[..., : n * factor].reshape(*sino.sinogram.shape[:-1], n, factor)
+    c = sino.rotation_center
+    return Sinograms(
+        binned.mean(-1).astype(np.float32),
+        sino.angles_deg,
+        sino.image_size // factor,
+        None if c is None else (c + 0.5) / factor - 0.5,
+        sino.detector_spacing,
+        sino.path,
+    )
 
 
 def fastmri_images(data: FastMRIData) -> np.ndarray:

@@ -229,7 +229,8 @@ def check_size(shape: Sequence[int], card: Mapping[str, Any], *, source: str, wh
         f"would run out of distribution). Retrain at this size (data.size: {found[0]}, "
         "source.kind: files with your images of this size), or resample the input to "
         f"{n}x{n} (for k-space: its central {n}x{n} lines, a lower-resolution image of the same "
-        f"field of view; for CT: bin the detector to image_size {n})"
+        f"field of view; for CT: the detector binned by {max(found[0] // n, 1)} with "
+        "io.bin_detector, written with io.write_sinograms)"
     )
 
 

@@ -365,3 +365,25 @@ def test_fastmri_and_dataexchange_files_train_as_slices(tmp_path):
     np.testing.assert_allclose(x[:3], ph / ph.max(), atol=1e-5)  # per-volume min-max (min 0)
     err = np.sqrt(np.mean((x[3:] - ph / ph.max()) ** 2))
     assert err < 0.13, err  # the FBP of the off-centre scan, not a doubled image
+
+
+def test_a_wide_scan_is_refused_until_binned_to_the_served_size(tmp_path):
+    from diffsci.domains.medical import reconstruct
+
+    card = {"serves": {"image_size": [N, N]}, "normalisation": {}}
+    cfg = _cfg({"kind": "simulate"})
+    validate_config(cfg, get_task("medical").schema_path)
+    wide = np.zeros((4, 2, 4 * N))
+    with h5py.File(tmp_path / "wide.h5", "w") as f:
+        ex = f.create_group("exchange")
+        ex.create_dataset("data", data=np.full_like(wide, 500.0))
+        ex.create_dataset("data_white", data=np.full((1, 2, 4 * N), 1000.0))
+        ex.create_dataset("data_dark", data=np.zeros((1, 2, 4 * N)))
+        ex.create_dataset("theta", data=np.arange(4) * 45.0)
+    out = tmp_path / "o"
+    with pytest.raises(Incompatible, match=r"wide.h5: the scan's image grid is 64x64 .* 16x16"):
+        reconstruct.apply_file(cfg, None, card, tmp_path / "wide.h5", out, "wide", None)
+    binned = io.bin_detector(io.read_projection_file(tmp_path / "wide.h5"), 4)
+    assert binned.sinogram.shape == (2, 4, N) and binned.image_size == N
+    np.testing.assert_allclose(binned.sinogram, np.log(2), rtol=1e-6)
+    userdata.check_size((binned.image_size,) * 2, card, source="binned", what="grid")
