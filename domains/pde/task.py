@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffsci.core.datasource import resolve_source
-from diffsci.core.modelcard import Incompatible
+from diffsci.core.datasource import fingerprint, resolve_source
+from diffsci.core.modelcard import Incompatible, new_card
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, metrics, plots, sampling, userdata
@@ -128,9 +128,18 @@ class PDETask(DomainTask):
                 )
 
     def build_model(self, cfg: Config) -> nn.Module:
+        """The denoiser; the FNO baseline's network for the config of its model card
+        (``network: fno``, so ``diffsci apply`` runs ``baselines/fno.pt`` too)."""
+        if cfg.get("network", "diffusion") == "fno":
+            return baselines.build_fno(cfg)
         return build_denoiser(cfg)
 
     def train_dataset(self, cfg: Config, data_dir: Path) -> TrajectoryChunks:
+        if cfg.get("network", "diffusion") != "diffusion":
+            raise ValueError(
+                "config network: fno belongs to the FNO baseline's model card (the baselines "
+                "stage trains it); train the diffusion model with network: diffusion"
+            )
         _check_chunks(cfg)
         trajs = _trajectories(Path(data_dir), cfg["data"]["train_nx"])
         scale = io.read_scale(data_dir)
@@ -155,6 +164,7 @@ class PDETask(DomainTask):
             io.write_pdebench(
                 out_dir / f"fno_nx{nx}.h5", pred, x=data.x, t=data.t, attrs={"method": "fno"}
             )
+        _save_fno(self, cfg, Path(data_dir), net, out_dir)
 
     def infer(
         self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
@@ -246,6 +256,7 @@ class PDETask(DomainTask):
         scale = card["normalisation"]["scale"]
         sv = card["serves"]
         g = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
+        fno = cfg.get("network", "diffusion") == "fno"
         names = [Path(f).stem for f in inputs]
         if len(set(names)) < len(names):
             raise Incompatible(f"input files share a name stem ({names}); outputs would clash")
@@ -255,17 +266,21 @@ class PDETask(DomainTask):
             userdata.check(data, phys, card, source=str(path))
             u = torch.zeros(data.u.shape[0], sv["nt"], data.u.shape[2])
             u[:, 0] = torch.from_numpy(data.u[:, 0])
-            ens = sampling.forecast_ensemble(
-                model, u, cfg=cfg, scale=scale, generator=g, device=rt.device, progress=rt.progress
-            )
             t = float(data.t[0]) + sv["dt"] * torch.arange(sv["nt"], dtype=torch.float64).numpy()
             attrs = {
-                "method": "diffusion",
-                "members": ens.shape[0],
                 "equation": phys["equation"],
                 "source_file": str(path),
                 **({"nu": phys["nu"]} if phys["nu"] is not None else {}),
             }
+            if fno:
+                pred = baselines.predict_fno(model.to(rt.device), u, scale)
+                target = out_dir / f"fno_{path.stem}.h5"
+                io.write_pdebench(target, pred, x=data.x, t=t, attrs={**attrs, "method": "fno"})
+                continue
+            ens = sampling.forecast_ensemble(
+                model, u, cfg=cfg, scale=scale, generator=g, device=rt.device, progress=rt.progress
+            )
+            attrs = {**attrs, "method": "diffusion", "members": ens.shape[0]}
             io.write_ensemble(out_dir / f"{path.stem}.h5", ens, x=data.x, t=t, attrs=attrs)
 
     def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
@@ -289,6 +304,29 @@ class PDETask(DomainTask):
                 "members": cfg["sampling"]["members"],
             },
         )
+
+
+def _save_fno(task: PDETask, cfg: Config, data_dir: Path, net: nn.Module, out_dir: Path) -> None:
+    """The trained FNO as ``fno.pt`` with its model card (also ``fno_card.json``): the card's
+    config says ``network: fno``, so ``diffsci apply --model <run>/baselines/fno.pt`` builds
+    and runs the FNO on new files (outputs ``fno_<file>.h5``)."""
+    files = resolve_source(cfg)
+    data = {
+        "source": "simulate" if files is None else "files",
+        "fingerprint": fingerprint([data_dir]),
+        "files": {} if files is None else {s: list(map(str, f)) for s, f in files.items()},
+    }
+    part = task.model_card(cfg, data_dir)
+    card = new_card(
+        task.name,
+        config={**cfg, "network": "fno"},
+        data=data,
+        serves={**part["serves"], "network": "fno"},
+        normalisation=part["normalisation"],
+    )
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "card": card}, out_dir / "fno.pt")
+    (out_dir / "fno_card.json").write_text(json.dumps(card, indent=2))
 
 
 def _forecast_tables(

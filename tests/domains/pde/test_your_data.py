@@ -122,21 +122,34 @@ def test_snakemake_trains_on_the_files_and_apply_writes_pdebench(trained, user_f
         np.testing.assert_allclose(f["x-coordinate"][()], _x()[::2])  # the file's own x
 
     out = tmp_path / "applied"
-    r = subprocess.run(
-        [str(_BIN / "diffsci"), "apply", "--domain", "pde", "--model", str(trained / "model.pt")]
-        + ["--input", str(user_files / "heldout.mat"), "--output", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    _apply(trained / "model.pt", user_files / "heldout.mat", out)
     with h5py.File(out / "heldout.h5") as f:  # PDEBench HDF5, opened with h5py
         assert f["tensor"].shape == (1, 8, NX) and f["ensemble"].shape == (2, 1, 8, NX)
         np.testing.assert_allclose(f["x-coordinate"][()], _x())
         assert f["t-coordinate"].shape == (8,) and f.attrs["equation"] == "burgers"
         assert f.attrs["nu"] == 0.05 and np.isfinite(f["tensor"][()]).all()
     assert json.loads((out / "provenance.json").read_text())["apply"]["inputs"]
+
+
+def _apply(model: Path, file: Path, out: Path) -> None:
+    r = subprocess.run(
+        [str(_BIN / "diffsci"), "apply", "--domain", "pde", "--model", str(model)]
+        + ["--input", str(file), "--output", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_the_trained_fno_baseline_applies_to_new_files(trained, user_files, tmp_path):
+    card = json.loads((trained / "baselines" / "fno_card.json").read_text())
+    assert card["config"]["network"] == "fno" and card["serves"]["domain_length"] == 2.0
+    _apply(trained / "baselines" / "fno.pt", user_files / "heldout.mat", tmp_path / "fno")
+    with h5py.File(tmp_path / "fno" / "fno_heldout.h5") as f:
+        assert f["tensor"].shape == (1, 8, NX) and f.attrs["method"] == "fno"
+        np.testing.assert_allclose(f["x-coordinate"][()], _x())
 
 
 def _card(**serves) -> dict:
