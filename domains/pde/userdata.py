@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,12 +108,31 @@ def conform(data: io.PDEData, path: Path, cfg: Mapping[str, Any]) -> io.PDEData:
     dx = _uniform_step(x, path)
     if len(x) > 2 and np.allclose(u[..., 0], u[..., -1], rtol=1e-5, atol=1e-6 * np.abs(u).max()):
         u, x = u[..., :-1], x[:-1]  # a closed periodic grid: the last point repeats the first
+    periodic = _periodic(u, path)
     stride = cfg["files"]["frame_stride"]
     u, t = u[:, ::stride], data.t[::stride]
     if len(t) > 1 and not np.allclose(np.diff(t), t[1] - t[0], rtol=1e-3):
         raise ValueError(f"{path}: frames are not evenly spaced in t; resample them in time")
     attrs = {**data.attrs, "x0": float(x[0]), "domain_length": float(len(x) * dx)}
+    attrs["periodic"] = periodic
     return io.PDEData(u=np.ascontiguousarray(u), x=x, t=t, attrs=attrs)
+
+
+def _periodic(u: np.ndarray, path: Path) -> bool:
+    """Whether ``u`` continues smoothly across the boundary: the jump from the last point to
+    the first is at most twice the largest step inside the grid. Warns otherwise (the FNO
+    baseline's Fourier layers take x as periodic)."""
+    jump = float(np.abs(u[..., 0] - u[..., -1]).max())
+    step = float(np.abs(np.diff(u, axis=-1)).max())
+    if jump <= 2 * step + 1e-12:
+        return True
+    warnings.warn(
+        f"{path}: the trajectories are not periodic in x (a jump of {jump:.3g} from the last "
+        f"point to the first, interior steps up to {step:.3g}); the FNO baseline treats x as "
+        "periodic and the diffusion model has only seen what the training files show",
+        stacklevel=3,
+    )
+    return False
 
 
 def load(path: str | Path, cfg: Mapping[str, Any]) -> io.PDEData:
@@ -126,6 +146,7 @@ def physics(data: io.PDEData, path: Path, cfg: Mapping[str, Any]) -> dict[str, A
     """``{equation, nu, x0, domain_length, dt}`` of a conformed file."""
     dt = float(data.t[1] - data.t[0]) if len(data.t) > 1 else None
     return {
+        "periodic": data.attrs["periodic"],
         "equation": equation_of(data, cfg),
         "nu": nu_of(data, path, cfg),
         "x0": data.attrs["x0"],
@@ -200,6 +221,7 @@ def _read_split(files: Sequence[Path], cfg: Mapping[str, Any]) -> tuple[io.PDEDa
     u = np.concatenate([d.u for d in datas])
     nus = sorted({p["nu"] for p in phys if p["nu"] is not None})
     attrs = {**{k: phys[0][k] for k in ("x0", "domain_length")}, "equation": shared["equation"]}
+    attrs["periodic"] = all(p["periodic"] for p in phys)
     if nus:
         attrs["nu_values"] = np.asarray(nus)
         if len(nus) == 1:
@@ -261,6 +283,7 @@ def prepared_physics(path: Path) -> tuple[io.PDEData, dict[str, Any]]:
         "x0": float(a.get("x0", data.x[0])),
         "domain_length": float(a.get("domain_length", len(data.x) * dx)),
         "dt": float(data.t[1] - data.t[0]),
+        "periodic": bool(a.get("periodic", True)),
     }
 
 
@@ -273,7 +296,6 @@ def card(cfg: Mapping[str, Any], data_dir: Path) -> dict[str, Any]:
     return {
         "serves": {
             **phys,
-            "periodic": True,
             "nt": int(data.u.shape[1]),
             "train_nx": sorted(train),
             "eval_nx": sorted(io.split_files(data_dir, "test")),
@@ -317,6 +339,12 @@ def check(
         raise Incompatible(
             f"{source}: grid nx={len(data.x)} cannot be served: the network needs a multiple "
             f"of {k}; resample the file to nx={lo or k} or {lo + k}"
+        )
+    if sv.get("periodic", True) and not phys.get("periodic", True):
+        warnings.warn(
+            f"{source}: not periodic in x but the model was trained on periodic trajectories; "
+            "its forecasts near the boundary are extrapolations",
+            stacklevel=2,
         )
     nu = phys.get("nu")
     nu = nu[0] if isinstance(nu, list) and nu[0] == nu[1] else nu

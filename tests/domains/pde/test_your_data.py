@@ -300,3 +300,25 @@ def test_apply_on_a_model_without_a_card_says_so(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "model.pt")  # as saved before model cards
     with pytest.raises(Incompatible, match="no model card .* retrain"):
         run_apply("pde", model=tmp_path / "model.pt", inputs=[__file__], output=tmp_path / "o")
+
+
+def test_non_periodic_trajectories_warn(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0)
+    u = u + np.linspace(0, 1, 32, dtype=np.float32)  # a ramp: a jump of 1 across the boundary
+    path = write_pdebench_file(tmp_path / "a.h5", u, t, x, nu=0.05)
+    with pytest.warns(UserWarning, match=r"not periodic in x \(a jump of"):
+        data, phys = _data(path, tmp_path)
+    assert phys["periodic"] is False
+    with pytest.warns(UserWarning, match=r"not periodic in x but the model was trained on"):
+        userdata.check(data, phys, _card(periodic=True), source="a.h5")
+
+
+def test_infer_checks_the_prepared_test_data_against_the_card(tmp_path):
+    from diffsci.domains.pde.task import PDETask
+
+    u, x, t = _wave(32, 0.0, 1.0)
+    io.write_pdebench(tmp_path / "test_nx32.h5", u, x=x, t=t, attrs={"equation": "kdv"})
+    with pytest.raises(Incompatible, match=r"test_nx32.h5: the equation is 'kdv'"):
+        PDETask().check_inputs({}, _card(), tmp_path)
+    io.write_pdebench(tmp_path / "test_nx32.h5", u, x=x, t=t, attrs={"equation": "burgers"})
+    PDETask().check_inputs({}, _card(), tmp_path)
