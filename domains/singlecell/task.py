@@ -43,7 +43,7 @@ from diffsci.core.modelcard import Incompatible, require, warn_outside
 from diffsci.core.schedules import LogNormalSigma
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
-from . import baselines, io, metrics, models, plots, simulate
+from . import baselines, io, metrics, models, plots, screen, simulate
 
 __all__ = ["SingleCellTask"]
 
@@ -71,23 +71,71 @@ def _simulated(cfg: Config) -> bool:
 
 def _lineage_files(cfg: Config) -> tuple[str, str]:
     """The lineage model's training file and evaluation file in the data folder."""
-    return (KRUMSIEK, KRUMSIEK) if _simulated(cfg) else (LINEAGE_TRAIN, LINEAGE_TEST)
+    return (LINEAGE_TRAIN, LINEAGE_TEST) if _lineage_on_files(cfg) else (KRUMSIEK, KRUMSIEK)
 
 
 def _lineage_inputs(cfg: Config) -> int:
     """The lineage model's input width: krumsiek11's 11 genes, or the PCA latent's size."""
-    return 11 if _simulated(cfg) else int(cfg["files"]["lineage_pcs"])
+    return int(cfg["files"]["lineage_pcs"]) if _lineage_on_files(cfg) else 11
 
 
-def _refuse_perturbation_files(cfg: Config) -> None:
-    key = cfg["files"]["perturbation_key"]
-    if key is not None:
-        raise NotImplementedError(
-            f"files.perturbation_key = {key!r}: training the perturbation model on a user's "
-            "own perturbation screen is not supported yet (it trains on simulated gene-program "
-            "perturbations of perturbation.input, where the truth of a held-out cell type is "
-            "known); remove files.perturbation_key"
-        )
+def _screen(cfg: Config) -> bool:
+    """The user's files are a perturbation screen (the lineage model stays on krumsiek11)."""
+    return not _simulated(cfg) and cfg["files"]["perturbation_key"] is not None
+
+
+def _lineage_on_files(cfg: Config) -> bool:
+    """The user's files are lineage data (the perturbation model stays on simulated data)."""
+    return not _simulated(cfg) and cfg["files"]["perturbation_key"] is None
+
+
+def _simulated_perturbations(cfg: Config) -> tuple[AnnData, AnnData, AnnData, list[str], str]:
+    """The demo's perturbation data: programs simulated on ``perturbation.input``."""
+    c, seed = cfg["perturbation"], int(cfg["seed"])
+    pbmc = simulate.load_pbmc(
+        c["input"],
+        min_cells=c["min_cells"],
+        cell_type_key=c["cell_type_key"],
+        counts=cfg["files"]["counts"],
+        target_sum=cfg["files"]["target_sum"],
+    )
+    held = c["held_out_cell_type"]
+    what = f"{c['input'] or 'pbmc68k_reduced'} (after the min_cells filter)"
+    io.require_obs_value(pbmc, "cell_type", held, what=what)
+    data = simulate.perturbation_data(
+        pbmc,
+        held_out=held,
+        seed=seed,
+        n_perturbations=c["n_perturbations"],
+        n_up=c["n_up"],
+        n_down=c["n_down"],
+        n_responders=c["n_responders"],
+        effect_size=c["effect_size"],
+        hidden_sd=c["hidden_sd"],
+        noise=c["noise"],
+        train_populations=c["train_populations"],
+        mixture_populations=c["mixture_populations"],
+        test_draws=c["test_draws"],
+        n_cells=c["n_cells"],
+    )
+    perts = list(data.simulator.programs)
+    return data.control, data.train, data.truth, perts, data.simulator.to_json()
+
+
+def _screen_data(cfg: Config, files: FileSplits) -> tuple[AnnData, AnnData, AnnData, list[str]]:
+    """The user's perturbation screen (:mod:`.screen`): train (and validation) files for the
+    control cells and training populations, test files for the held-out cell type's truth."""
+    f, c = cfg["files"], cfg["perturbation"]
+    keys = {
+        "perturbation_key": f["perturbation_key"],
+        "control_label": f["control_label"],
+        "cell_type_key": c["cell_type_key"],
+    }
+    train = screen.read_screen(files.train + files.validation, keys=keys, opts=f)
+    test = screen.read_screen(files.test, keys=keys, opts=f)
+    if list(test.var_names) != list(train.var_names):
+        test = models.select_genes(test, list(map(str, train.var_names)), what="the test files")
+    return screen.screen_data(train, test, cfg=cfg)
 
 
 def _cells_opts(cfg: Config) -> dict[str, Any]:
@@ -161,13 +209,13 @@ def _lineage_card(cfg: Config, data_dir: Path) -> tuple[dict[str, Any], dict[str
     kr = _read(Path(data_dir) / _lineage_files(cfg)[0])
     f = cfg["files"]
     norms = np.percentile(_input_norms(io.dense(kr.X)), [1, 99]).tolist()
-    if _simulated(cfg):
+    if not _lineage_on_files(cfg):
         genes, norm = list(map(str, kr.var_names)), {"kind": "genes"}
     else:
         norm = {"kind": "pca", **{k: _plain(v) for k, v in kr.uns["lineage_codec"].items()}}
         genes = list(norm["genes"])
     serves = {
-        "data": "krumsiek11" if _simulated(cfg) else "files",
+        "data": "files" if _lineage_on_files(cfg) else "krumsiek11",
         "genes": genes,
         "n_genes": len(genes),
         "inputs": norm["kind"],
@@ -236,6 +284,30 @@ def _stem(p: Path) -> str:
     return p.name.removesuffix(".h5ad").removesuffix(".h5") or "cells"
 
 
+def _oracle(
+    sim: simulate.PerturbationSimulator | None,
+    cfg: Config,
+    control: AnnData,
+    held: str,
+    q: str,
+    j: int,
+) -> dict[str, AnnData]:
+    """The simulator's ground truth on the held-out control cells (none for a user's screen)."""
+    if sim is None:
+        return {}
+    return {
+        metrics.ORACLE: simulate.oracle_populations(
+            sim,
+            control,
+            cell_type=held,
+            perturbation=q,
+            n_populations=cfg["sampling"]["samples"],
+            n_cells=cfg["perturbation"]["n_cells"],
+            seed=int(cfg["seed"]) + 20 + j,
+        )
+    }
+
+
 def _lineage_tables(kr: AnnData, lin: dict, sim: bool) -> dict[str, dict]:
     """The lineage table (and, on clonal data, the clone coupling of the model's branches)."""
     if sim:
@@ -258,52 +330,26 @@ class SingleCellTask(DomainTask):
 
     @io.keep_torch_threads()
     def prepare(self, cfg: Config, data_dir: Path) -> None:
-        c, seed = cfg["perturbation"], int(cfg["seed"])
-        data_dir = Path(data_dir)
-        _refuse_perturbation_files(cfg)
+        c, data_dir = cfg["perturbation"], Path(data_dir)
         files = resolve_source(cfg)
-        pbmc = simulate.load_pbmc(
-            c["input"],
-            min_cells=c["min_cells"],
-            cell_type_key=c["cell_type_key"],
-            counts=cfg["files"]["counts"],
-            target_sum=cfg["files"]["target_sum"],
-        )
-        held = c["held_out_cell_type"]
-        what = f"{c['input'] or 'pbmc68k_reduced'} (after the min_cells filter)"
-        io.require_obs_value(pbmc, "cell_type", held, what=what)
-        data = simulate.perturbation_data(
-            pbmc,
-            held_out=held,
-            seed=seed,
-            n_perturbations=c["n_perturbations"],
-            n_up=c["n_up"],
-            n_down=c["n_down"],
-            n_responders=c["n_responders"],
-            effect_size=c["effect_size"],
-            hidden_sd=c["hidden_sd"],
-            noise=c["noise"],
-            train_populations=c["train_populations"],
-            mixture_populations=c["mixture_populations"],
-            test_draws=c["test_draws"],
-            n_cells=c["n_cells"],
-        )
-        models.fit_shared_latent(
-            data.control,
-            [data.train],
-            n_comps=c["n_pcs"],
-            key_added=models.LATENT_KEY,
-            perturbations=list(data.simulator.programs),
-        )
-        data.control.uns["held_out_cell_type"] = held
-        io.write_h5ad(data.control, data_dir / "control.h5ad")
-        io.write_h5ad(data.train, data_dir / "train_perturbed.h5ad")
-        io.write_h5ad(data.truth, data_dir / "truth.h5ad")
-        (data_dir / "simulator.json").write_text(data.simulator.to_json())
-        if files is None:
-            io.write_h5ad(simulate.load_krumsiek11(), data_dir / KRUMSIEK)
+        if _screen(cfg):
+            control, train, truth, perts = _screen_data(cfg, files)
+            sim_json = None
         else:
+            control, train, truth, perts, sim_json = _simulated_perturbations(cfg)
+        models.fit_shared_latent(
+            control, [train], n_comps=c["n_pcs"], key_added=models.LATENT_KEY, perturbations=perts
+        )
+        control.uns["held_out_cell_type"] = c["held_out_cell_type"]
+        io.write_h5ad(control, data_dir / "control.h5ad")
+        io.write_h5ad(train, data_dir / "train_perturbed.h5ad")
+        io.write_h5ad(truth, data_dir / "truth.h5ad")
+        if sim_json is not None:
+            (data_dir / "simulator.json").write_text(sim_json)
+        if _lineage_on_files(cfg):
             _prepare_lineage(cfg, files, data_dir)
+        else:
+            io.write_h5ad(simulate.load_krumsiek11(), data_dir / KRUMSIEK)
 
     def build_model(self, cfg: Config) -> nn.Module:
         m, c, lin = cfg["model"], cfg["perturbation"], cfg["lineage"]
@@ -522,7 +568,12 @@ class SingleCellTask(DomainTask):
         pred = _read(paths.predictions / "perturbation.h5ad")
         base = _read(paths.predictions / "baselines.h5ad")
         held = str(control.uns["held_out_cell_type"])
-        sim = simulate.PerturbationSimulator.from_json((paths.data / "simulator.json").read_text())
+        sim_path = paths.data / "simulator.json"  # absent for a user's screen: no oracle
+        sim = (
+            simulate.PerturbationSimulator.from_json(sim_path.read_text())
+            if sim_path.is_file()
+            else None
+        )
         perts = list(map(str, control.uns[models.LATENT_KEY]["perturbations"]))
         per_pert: dict[str, dict[str, dict[str, float]]] = {}
         fig = Figure(figsize=(4.2 * len(perts), 7.5))
@@ -533,15 +584,7 @@ class SingleCellTask(DomainTask):
                 metrics.MODEL: pred[pred.obs["perturbation"] == q],
                 metrics.IDENTITY: _rows(base, q, "identity"),
                 metrics.MEAN_SHIFT: _rows(base, q, "mean-shift"),
-                metrics.ORACLE: simulate.oracle_populations(
-                    sim,
-                    control,
-                    cell_type=held,
-                    perturbation=q,
-                    n_populations=cfg["sampling"]["samples"],
-                    n_cells=c["n_cells"],
-                    seed=int(cfg["seed"]) + 20 + j,
-                ),
+                **_oracle(sim, cfg, control, held, q, j),
             }
             per_pert[q], extra = metrics.perturbation_tables(
                 control,
@@ -557,7 +600,7 @@ class SingleCellTask(DomainTask):
         _save(fig, fig_dir / "perturbation.png")
         mean = metrics.mean_table(per_pert)
         kr = _read(paths.predictions / "lineage.h5ad")
-        demo = _simulated(cfg)
+        demo = not _lineage_on_files(cfg)
         lin = metrics.lineage_table(kr) if demo else metrics.user_lineage_table(kr)
         fig = Figure(figsize=(14, 4))
         axes = fig.subplots(1, 3)

@@ -309,12 +309,79 @@ def test_clonal_barcodes_and_time_points_are_validated(tmp_path):
     assert names == ["x", "y"] and m[0, 1] < 0 < m[0, 0]
 
 
-def test_a_users_perturbation_screen_is_refused_naming_the_key(tmp_path):
+def perturbation_screen(types: list[str], *, seed: int, prefix: str, n: int = 12) -> AnnData:
+    """Counts of a CRISPR-style screen: ``obs["guide"]`` (``NTC`` controls, ``KO_A`` induces
+    genes 15-19 more strongly in later cell types, ``KO_B`` silences genes 20-24) and
+    ``obs["celltype"]``."""
+    rng = np.random.default_rng(seed)
+    rows, ct, guide = [], [], []
+    for ti, t in enumerate(types):
+        for q in ("NTC", "KO_A", "KO_B"):
+            for _ in range(n):
+                mu = np.full(30, 2.0)
+                mu[ti * 5 : (ti + 1) * 5] += 3
+                mu[15:20] += 3 * (1 + 0.3 * ti) * (q == "KO_A")
+                mu[20:25] = 0.2 if q == "KO_B" else mu[20:25]
+                rows.append(rng.poisson(mu))
+                ct.append(t)
+                guide.append(q)
+    return AnnData(
+        sp.csr_matrix(np.asarray(rows, np.float32)),
+        obs=pd.DataFrame(
+            {"celltype": ct, "guide": guide}, index=[f"{prefix}{i}" for i in range(len(rows))]
+        ),
+        var=pd.DataFrame(index=[f"G{i}" for i in range(30)]),
+    )
+
+
+def _screen_config(tmp: Path, **perturbation) -> dict:
+    cfg = _files_config(tmp, perturbation_key="guide", control_label="NTC")
+    for k in ("time_key", "fate_key"):
+        cfg["files"].pop(k)
+    cfg["perturbation"].update(
+        cell_type_key="celltype", held_out_cell_type="NK", min_cells=4, **perturbation
+    )
+    validate_config(cfg, get_task("singlecell").schema_path)
+    return cfg
+
+
+def test_a_users_perturbation_screen_becomes_the_training_and_held_out_data(tmp_path):
+    train = perturbation_screen(["T", "B", "NK"], seed=0, prefix="tr")
+    held = ((train.obs["celltype"] == "NK") & (train.obs["guide"] != "NTC")).to_numpy()
+    train[~held].copy().write_h5ad(tmp_path / "train.h5ad")
+    perturbation_screen(["NK"], seed=1, prefix="te").write_h5ad(tmp_path / "test.h5ad")
     task = get_task("singlecell")
-    cfg = _files_config(tmp_path, perturbation_key="guide")
-    validate_config(cfg, task.schema_path)
-    with pytest.raises(NotImplementedError, match="files.perturbation_key = 'guide'.*not supp"):
-        task.prepare(cfg, tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    task.prepare(_screen_config(tmp_path), data)
+    control = anndata.read_h5ad(data / "control.h5ad")
+    assert set(control.obs["cell_type"]) == {"T", "B", "NK"}
+    assert set(control.obs["perturbation"]) == {"control"} and control.n_obs == 36
+    assert list(control.uns[models.LATENT_KEY]["perturbations"]) == ["KO_A", "KO_B"]
+    pops = anndata.read_h5ad(data / "train_perturbed.h5ad")
+    assert set(pops.obs["cell_type"]) == {"T", "B"}  # the held-out cell type never perturbed
+    assert pops.obs["population"].nunique() == 2 * 2 * 2  # types x perturbations x populations
+    truth = anndata.read_h5ad(data / "truth.h5ad")
+    assert set(truth.obs["cell_type"]) == {"NK"} and truth.obs["population"].nunique() == 2 * 4
+    assert not (data / "simulator.json").exists()  # no oracle for a real screen
+    assert (data / "krumsiek11.h5ad").is_file()  # the lineage model stays on the demo
+
+
+def test_a_screen_that_would_leak_or_mismatch_is_refused(tmp_path):
+    train = perturbation_screen(["T", "B", "NK"], seed=0, prefix="tr")
+    train.write_h5ad(tmp_path / "train.h5ad")  # NK's perturbed cells too
+    perturbation_screen(["NK"], seed=1, prefix="te").write_h5ad(tmp_path / "test.h5ad")
+    task = get_task("singlecell")
+    with pytest.raises(ValueError, match="held-out cell type 'NK' are in the train files"):
+        task.prepare(_screen_config(tmp_path), tmp_path)
+    held = ((train.obs["celltype"] == "NK") & (train.obs["guide"] != "NTC")).to_numpy()
+    train[~held].copy().write_h5ad(tmp_path / "train.h5ad")
+    with pytest.raises(ValueError, match="set perturbation.n_perturbations: 2"):
+        task.prepare(_screen_config(tmp_path, n_perturbations=3), tmp_path)
+    bad = _screen_config(tmp_path)
+    bad["perturbation"]["cell_type_key"] = "cluster"
+    with pytest.raises(KeyError, match="train.h5ad: no obs column 'cluster'"):
+        task.prepare(bad, tmp_path)
 
 
 def test_gene_codec_refuses_too_many_components():
