@@ -235,7 +235,8 @@ def downscale_store(
     The output ``precip(ensemble, time, y, x)`` (mm h-1, CF attributes) is written chunk by
     chunk (chunks ``(members, 1, block, block)``) into a temporary store renamed into place
     when complete (:func:`.io.atomic_zarr`); a failure (bad values found in some block, an
-    interrupt) leaves no store at ``output_path``. Input values are checked per tile.
+    interrupt) leaves no store at ``output_path``, which must end in ``.zarr`` (the format
+    written). Input values are checked per tile.
     ``factor``: the model's downscaling factor; the dataset's must match it.
     """
     import dask.array as da
@@ -244,6 +245,12 @@ def downscale_store(
 
     from .io import atomic_zarr, open_dataset
 
+    if Path(output_path).suffix != ".zarr":
+        raise ValueError(
+            f"{output_path}: the store-to-store downscaling writes a zarr store chunk by chunk, "
+            "so the output must be named *.zarr (convert it afterwards with "
+            "xarray.open_zarr(...).to_netcdf(...), or use `diffsci apply` for netCDF outputs)"
+        )
     opt = DownscaleOptions(**options)
     ds = open_dataset(
         input_path,
@@ -358,6 +365,20 @@ def load_trained(model_path: str | Path, stats_path: str | Path):
     return model.eval(), norm, cfg
 
 
+def _training_side(model_path: str | Path, cfg: Mapping[str, Any]) -> int | None:
+    """The side of the fields the model was trained on: the simulated ``data.size``, or the
+    smaller side of the grid its model card records (``None``: the default tile)."""
+    import json
+
+    from diffsci.core.modelcard import card_path
+
+    if cfg["data"].get("size"):
+        return int(cfg["data"]["size"])
+    path = card_path(model_path)
+    grid = json.loads(path.read_text()).get("serves", {}).get("grid") if path.is_file() else None
+    return min(int(grid["height"]), int(grid["width"])) if grid else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
@@ -386,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             members=a.members,
             steps=a.steps,
             sampler=a.sampler,
-            tile=a.tile or cfg["data"]["size"],
+            tile=a.tile or _training_side(a.model, cfg),
             overlap=a.overlap,
             batch=a.batch,
             seed=a.seed,

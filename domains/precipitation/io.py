@@ -93,6 +93,38 @@ def _canonical(unit: str) -> str | None:
     return None
 
 
+def _shape_error(name: str, arr: Any, want: str, why: str) -> ValueError:
+    shape = getattr(arr, "shape", None)
+    return ValueError(f"build_dataset: {name} has shape {shape}, expected {want} ({why})")
+
+
+def _check_shapes(
+    inputs: np.ndarray,
+    outputs: np.ndarray | None,
+    invariant: np.ndarray | None,
+    n_vars: int,
+) -> tuple[int, int, int]:
+    """``(T, H, W)`` of the arrays of :func:`build_dataset`, or a ``ValueError`` naming the
+    array, its shape and the expected one (never the values)."""
+    if getattr(inputs, "ndim", 0) != 4 or inputs.shape[1] != n_vars:
+        raise _shape_error(
+            "inputs", inputs, f"(time, {n_vars}, y, x)", "one channel per input variable"
+        )
+    t, _, h, w = inputs.shape
+    if outputs is not None and tuple(getattr(outputs, "shape", ())) != (t, 1, h, w):
+        raise _shape_error("outputs", outputs, f"({t}, 1, {h}, {w})", "the fine target tp")
+    if invariant is not None and (
+        getattr(invariant, "ndim", 0) != 3 or invariant.shape != (len(INVARIANT_VARIABLES), h, w)
+    ):
+        raise _shape_error(
+            "invariant",
+            invariant,
+            f"({len(INVARIANT_VARIABLES)}, {h}, {w})",
+            f"the static fields {list(INVARIANT_VARIABLES)} on the fine grid",
+        )
+    return t, h, w
+
+
 def build_dataset(
     inputs: np.ndarray,
     outputs: np.ndarray | None,
@@ -104,29 +136,68 @@ def build_dataset(
     lon0: float = 10.0,
     dlat: float = 0.01,
     times: Sequence[Any] | None = None,
+    lat: np.ndarray | None = None,
+    lon: np.ndarray | None = None,
+    input_units: Sequence[str] | None = None,
+    title: str = "diffsci synthetic precipitation (CorrDiff schema)",
 ):
-    """An in-memory :class:`xarray.Dataset` in the schema above from numpy arrays."""
+    """An in-memory :class:`xarray.Dataset` in the schema above from numpy arrays.
+
+    Parameters
+    ----------
+    inputs
+        ``(T, C, H, W)``: ``T`` time steps of the ``C = len(input_variables)`` coarse
+        predictors on the fine ``H x W`` grid (block-constant block means).
+    outputs
+        ``(T, 1, H, W)``: the fine target ``tp`` (mm h-1), or ``None`` (inference data).
+    invariant
+        ``(len(INVARIANT_VARIABLES), H, W)``: the static fields (orography, m), or ``None``.
+    factor
+        The downscaling factor (attribute ``downscaling_factor``).
+    input_variables, input_units
+        Names of the ``C`` input channels, in order, and their units (default: the CF units
+        of known names, ``"1"`` otherwise).
+    lat0, lon0, dlat
+        A regular grid of ``H x W`` points from ``(lat0, lon0)`` with spacing ``dlat``
+        degrees, used when ``lat`` (``(H,)``) and ``lon`` (``(W,)``) are not given.
+    times
+        ``T`` time stamps (default: hourly from 2000-01-01).
+    title
+        The dataset's ``title`` attribute.
+
+    Raises
+    ------
+    ValueError
+        An array of another shape than the above, naming it, its shape and the expected one.
+    """
     import xarray as xr
 
-    t, _, h, w = inputs.shape
+    input_variables = list(input_variables)
+    t, h, w = _check_shapes(inputs, outputs, invariant, len(input_variables))
     times = (
         np.asarray(times)
         if times is not None
         else (np.datetime64("2000-01-01T00") + np.arange(t) * np.timedelta64(1, "h"))
     )
-    units = [CF_ATTRS.get(v, {}).get("units", "1") for v in input_variables]
+    units = (
+        list(input_units)
+        if input_units is not None
+        else [CF_ATTRS.get(v, {}).get("units", "1") for v in input_variables]
+    )
+    lat = (lat0 + dlat * np.arange(h)) if lat is None else np.asarray(lat)
+    lon = (lon0 + dlat * np.arange(w)) if lon is None else np.asarray(lon)
     coords: dict[str, Any] = {
         "time": ("time", times),
         "input_variable": ("input_variable", list(input_variables)),
         "input_units": ("input_variable", units),
         "lat": (
             "y",
-            (lat0 + dlat * np.arange(h)).astype(np.float64),
+            lat.astype(np.float64),
             {"standard_name": "latitude", "units": "degrees_north"},
         ),
         "lon": (
             "x",
-            (lon0 + dlat * np.arange(w)).astype(np.float64),
+            lon.astype(np.float64),
             {"standard_name": "longitude", "units": "degrees_east"},
         ),
     }
@@ -159,13 +230,76 @@ def build_dataset(
         attrs={
             "Conventions": "CF-1.8",
             "downscaling_factor": int(factor),
-            "title": "diffsci synthetic precipitation (CorrDiff schema)",
+            "title": title,
         },
     )
 
 
 def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path.is_dir() and (path / ".zgroup").exists())
+
+
+#: File signatures (the first bytes) -> (format, xarray engine, the package providing it).
+#: netCDF classic and 64-bit offset: "CDF\x01"/"CDF\x02" (NetCDF Users Guide, "File Format
+#: Specifications"); CDF-5 "CDF\x05"; netCDF-4 is HDF5 ("\x89HDF\r\n\x1a\n", HDF5 File
+#: Format Specification, superblock); GRIB editions 1 and 2 start with "GRIB" (WMO-No. 306).
+SIGNATURES: tuple[tuple[bytes, str, str, str], ...] = (
+    (b"CDF\x01", "netCDF-3 classic", "scipy", "scipy"),
+    (b"CDF\x02", "netCDF-3 64-bit offset", "scipy", "scipy"),
+    (b"CDF\x05", "netCDF-3 CDF-5 (64-bit data)", "netcdf4", "netCDF4"),
+    (b"\x89HDF\r\n\x1a\n", "netCDF-4/HDF5", "h5netcdf", "h5netcdf"),
+    (b"GRIB", "GRIB", "cfgrib", "cfgrib"),
+)
+
+
+def file_engine(path: str | os.PathLike) -> tuple[str, str]:
+    """``(format, xarray engine)`` of a dataset file by its signature (a zarr store by its
+    suffix or ``.zgroup``).
+
+    Raises
+    ------
+    ValueError
+        Unknown signature, or the engine's package is not installed (naming it and the
+        ``pip install`` that adds it).
+    """
+    import importlib.util
+
+    p = Path(path)
+    if _is_zarr(p):
+        return "zarr", "zarr"
+    with open(p, "rb") as f:
+        head = f.read(8)
+    for magic, fmt, engine, package in SIGNATURES:
+        if head.startswith(magic):
+            if importlib.util.find_spec(package) is None:
+                raise ValueError(
+                    f"{p}: a {fmt} file needs xarray's {engine!r} engine, which is not "
+                    f"installed: pip install {package} (or convert the file to netCDF-4)"
+                )
+            return fmt, engine
+    raise ValueError(
+        f"{p}: not a readable netCDF/zarr dataset (file signature {head[:4]!r} is none of "
+        "netCDF-3, netCDF-4/HDF5, GRIB; a zarr store is a folder named *.zarr)"
+    )
+
+
+def open_xarray(path: str | os.PathLike, *, chunks: Mapping[str, int] | str | None = "auto"):
+    """The file as xarray opens it with the engine of :func:`file_engine` (no schema check)."""
+    import xarray as xr
+
+    p = Path(path)
+    fmt, engine = file_engine(p)
+    if engine == "scipy" and chunks == "auto":  # netCDF-3 strings are object arrays: no
+        chunks = {}  # size estimate for dask's auto chunks, so one chunk per variable
+    try:
+        if engine == "zarr":
+            return xr.open_zarr(p, chunks=chunks)
+        return xr.open_dataset(p, engine=engine, chunks=chunks)
+    except Exception as e:  # noqa: BLE001 - any reader failure means an unreadable file
+        raise ValueError(
+            f"{p}: not a readable netCDF/zarr dataset ({fmt} through xarray's {engine!r} "
+            f"engine: {type(e).__name__}: {e})"
+        ) from e
 
 
 def open_dataset(
@@ -176,7 +310,8 @@ def open_dataset(
     required_inputs: Sequence[str] = ("tp",),
     values: bool = True,
 ):
-    """Open a netCDF (``h5netcdf``) or zarr dataset lazily (dask) and validate it.
+    """Open a netCDF (3 or 4), GRIB or zarr dataset in the schema above lazily (dask) and
+    validate it (the engine by the file's signature: :func:`file_engine`).
 
     Parameters
     ----------
@@ -190,20 +325,11 @@ def open_dataset(
         Also check the values (NaN, negative precipitation): one lazy pass over the data;
         tiled inference over huge stores sets this False and checks each block as it reads.
     """
-    import xarray as xr
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such precipitation dataset")
-    try:
-        if _is_zarr(p):
-            ds = xr.open_zarr(p, chunks=chunks)
-        else:
-            ds = xr.open_dataset(p, engine="h5netcdf", chunks=chunks)
-    except Exception as e:  # noqa: BLE001 - any reader failure means an unreadable file
-        raise ValueError(
-            f"{p}: not a readable netCDF/zarr dataset ({type(e).__name__}: {e})"
-        ) from e
+    ds = open_xarray(p, chunks=chunks)
     validate_dataset(
         ds, source=str(p), require_output=require_output, required_inputs=required_inputs
     )
@@ -283,11 +409,16 @@ def validate_dataset(
 
 
 def check_block(values: np.ndarray, *, name: str, source: str, precip: bool) -> None:
-    """NaN / negative-precipitation check of one array (a block of a tiled read)."""
+    """NaN / inf / negative-precipitation check of one array (a block of a tiled read)."""
     if np.isnan(values).any():
         raise ValueError(
             f"{source}: {name} contains NaN (fill or mask missing values before "
             "downscaling; NaNs are not masked silently)"
+        )
+    if np.isinf(values).any():
+        raise ValueError(
+            f"{source}: {name} contains +/-inf (a fill value or an overflow: mask or fill it "
+            "before downscaling)"
         )
     if precip and (values < 0).any():
         raise ValueError(
@@ -297,7 +428,7 @@ def check_block(values: np.ndarray, *, name: str, source: str, precip: bool) -> 
 
 
 def check_values(ds, *, source: str = "dataset") -> None:
-    """Lazy (dask) pass over the values: no NaN anywhere, no negative precipitation."""
+    """Lazy (dask) pass over the values: no NaN or inf anywhere, no negative precipitation."""
     import dask
 
     checks = {}
@@ -305,17 +436,25 @@ def check_values(ds, *, source: str = "dataset") -> None:
     for v in names:
         da = ds["input"].sel(input_variable=v)
         checks[f"input[{v}] NaN"] = da.isnull().any().data
+        checks[f"input[{v}] inf"] = np.isinf(da).any().data
         if v in PRECIP_VARIABLES:
             checks[f"input[{v}] negative"] = (da < 0).any().data
     if "output" in ds.variables:
         checks["output NaN"] = ds["output"].isnull().any().data
+        checks["output inf"] = np.isinf(ds["output"]).any().data
         checks["output negative"] = (ds["output"] < 0).any().data
     if "invariant" in ds.variables:
         checks["invariant NaN"] = ds["invariant"].isnull().any().data
+        checks["invariant inf"] = np.isinf(ds["invariant"]).any().data
     (res,) = dask.compute(checks)
     bad = [k for k, v in res.items() if bool(v)]
     if bad:
         what = bad[0]
+        if what.endswith("inf"):
+            raise ValueError(
+                f"{source}: {what.replace(' inf', '')} contains +/-inf (a fill value or an "
+                "overflow: mask or fill it before downscaling)"
+            )
         if what.endswith("NaN"):
             raise ValueError(
                 f"{source}: {what.replace(' NaN', '')} contains NaN (fill or mask "
@@ -494,3 +633,275 @@ def predictions_dataset(
             "seconds_per_case": json.dumps(seconds),
         },
     ).assign_coords(lat=("y", ds["lat"].values), lon=("x", ds["lon"].values))
+
+
+# --- the user's own files -------------------------------------------------------------------
+
+#: Default names of a plain gridded file's variables (``variables`` block of the config).
+GRIDDED_DEFAULTS: Mapping[str, Any] = {
+    "inputs": {},
+    "target": "tp",
+    "invariants": {"orography": "orography"},
+    "lat": "lat",
+    "lon": "lon",
+    "time": "time",
+}
+
+
+def is_corrdiff(ds) -> bool:
+    """The dataset is in the CorrDiff schema above (``input`` over ``input_variable``)."""
+    return "input" in ds.variables and "input_variable" in ds["input"].dims
+
+
+def check_factor(found: Any, factor: int, *, source: str, served_by: str) -> None:
+    """Refuse a file whose ``downscaling_factor`` attribute is not ``factor`` (naming both)."""
+    if found is not None and int(found) != int(factor):
+        raise ValueError(
+            f"{source}: downscaling_factor is {int(found)} (the file's attribute) but "
+            f"{served_by} is {int(factor)}; coarsen the inputs to x{int(factor)}, or train a "
+            f"model with data.factor: {int(found)} on x{int(found)} data"
+        )
+
+
+def _finite(values: np.ndarray, *, source: str, what: str) -> np.ndarray:
+    for bad, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        n = int(test(values).sum())
+        if n:
+            raise ValueError(
+                f"{source}: {what} contains {bad} at {n} of {values.size} points (fill or mask "
+                "missing values before training or downscaling; nothing is masked silently)"
+            )
+    return values
+
+
+def _units(da, want: str | None, *, source: str, what: str, fix: str = "") -> str:
+    unit = str(da.attrs.get("units", want or "1"))
+    if want is not None and _canonical(unit) != want:
+        raise ValueError(
+            f"{source}: {what} has units {unit!r}, expected {want!r} (or "
+            f"{sorted(UNIT_ALIASES[want] - {want})}); convert it{fix}"
+        )
+    return want or unit
+
+
+def _grid_var(ds, name: str, *, key: str, source: str):
+    if name not in ds.variables:
+        have = sorted(map(str, ds.data_vars))
+        raise KeyError(
+            f"{source}: no variable {name!r} (config {key}; the file has {have}); map the "
+            "model's name to the file's in the config's variables block"
+        )
+    return ds[name]
+
+
+def _time_first(da, time: str, *, source: str, what: str) -> np.ndarray:
+    """``(T, h, w)`` float values of a gridded variable (a single time step may lack the time
+    dimension; other length-1 dimensions, such as a level, are dropped)."""
+    extra = [d for d in da.dims if d != time and da.sizes[d] == 1 and da.ndim > 2]
+    da = da.squeeze(extra) if extra else da
+    if time in da.dims:
+        da = da.transpose(time, ...)
+    elif da.ndim == 2:
+        da = da.expand_dims(time)
+    if da.ndim != 3:
+        raise ValueError(
+            f"{source}: {what} has dims {tuple(da.dims)}; expected ({time}, y, x) or (y, x)"
+        )
+    return _finite(np.asarray(da.values, dtype=np.float32), source=source, what=what)
+
+
+def _on_fine_grid(
+    arr: np.ndarray, hw: tuple[int, int], factor: int, *, source: str, what: str
+) -> np.ndarray:
+    """A coarse field on the fine grid: as is if already ``hw``, block-constant if on the grid
+    ``factor`` times coarser."""
+    from .operators import upsample_nearest
+
+    if arr.shape[-2:] == hw:
+        return arr
+    if (arr.shape[-2] * factor, arr.shape[-1] * factor) == hw:
+        return upsample_nearest(arr, factor).astype(np.float32)
+    raise ValueError(
+        f"{source}: {what} is {arr.shape[-2]}x{arr.shape[-1]}, neither the fine grid "
+        f"{hw[0]}x{hw[1]} nor that grid coarsened x{factor}"
+    )
+
+
+def _coord(ds, name: str, *, source: str) -> np.ndarray:
+    for n in (name, {"lat": "latitude", "lon": "longitude"}.get(name, name)):
+        if n in ds.variables:
+            c = np.asarray(ds[n].values, dtype=np.float64)
+            if c.ndim != 1:
+                raise ValueError(
+                    f"{source}: coordinate {n!r} is {c.ndim}-D (a curvilinear grid); regrid "
+                    "to a regular lat/lon grid first"
+                )
+            return c
+    raise KeyError(f"{source}: no coordinate {name!r} (config variables.{name})")
+
+
+def from_gridded(
+    ds,
+    *,
+    input_variables: Sequence[str],
+    factor: int,
+    variables: Mapping[str, Any] | None = None,
+    require_output: bool = True,
+    source: str = "dataset",
+):
+    """A plain gridded dataset (one variable per field) in the CorrDiff schema.
+
+    Parameters
+    ----------
+    ds
+        The file as xarray opens it: the coarse inputs as ``(time, y, x)`` (or ``(y, x)``)
+        variables, either on the fine grid or on the grid ``factor`` times coarser (repeated
+        onto the fine grid here); the fine target ``tp`` ``(time, y, x)`` (mm h-1); the
+        invariants (``orography``, m) ``(y, x)``; 1-D ``lat``/``lon`` of the fine grid.
+    input_variables
+        The model's input names, in channel order.
+    variables
+        The config's ``variables`` block: ``inputs`` (model name -> the file's name, default
+        the same), ``target``, ``invariants`` (model name -> file name), ``lat``, ``lon``,
+        ``time`` (:data:`GRIDDED_DEFAULTS`).
+    require_output
+        The target must be present (training and evaluation data).
+
+    Raises
+    ------
+    KeyError, ValueError
+        Naming the file, the variable and the config key: a missing variable or coordinate,
+        a grid that fits neither the fine nor the coarse grid, units other than the schema's,
+        NaN or inf values.
+    """
+    v = {**GRIDDED_DEFAULTS, **(variables or {})}
+    lat, lon = _coord(ds, v["lat"], source=source), _coord(ds, v["lon"], source=source)
+    hw = (lat.size, lon.size)
+    inv = []
+    for name in INVARIANT_VARIABLES:
+        fname = v["invariants"].get(name, name)
+        da = _grid_var(ds, fname, key=f"variables.invariants.{name}", source=source)
+        _units(da, "m", source=source, what=f"invariant {fname!r}", fix=" (geopotential / g)")
+        arr = _time_first(da, v["time"], source=source, what=f"variable {fname!r}")[0]
+        inv.append(_on_fine_grid(arr, hw, 1, source=source, what=f"invariant {fname!r}"))
+    ins, units = [], []
+    for name in input_variables:
+        fname = v["inputs"].get(name, name)
+        da = _grid_var(ds, fname, key=f"variables.inputs.{name}", source=source)
+        want = CF_ATTRS.get(name, {}).get("units")
+        units.append(_units(da, want, source=source, what=f"input {fname!r}"))
+        arr = _time_first(da, v["time"], source=source, what=f"variable {fname!r}")
+        ins.append(_on_fine_grid(arr, hw, factor, source=source, what=f"input {fname!r}"))
+    out = None
+    if v["target"] in ds.variables or require_output:
+        da = _grid_var(ds, v["target"], key="variables.target", source=source)
+        _units(da, PRECIP_UNITS, source=source, what=f"target {v['target']!r}")
+        out = _time_first(da, v["time"], source=source, what=f"variable {v['target']!r}")
+        out = _on_fine_grid(out, hw, 1, source=source, what=f"target {v['target']!r}")[:, None]
+    times = ds[v["time"]].values if v["time"] in ds.variables else None
+    return build_dataset(
+        np.stack(ins, 1),
+        out,
+        np.stack(inv),
+        factor=factor,
+        input_variables=input_variables,
+        input_units=units,
+        times=None if times is None else np.atleast_1d(times),
+        lat=lat,
+        lon=lon,
+        title=f"diffsci precipitation from {Path(source).name}",
+    )
+
+
+def read_user_dataset(
+    path: str | os.PathLike,
+    *,
+    input_variables: Sequence[str],
+    factor: int,
+    variables: Mapping[str, Any] | None = None,
+    require_output: bool = True,
+    served_by: str = "the config's data.factor",
+):
+    """A user's file (netCDF-3/4, GRIB, zarr) in the CorrDiff schema, in memory and checked.
+
+    A file already in the schema is validated and its channels put in ``input_variables``'
+    order; a plain gridded file goes through :func:`from_gridded`. A ``downscaling_factor``
+    attribute must equal ``factor`` (``served_by`` names where that factor comes from).
+    """
+    p = Path(path)
+    raw = open_xarray(p, chunks=None)
+    source = str(p)
+    check_factor(raw.attrs.get("downscaling_factor"), factor, source=source, served_by=served_by)
+    if is_corrdiff(raw):
+        raw.attrs.setdefault("downscaling_factor", int(factor))
+        validate_dataset(
+            raw, source=source, require_output=require_output, required_inputs=input_variables
+        )
+        ds = raw.sel(input_variable=list(input_variables)).load()
+        ds.attrs["downscaling_factor"] = int(factor)
+    else:
+        ds = from_gridded(
+            raw,
+            input_variables=input_variables,
+            factor=factor,
+            variables=variables,
+            require_output=require_output,
+            source=source,
+        )
+    raw.close()
+    validate_dataset(
+        ds, source=source, require_output=require_output, required_inputs=input_variables
+    )
+    check_values(ds, source=source)
+    return ds
+
+
+def merge_cases(datasets: Sequence[Any], sources: Sequence[str]):
+    """The time steps of several CorrDiff datasets of one grid as one dataset (the first
+    file's grid, invariants and units).
+
+    Raises
+    ------
+    ValueError
+        A file on another grid than the first (naming both files and both grids).
+    """
+    first = datasets[0]
+    for ds, src in zip(datasets[1:], sources[1:], strict=True):
+        for c in ("lat", "lon"):
+            if ds[c].shape != first[c].shape or not np.allclose(ds[c].values, first[c].values):
+                raise ValueError(
+                    f"{src}: its {c} grid ({ds[c].size} points) differs from {sources[0]}'s "
+                    f"({first[c].size} points); a split's files share one grid (regrid them)"
+                )
+    has_out = all("output" in ds.variables for ds in datasets)
+    return build_dataset(
+        np.concatenate([ds["input"].values for ds in datasets]),
+        np.concatenate([ds["output"].values[:, :1] for ds in datasets]) if has_out else None,
+        first["invariant"].values,
+        factor=int(first.attrs["downscaling_factor"]),
+        input_variables=[str(v) for v in first["input_variable"].values],
+        input_units=[str(u) for u in first["input_units"].values],
+        times=np.concatenate([np.atleast_1d(ds["time"].values) for ds in datasets]),
+        lat=first["lat"].values,
+        lon=first["lon"].values,
+        title="diffsci precipitation from " + ", ".join(Path(s).name for s in sources),
+    )
+
+
+def output_names(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Output file names of downscaled ``inputs``: ``<stem>_downscaled.zarr`` for a zarr store,
+    ``<stem>_downscaled.nc`` (netCDF-4) for any other file, so each suffix names the format
+    written.
+
+    Raises
+    ------
+    ValueError
+        Two inputs that would write the same output (naming both).
+    """
+    names: dict[str, str] = {}
+    for p in map(Path, inputs):
+        name = f"{p.stem}_downscaled{'.zarr' if _is_zarr(p) else '.nc'}"
+        if name in names:
+            raise ValueError(f"{p} and {names[name]} would both write {name}; rename one of them")
+        names[name] = str(p)
+    return list(names)

@@ -1,9 +1,16 @@
 """The precipitation downscaling task: x8 super-resolution ensembles with a residual diffusion
 model (CorrDiff-style) and WassDiff's sliced-Wasserstein regulariser.
 
-- prepare: synthetic cases in CorrDiff's schema (:mod:`.simulate`): ``train.nc`` (netCDF),
-  held-out ``test.zarr`` (zarr, chunked), ``stats.json`` (model-space statistics of the
-  training set).
+- prepare: synthetic cases in CorrDiff's schema (:mod:`.simulate`), or the user's files
+  (``source.kind: files``: netCDF-3/4, GRIB, zarr, in CorrDiff's schema or plain gridded
+  variables named in the ``variables`` block; :func:`.io.read_user_dataset`): ``train.nc``
+  (netCDF), ``validation.nc`` (when given), held-out ``test.zarr`` (zarr, chunked),
+  ``stats.json`` (model-space statistics of the training set).
+- model card (:mod:`.card`): factor, variables, invariants, units, grid, tile, normalisation
+  statistics and per-variable training ranges; infer and apply refuse data the model cannot
+  serve and warn about inputs outside the training ranges.
+- apply: ensembles of the user's new files, written beside them in their format
+  (``<name>_downscaled.nc`` or ``.zarr``, CF attributes as infer's predictions).
 - train: the core's loop on :class:`.models.DownscalingModel` (regression UNet + residual
   denoiser trained together) with :func:`.losses.training_loss`.
 - infer: ensembles of every held-out case (:mod:`.downscale`: tiled, positional noise,
@@ -18,14 +25,17 @@ model (CorrDiff-style) and WassDiff's sliced-Wasserstein regulariser.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from diffsci.core.datasource import resolve_source
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
-from . import baselines, io, losses, metrics, models, simulate
+from . import baselines, card, io, losses, metrics, models, simulate
 from .operators import block_mean
 
 __all__ = ["PrecipitationTask"]
@@ -48,6 +58,9 @@ class PrecipitationTask(DomainTask):
     packages = ("xarray", "dask", "zarr", "h5netcdf")
 
     def prepare(self, cfg: Config, data_dir: Path) -> None:
+        files = resolve_source(cfg)
+        if files is not None:
+            return _prepare_files(cfg, files, Path(data_dir))
         d, data_dir = cfg["data"], Path(data_dir)
         params = {k: d[k] for k in simulate.PARAMS}
         train, test = simulate.make_split(
@@ -63,6 +76,36 @@ class PrecipitationTask(DomainTask):
         chunks = {"time": 1, "y": d["size"], "x": d["size"]}
         io.write_dataset(test, data_dir / "test.zarr", chunks=chunks)
         io.write_stats(io.compute_stats(train), data_dir / "stats.json")
+
+    def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
+        ds = io.open_dataset(
+            Path(data_dir) / "train.nc", required_inputs=cfg["data"]["input_variables"]
+        )
+        stats = io.read_stats(Path(data_dir) / "stats.json")
+        out = {
+            "serves": card.serves(cfg, ds),
+            "normalisation": card.normalisation(stats, ds),
+            "sigma": card.sigma(cfg),
+        }
+        ds.close()
+        return out
+
+    def check_inputs(self, cfg: Config, card_: dict[str, Any], data_dir: Path) -> None:
+        path = Path(data_dir) / "test.zarr"
+        ds = io.open_dataset(path, required_inputs=cfg["data"]["input_variables"])
+        card.check_dataset(ds, card_, source=str(path))
+        ds.close()
+
+    def apply(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        card: dict[str, Any],
+        inputs: Sequence[Path],
+        out_dir: Path,
+        rt: Runtime,
+    ) -> None:
+        _apply(cfg, model, card, inputs, Path(out_dir), rt)
 
     def build_model(self, cfg: Config) -> nn.Module:
         n_cond = len(cfg["data"]["input_variables"]) + len(io.INVARIANT_VARIABLES)
@@ -151,3 +194,70 @@ class PrecipitationTask(DomainTask):
             figures=[str(Path("figures") / Path(f).name) for f in figs],
             summary=summary,
         )
+
+
+def _read_split(cfg: Config, paths: Sequence[Path], *, require_output: bool = True):
+    read = [
+        io.read_user_dataset(
+            p,
+            input_variables=cfg["data"]["input_variables"],
+            factor=cfg["data"]["factor"],
+            variables=cfg["variables"],
+            require_output=require_output,
+        )
+        for p in paths
+    ]
+    return io.merge_cases(read, [str(p) for p in paths])
+
+
+def _prepare_files(cfg: Config, files: Any, data_dir: Path) -> None:
+    """The user's train / validation / test files in the pipeline's layout (as simulate's)."""
+    train = _read_split(cfg, files.train)
+    io.write_dataset(train, data_dir / "train.nc")
+    if files.validation:
+        io.write_dataset(_read_split(cfg, files.validation), data_dir / "validation.nc")
+    test = _read_split(cfg, files.test)
+    chunks = {"time": 1, "y": test.sizes["y"], "x": test.sizes["x"]}
+    io.write_dataset(test, data_dir / "test.zarr", chunks=chunks)
+    io.write_stats(io.compute_stats(train), data_dir / "stats.json")
+
+
+def _apply(
+    cfg: Config, model: nn.Module, card_: dict[str, Any], inputs: Sequence[Path], out: Path, rt
+) -> None:
+    """Ensembles of each input file, checked against the card, written in the file's format."""
+    from .downscale import downscale_arrays
+
+    sv = card_.get("serves") or {}
+    card.check_card(card_, source=str(inputs[0]) if inputs else "apply")
+    norm = models.Normaliser(
+        card_["normalisation"]["stats"], sv["input_variables"], sv["invariant_variables"]
+    )
+    names = io.output_names(inputs)
+    model = model.to(rt.device).eval()
+    for path, name in zip(inputs, names, strict=True):
+        ds = io.read_user_dataset(
+            path,
+            input_variables=sv["input_variables"],
+            factor=sv["factor"],
+            variables=cfg["variables"],
+            require_output=False,
+            served_by="the model's factor (its card)",
+        )
+        card.check_dataset(ds, card_, source=str(path))
+        inputs_, inv = io.case_arrays(ds, sv["input_variables"], str(path))
+        ens = downscale_arrays(
+            model,
+            norm,
+            inputs_,
+            inv,
+            factor=sv["factor"],
+            source=str(path),
+            device=rt.device,
+            progress=rt.progress,
+            seed=int(cfg["seed"]),
+            **cfg["sampling"],
+        )
+        pred = io.predictions_dataset(ds, ens, {}, {}, cfg["sampling"])
+        pred.attrs["source"] = f"diffsci precipitation downscaling of {Path(path).name}"
+        io.write_dataset(pred, out / name)
