@@ -332,7 +332,7 @@ def check(
         fix=f"this model was trained on {sv['equation']} trajectories; train a model on yours "
         "(source: {kind: files} in the config)",
     )
-    _check_domain(phys, sv, source)
+    _check_domain(phys, sv, len(data.x), source)
     k = sv["grid_multiple"]
     if len(data.x) % k:
         lo = len(data.x) // k * k
@@ -356,12 +356,15 @@ def check(
     )
 
 
-def _check_domain(phys: Mapping[str, Any], sv: Mapping[str, Any], source: str) -> None:
-    for key, what, fix in (
-        ("domain_length", "the domain length (period, from the x coordinates)", "rescale x"),
-        ("x0", "the domain origin (first x coordinate)", "shift x"),
+def _check_domain(phys: Mapping[str, Any], sv: Mapping[str, Any], nx: int, source: str) -> None:
+    """Same period, and the same origin up to one grid cell (grid nodes ``i dx`` and cell
+    centres ``(i + 1/2) dx``, PDEBench's, describe the same domain)."""
+    length = abs(sv["domain_length"])
+    for key, what, fix, atol in (
+        ("domain_length", "the domain length (period, from the x coordinates)", "rescale x", 0),
+        ("x0", "the domain origin (first x coordinate)", "shift x", length / nx),
     ):
-        if not np.isclose(phys[key], sv[key], rtol=1e-4, atol=1e-6 * abs(sv["domain_length"])):
+        if not np.isclose(phys[key], sv[key], rtol=1e-4, atol=atol + 1e-6 * length):
             raise Incompatible(
                 f"{source}: {what} is {phys[key]:.6g} but the model serves "
                 f"{sv[key]:.6g} (x in [{sv['x0']:.6g}, {sv['x0'] + sv['domain_length']:.6g})); "

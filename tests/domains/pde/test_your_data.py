@@ -322,3 +322,28 @@ def test_infer_checks_the_prepared_test_data_against_the_card(tmp_path):
         PDETask().check_inputs({}, _card(), tmp_path)
     io.write_pdebench(tmp_path / "test_nx32.h5", u, x=x, t=t, attrs={"equation": "burgers"})
     PDETask().check_inputs({}, _card(), tmp_path)
+
+
+def test_cell_centres_serve_a_model_trained_on_grid_nodes(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0)
+    path = write_pdebench_file(tmp_path / "a.h5", u, t[:-1], x + 0.5 / 32, nu=0.05)  # PDEBench
+    data, phys = _data(path, tmp_path)
+    assert phys["x0"] == 1 / 64
+    userdata.check(data, phys, _card(), source="a.h5")  # simulated card: nodes i / nx
+    with pytest.raises(Incompatible, match=r"domain origin .* is 0.5 but the model serves 0"):
+        phys["x0"] = 0.5
+        userdata.check(data, phys, _card(), source="a.h5")
+
+
+def test_apply_refuses_kdv_and_the_unit_interval_through_the_trained_model(trained, tmp_path):
+    from diffsci.core.stages import run_apply
+
+    u, t = _trajectories(2, 5)
+    kdv = write_pdebench_file(tmp_path / "kdv.h5", u, t, _x(), equation="KdV")
+    unit = write_pdebench_file(tmp_path / "unit.h5", u, t, _x(0.0, 1.0), nu=0.05)
+    model = trained / "model.pt"
+    with pytest.raises(Incompatible, match=r"kdv.h5: the equation is 'kdv' but .* 'burgers'"):
+        run_apply("pde", model=model, inputs=[str(kdv)], output=tmp_path / "o", progress=False)
+    with pytest.raises(Incompatible, match=r"unit.h5: the domain length .* is 1 but .* 2"):
+        run_apply("pde", model=model, inputs=[str(unit)], output=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
