@@ -249,10 +249,12 @@ class PDETask(DomainTask):
         rt: Runtime,
     ) -> None:
         """Ensemble forecasts from the first frame of every trajectory of each input file (read
-        as in ``prepare``, checked against ``card``), ``card.serves.nt`` frames at its frame
-        spacing, written as PDEBench HDF5 ``<stem>.h5`` (``tensor`` = the ensemble mean,
-        ``ensemble``, the file's ``x``, attributes: equation, nu, method, source file). One
-        generator (``seed + 1``) drives every file in the order given."""
+        as in ``prepare``, checked against ``card`` by
+        :func:`~diffsci.domains.pde.userdata.load_checked`), ``card.serves.nt`` frames at its
+        frame spacing (the output's ``t-coordinate``), written as PDEBench HDF5 ``<stem>.h5``
+        (``tensor`` = the ensemble mean, ``ensemble``, the file's ``x``, attributes: equation,
+        nu, method, source file); with the FNO baseline's card, its forecast ``fno_<stem>.h5``.
+        One generator (``seed + 1``) drives every file in the order given."""
         scale = card["normalisation"]["scale"]
         sv = card["serves"]
         g = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
@@ -261,9 +263,7 @@ class PDETask(DomainTask):
         if len(set(names)) < len(names):
             raise Incompatible(f"input files share a name stem ({names}); outputs would clash")
         for path in map(Path, inputs):
-            data = userdata.load(path, cfg)
-            phys = userdata.physics(data, path, cfg)
-            userdata.check(data, phys, card, source=str(path))
+            data, phys = userdata.load_checked(path, cfg, card)
             u = torch.zeros(data.u.shape[0], sv["nt"], data.u.shape[2])
             u[:, 0] = torch.from_numpy(data.u[:, 0])
             t = float(data.t[0]) + sv["dt"] * torch.arange(sv["nt"], dtype=torch.float64).numpy()

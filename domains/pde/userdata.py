@@ -47,6 +47,7 @@ __all__ = [
     "conform",
     "equation_of",
     "load",
+    "load_checked",
     "nu_of",
     "on_grid",
     "physics",
@@ -354,6 +355,28 @@ def check(
     warn_outside(
         "trajectory std (amplitude)", float(data.u.std(axis=(1, 2)).max()), lo, hi, source=source
     )
+
+
+def load_checked(
+    path: Path, cfg: Mapping[str, Any], card_: Mapping[str, Any]
+) -> tuple[io.PDEData, dict[str, Any]]:
+    """A file to forecast from (``apply``): read and checked (:func:`check`) except for its frame
+    spacing (only the first frame is used; the forecast has the card's). Warns when its grid is
+    none the model was trained or evaluated on (served through the wavelet bands' grid
+    scaling, untested there)."""
+    data = load(path, cfg)
+    phys = {**physics(data, path, cfg), "dt": None}
+    check(data, phys, card_, source=str(path))
+    sv = card_["serves"]
+    seen = sorted(set(sv["train_nx"]) | set(sv["eval_nx"]))
+    if len(data.x) not in seen:
+        warnings.warn(
+            f"{path}: grid nx={len(data.x)} is none the model was trained or evaluated on "
+            f"({seen}); it is served through the grid scaling of the wavelet bands, untested "
+            f"on this grid: resample to one of {seen} for tested forecasts",
+            stacklevel=2,
+        )
+    return data, phys
 
 
 def _check_domain(phys: Mapping[str, Any], sv: Mapping[str, Any], nx: int, source: str) -> None:

@@ -347,3 +347,13 @@ def test_apply_refuses_kdv_and_the_unit_interval_through_the_trained_model(train
     with pytest.raises(Incompatible, match=r"unit.h5: the domain length .* is 1 but .* 2"):
         run_apply("pde", model=model, inputs=[str(unit)], output=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_apply_forecasts_any_frame_spacing_and_warns_on_an_untrained_grid(tmp_path):
+    u, x, t = _wave(64, 0.0, 1.0)
+    path = write_pdebench_file(tmp_path / "a.h5", u, 0.5 * t, x, nu=0.05)  # dt 0.05, not 0.1
+    cfg = _cfg(tmp_path, {"train": [str(path)], "test": [str(path)]}, frame_stride=1)
+    card = _card(train_nx=[32], eval_nx=[32])
+    with pytest.warns(UserWarning, match=r"nx=64 is none the model was trained .* \[32\]"):
+        data, phys = userdata.load_checked(path, cfg, card)
+    assert data.u.shape == (2, 8, 64) and phys["dt"] is None
