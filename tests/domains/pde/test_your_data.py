@@ -357,3 +357,22 @@ def test_apply_forecasts_any_frame_spacing_and_warns_on_an_untrained_grid(tmp_pa
     with pytest.warns(UserWarning, match=r"nx=64 is none the model was trained .* \[32\]"):
         data, phys = userdata.load_checked(path, cfg, card)
     assert data.u.shape == (2, 8, 64) and phys["dt"] is None
+
+
+def test_hdf5_with_other_names_and_matlab_v73(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["sol"], f["xs"], f["ts"] = np.transpose(u, (0, 2, 1)), x, t  # (N, nx, nt)
+        f.attrs["equation"] = "kdv"
+    got = io.read_trajectories(tmp_path / "a.h5", keys={"u": "sol", "x": "xs", "t": "ts"})
+    np.testing.assert_allclose(got.u, u) and (got.attrs["equation"] == "kdv")
+    with pytest.raises(ValueError, match=r"no variable 'tensor' for u .* \['sol', 'ts', 'xs'\]"):
+        io.read_trajectories(tmp_path / "a.h5", keys={"x": "xs", "t": "ts"})
+    # MATLAB v7.3: HDF5 behind a 512-byte header, arrays stored column-major (transposed)
+    path = tmp_path / "b.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f["usol"], f["x"], f["t"] = u[0], x[None], t[None]  # MATLAB usol (nx, nt)
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
+    got = io.read_trajectories(path, keys={"u": "usol"})
+    np.testing.assert_allclose(got.u, u[:1])
