@@ -376,3 +376,23 @@ def test_hdf5_with_other_names_and_matlab_v73(tmp_path):
         fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
     got = io.read_trajectories(path, keys={"u": "usol"})
     np.testing.assert_allclose(got.u, u[:1])
+
+
+def test_files_of_several_viscosities_give_the_card_a_range(tmp_path):
+    from diffsci.core.datasource import resolve_source
+    from diffsci.domains.pde.task import PDETask
+
+    u, x, t = _wave(32, 0.0, 1.0)
+    files = [
+        write_pdebench_file(tmp_path / f"1D_Burgers_Sols_Nu{nu}.hdf5", u, t, x)
+        for nu in (0.01, 0.05, 0.1)
+    ]
+    cfg = _cfg(tmp_path, {"train": [str(f) for f in files[:2]], "test": [str(files[2])]})
+    cfg["files"]["frame_stride"] = 1
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    userdata.prepare_files(cfg, data_dir, resolve_source(cfg))
+    card = userdata.card(cfg, data_dir)
+    assert card["serves"]["nu"] == [0.01, 0.05] and card["serves"]["domain_length"] == 1.0
+    with pytest.warns(UserWarning, match=r"viscosity nu 0.1 is outside .* \[0.01, 0.05\]"):
+        PDETask().check_inputs(cfg, card, data_dir)
