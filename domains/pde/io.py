@@ -409,6 +409,14 @@ def read_trajectories(
     ValueError
         Unknown suffix, a variable missing (the message lists the file's variables and the
         config key ``files.keys`` to set), axes that match no coordinate, non-finite values.
+
+    References
+    ----------
+    Takamoto et al., "PDEBench: An Extensive Benchmark for Scientific Machine Learning",
+    NeurIPS 2022 Datasets and Benchmarks (the HDF5 layout above). MathWorks, "MAT-File Format"
+    (Level 5) and "MAT-File Versions" (v7.3 is HDF5 with a 512-byte header, arrays stored
+    column-major). NumPy Enhancement Proposal 1, "A Simple File Format for NumPy Arrays" (the
+    ``.npy`` members of an ``.npz`` zip archive).
     """
     path = Path(path)
     fmt = file_format(path)
