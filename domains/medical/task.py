@@ -114,6 +114,9 @@ class MedicalTask(DomainTask):
         else:  # the user's files: their train split trains, their test split evaluates
             train, _ = userdata.load_images(files.train, cfg, fbp=baselines.fbp)
             test, _ = userdata.load_images(files.test, cfg, fbp=baselines.fbp)
+            if files.validation:  # read and checked; the prior's training has no validation
+                val, _ = userdata.load_images(files.validation, cfg, fbp=baselines.fbp)
+                io.write_images(data_dir / "validation.h5", val)
         io.write_images(data_dir / "train.h5", train)
         # held-out slices as a volume (z last, as NIfTI) and a DICOM series for derived outputs
         io.write_volume_nifti(test, data_dir / "test_ground_truth.nii.gz")

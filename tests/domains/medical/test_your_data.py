@@ -149,10 +149,12 @@ def user_run(tmp_path_factory):
     big = random_ellipse_phantoms(4, 2 * N, seed=8)
     write_nifti(raw / "subj3.nii.gz", np.moveaxis(big, 0, -1))
     write_dicom_series(raw / "test_series", ph[20:23])
+    write_nifti(raw / "val.nii.gz", np.moveaxis(ph[23:25], 0, -1))
     cfg = _cfg(
         {
             "kind": "files",
             "train": [str(raw / "subj*.nii*")],
+            "validation": [str(raw / "val.nii.gz")],
             "test": [str(raw / "test_series" / "*")],
         }
     )
@@ -181,6 +183,7 @@ def test_trains_on_the_users_files_and_evaluates_their_test_split(user_run):
     truth = io.read_volume_nifti(work / "data" / "test_ground_truth.nii.gz")
     assert truth.shape == (3, N, N)  # the DICOM series, not phantoms or pydicom's examples
     assert not (work / "data" / "mri_volume.h5").exists()
+    assert io.read_images(work / "data" / "validation.h5").shape == (2, N, N)
     card = json.loads((work / "model_card.json").read_text())
     assert card["data"]["source"] == "files" and len(card["data"]["files"]["train"]) == 3
     assert card["serves"]["image_size"] == [N, N]
