@@ -40,31 +40,39 @@ __all__ = [
 TOLERANCE = 0.25
 
 
-def _ranges(values: np.ndarray) -> dict[str, float]:
-    """Physical range of ``(T, H, W)`` values: min, max, mean, std, and the range of the
-    per-time-step means."""
-    v = np.asarray(values, dtype=np.float64)
-    case = v.reshape(v.shape[0], -1).mean(1) if v.ndim == 3 else v.reshape(1, -1).mean(1)
+def _ranges(da, time: str | None) -> dict[str, Any]:
+    """Lazy physical range of a field: min, max, mean, std, and the range of the per-time-step
+    means (the whole field's mean when it has no ``time``)."""
+    case = da.mean([d for d in da.dims if d != time]) if time in da.dims else da.mean()
     return {
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "mean": float(v.mean()),
-        "std": float(v.std()),
-        "case_mean_min": float(case.min()),
-        "case_mean_max": float(case.max()),
+        "min": da.min(),
+        "max": da.max(),
+        "mean": da.mean(),
+        "std": da.std(),
+        "case_mean_min": case.min(),
+        "case_mean_max": case.max(),
     }
 
 
 def variable_ranges(ds) -> dict[str, dict[str, dict[str, float]]]:
     """``{group: {variable: ranges}}`` of a CorrDiff dataset (groups ``input``, ``output``,
-    ``invariant``), in physical units."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    ``invariant``), in physical units; one pass over a lazily (dask) opened dataset."""
+    import dask
+
+    lazy: dict[str, dict[str, dict[str, Any]]] = {}
     for group in ("input", "output", "invariant"):
         if group not in ds.variables:
             continue
-        names = [str(v) for v in ds[f"{group}_variable"].values]
-        out[group] = {n: _ranges(ds[group].sel({f"{group}_variable": n}).values) for n in names}
-    return out
+        dim = f"{group}_variable"
+        lazy[group] = {
+            str(n): _ranges(ds[group].sel({dim: n}).astype("float64"), "time")
+            for n in ds[dim].values
+        }
+    (done,) = dask.compute(lazy)
+    return {
+        g: {n: {k: float(v) for k, v in r.items()} for n, r in rows.items()}
+        for g, rows in done.items()
+    }
 
 
 def _multiple(cfg: Mapping[str, Any]) -> int:
@@ -146,14 +154,19 @@ def _check_schema(ds, sv: Mapping[str, Any], source: str) -> None:
     )
 
 
-def _check_grid(ds, sv: Mapping[str, Any], source: str) -> None:
-    h, w, mult = int(ds.sizes["y"]), int(ds.sizes["x"]), int(sv["grid_multiple_of"])
+def _check_grid(ds, sv: Mapping[str, Any], source: str, tile: int | None) -> None:
+    h, w = int(ds.sizes["y"]), int(ds.sizes["x"])
+    # a whole-field tile must suit the UNet's levels; tiles of a larger field only the factor
+    mult, why = (
+        (int(sv["factor"]), "the downscaling factor")
+        if tile
+        else (int(sv["grid_multiple_of"]), "the downscaling factor and the UNet's levels")
+    )
     if h % mult or w % mult:
         raise Incompatible(
-            f"{source}: grid {h}x{w} is not a multiple of {mult} (the downscaling factor and "
-            "the UNet's levels); crop or pad the fine grid to a multiple of it"
+            f"{source}: grid {h}x{w} is not a multiple of {mult} ({why}); crop or pad the "
+            "fine grid to a multiple of it"
         )
-    tile = sv.get("tile")
     if tile and min(h, w) < int(tile):
         raise Incompatible(
             f"{source}: grid {h}x{w} is smaller than the model's tile {tile}; give a larger "
@@ -174,8 +187,11 @@ def _check_ranges(ds, ranges: Mapping[str, Any], source: str) -> None:
             if not t:
                 continue
             what = f"{group} {name!r}"
-            lo, hi = t["case_mean_min"], t["case_mean_max"]
-            warn_outside(f"mean of {what}", r["mean"], lo, hi, source=source, tolerance=TOLERANCE)
+            if group == "input":  # an invariant's mean is one number: its range is the check
+                lo, hi = t["case_mean_min"], t["case_mean_max"]
+                warn_outside(
+                    f"mean of {what}", r["mean"], lo, hi, source=source, tolerance=TOLERANCE
+                )
             warn_outside(
                 f"maximum of {what}",
                 r["max"],
@@ -196,14 +212,16 @@ def check_card(card: Mapping[str, Any], *, source: str) -> None:
         )
 
 
-def check_dataset(ds, card: Mapping[str, Any], *, source: str) -> None:
+def check_dataset(ds, card: Mapping[str, Any], *, source: str, tile: int | None = None) -> None:
     """Refuse a CorrDiff dataset the carded model cannot serve; warn where it extrapolates.
+
+    ``tile``: the tile inference will use (default the card's: the whole field when none).
 
     Raises
     ------
     Incompatible
         Another downscaling factor, other input variables / units / invariants, a grid that
-        is not a multiple of what the network needs, or smaller than its tile.
+        is not a multiple of what the network needs, or smaller than the tile.
 
     Warns
     -----
@@ -214,5 +232,5 @@ def check_dataset(ds, card: Mapping[str, Any], *, source: str) -> None:
     check_card(card, source=source)
     sv = card["serves"]
     _check_schema(ds, sv, source)
-    _check_grid(ds, sv, source)
+    _check_grid(ds, sv, source, tile or sv.get("tile"))
     _check_ranges(ds, (card.get("normalisation") or {}).get("ranges", {}), source)

@@ -36,6 +36,7 @@ __all__ = [
     "downscale_arrays",
     "downscale_store",
     "load_trained",
+    "check_output_name",
     "main",
 ]
 
@@ -132,6 +133,16 @@ def _mass_post(norm: Normaliser, factor: int):
         return enforce_mass(values, block_mean(src[tp_idx], factor)[None], factor)
 
     return post
+
+
+def check_output_name(path: str | Path) -> None:
+    """Refuse an output name whose suffix is not the format written (a zarr store)."""
+    if Path(path).suffix != ".zarr":
+        raise ValueError(
+            f"{path}: the store-to-store downscaling writes a zarr store chunk by chunk, "
+            "so the output must be named *.zarr (convert it afterwards with "
+            "xarray.open_zarr(...).to_netcdf(...), or use `diffsci apply` for netCDF outputs)"
+        )
 
 
 def _check_tiling(h: int, w: int, tile: int, factor: int, block: tuple[int, int]) -> None:
@@ -245,12 +256,7 @@ def downscale_store(
 
     from .io import atomic_zarr, open_dataset
 
-    if Path(output_path).suffix != ".zarr":
-        raise ValueError(
-            f"{output_path}: the store-to-store downscaling writes a zarr store chunk by chunk, "
-            "so the output must be named *.zarr (convert it afterwards with "
-            "xarray.open_zarr(...).to_netcdf(...), or use `diffsci apply` for netCDF outputs)"
-        )
+    check_output_name(output_path)
     opt = DownscaleOptions(**options)
     ds = open_dataset(
         input_path,
@@ -298,8 +304,10 @@ def downscale_store(
         coords={
             "ensemble": ("ensemble", np.arange(m), {"standard_name": "realization"}),
             "time": ds["time"].values,
-            "lat": ds["lat"],
-            "lon": ds["lon"],
+            # values and attributes only: the input's encoding (a zarr v3 serializer, netCDF
+            # chunking) does not fit the zarr v2 store written here
+            "lat": (ds["lat"].dims, ds["lat"].values, ds["lat"].attrs),
+            "lon": (ds["lon"].dims, ds["lon"].values, ds["lon"].attrs),
         },
         attrs={
             "Conventions": "CF-1.8",
@@ -365,6 +373,31 @@ def load_trained(model_path: str | Path, stats_path: str | Path):
     return model.eval(), norm, cfg
 
 
+def _check_against_card(
+    model_path: str | Path, input_path: str | Path, *, tile: int | None
+) -> None:
+    """Refuse or warn about the input store as ``diffsci apply`` does (:func:`.card.
+    check_dataset`, one lazy pass for the ranges), when the model has a card."""
+    import json
+
+    from diffsci.core.modelcard import card_path
+
+    from . import card
+    from .io import open_dataset
+
+    path = card_path(model_path)
+    if not path.is_file():
+        return
+    card_ = json.loads(path.read_text())
+    card.check_card(card_, source=str(model_path))
+    names = card_["serves"]["input_variables"]
+    ds = open_dataset(
+        input_path, chunks={}, require_output=False, values=False, required_inputs=names
+    )
+    card.check_dataset(ds, card_, source=str(input_path), tile=tile or 64)
+    ds.close()
+
+
 def _training_side(model_path: str | Path, cfg: Mapping[str, Any]) -> int | None:
     """The side of the fields the model was trained on: the simulated ``data.size``, or the
     smaller side of the grid its model card records (``None``: the default tile)."""
@@ -397,7 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
+        check_output_name(a.output)
         model, norm, cfg = load_trained(a.model, a.stats)
+        tile = a.tile or _training_side(a.model, cfg)
+        _check_against_card(a.model, a.input, tile=tile)
         downscale_store(
             model,
             norm,
@@ -407,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             members=a.members,
             steps=a.steps,
             sampler=a.sampler,
-            tile=a.tile or _training_side(a.model, cfg),
+            tile=tile,
             overlap=a.overlap,
             batch=a.batch,
             seed=a.seed,

@@ -142,6 +142,30 @@ def test_trains_on_own_files_and_applies_to_a_held_out_one(trained, diffsci_cli)
     assert json.loads((out / "provenance.json").read_text())["apply"]["inputs"] == [str(held)]
 
 
+def test_apply_to_a_wetter_zarr_warns_by_how_much_and_writes_zarr(trained):
+    import torch
+
+    from diffsci.core.stages import load_model
+    from diffsci.core.task import Runtime
+    from diffsci.domains.precipitation.task import PrecipitationTask
+
+    # in process: the CLI's --input takes files only (core expand_paths), a zarr store is a folder
+    tmp, work = trained
+    wet = gridded(tmp / "raw" / "wet.zarr", 2, 6, engine="zarr", target=False, scale=4.0)
+    c = json.loads((work / "model_card.json").read_text())
+    task = PrecipitationTask()
+    model = load_model(task, c["config"], work / "model.pt")
+    out = tmp / "applied_wet"
+    out.mkdir()
+    rt = Runtime(torch.device("cpu"))
+    with pytest.warns(UserWarning, match=r"wet\.zarr: mean of input 'tp' .* by .* x its width"):
+        task.apply(c["config"], model, c, [wet], out, rt)
+    ds = xr.open_zarr(out / "wet_downscaled.zarr")  # a zarr input gives a zarr output
+    assert ds["precip"].shape == (3, 2, SIZE, SIZE) and ds["precip"].attrs["units"] == "mm h-1"
+    ens_mean = float(ds["ensemble_mean"].mean())
+    assert np.isfinite(ens_mean) and ds.attrs["Conventions"] == "CF-1.8"
+
+
 def test_the_card_records_what_the_model_serves(trained):
     _, work = trained
     c = json.loads((work / "model_card.json").read_text())
@@ -277,6 +301,11 @@ def test_downscale_cli_refuses_a_netcdf_name_for_its_zarr_store(trained, capsys)
     zarr_out = tmp / "big_out.zarr"  # the same run named for its format (tile: the card's grid)
     assert main([*argv, "--output", str(zarr_out)]) == 0
     assert xr.open_zarr(zarr_out)["precip"].shape == (2, 2, SIZE, SIZE)
+    wet = _own(gridded(tmp / "wet_cli.nc", 2, 8, engine="scipy", scale=4.0))
+    wet.to_zarr(tmp / "wet_cli.zarr", mode="w")  # CorrDiff schema, as the CLI reads it
+    argv[argv.index("--input") + 1] = str(tmp / "wet_cli.zarr")
+    with pytest.warns(UserWarning, match=r"wet_cli\.zarr: mean of input 'tp' .* x its width"):
+        assert main([*argv, "--output", str(tmp / "wet_out.zarr")]) == 0
 
 
 def test_apply_output_names_match_the_format_and_do_not_collide(tmp_path):
