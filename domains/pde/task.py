@@ -22,7 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from diffsci.core.datasource import fingerprint, resolve_source
+from diffsci.core.fileio import atomic_path
 from diffsci.core.modelcard import Incompatible, new_card
+from diffsci.core.provenance import write_json_atomic
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, metrics, plots, sampling, userdata
@@ -129,7 +131,7 @@ class PDETask(DomainTask):
 
     def build_model(self, cfg: Config) -> nn.Module:
         """The denoiser; the FNO baseline's network for the config of its model card
-        (``network: fno``, so ``diffsci apply`` runs ``baselines/fno.pt`` too)."""
+        (``network: fno``, so ``diffsci apply`` runs ``<workdir>/fno.pt`` too)."""
         if cfg.get("network", "diffusion") == "fno":
             return baselines.build_fno(cfg)
         return build_denoiser(cfg)
@@ -150,7 +152,9 @@ class PDETask(DomainTask):
 
     def baselines(self, cfg: Config, data_dir: Path, out_dir: Path, rt: Runtime) -> None:
         """Train the FNO (resumable checkpoints in ``<workdir>/checkpoints_fno``, outside the
-        stage's output) and write its test predictions ``fno_nx<N>.h5``."""
+        stage's output) and write its test predictions ``fno_nx<N>.h5``; the trained FNO and
+        its model card go beside the diffusion model (``<workdir>/fno.pt``,
+        ``fno_card.json``)."""
         device, progress = rt.device, rt.progress
         scale = io.read_scale(data_dir)
         trajs = _trajectories(Path(data_dir), cfg["data"]["train_nx"])
@@ -164,7 +168,7 @@ class PDETask(DomainTask):
             io.write_pdebench(
                 out_dir / f"fno_nx{nx}.h5", pred, x=data.x, t=data.t, attrs={"method": "fno"}
             )
-        _save_fno(self, cfg, Path(data_dir), net, out_dir)
+        _save_fno(self, cfg, Path(data_dir), net)
 
     def infer(
         self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
@@ -306,10 +310,11 @@ class PDETask(DomainTask):
         )
 
 
-def _save_fno(task: PDETask, cfg: Config, data_dir: Path, net: nn.Module, out_dir: Path) -> None:
-    """The trained FNO as ``fno.pt`` with its model card (also ``fno_card.json``): the card's
-    config says ``network: fno``, so ``diffsci apply --model <run>/baselines/fno.pt`` builds
-    and runs the FNO on new files (outputs ``fno_<file>.h5``)."""
+def _save_fno(task: PDETask, cfg: Config, data_dir: Path, net: nn.Module) -> None:
+    """The trained FNO as ``<workdir>/fno.pt`` (beside ``model.pt``, written atomically) with
+    its model card (also ``fno_card.json``): the card's config says ``network: fno``, so
+    ``diffsci apply --model <workdir>/fno.pt`` builds and runs the FNO on new files (outputs
+    ``fno_<file>.h5``)."""
     files = resolve_source(cfg)
     data = {
         "source": "simulate" if files is None else "files",
@@ -325,8 +330,10 @@ def _save_fno(task: PDETask, cfg: Config, data_dir: Path, net: nn.Module, out_di
         normalisation=part["normalisation"],
     )
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "card": card}, out_dir / "fno.pt")
-    (out_dir / "fno_card.json").write_text(json.dumps(card, indent=2))
+    root = data_dir.parent
+    write_json_atomic(root / "fno_card.json", card)
+    with atomic_path(root / "fno.pt") as tmp:
+        torch.save({"state_dict": state, "card": card}, tmp)
 
 
 def _forecast_tables(

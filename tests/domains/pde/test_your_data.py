@@ -144,9 +144,9 @@ def _apply(model: Path, file: Path, out: Path) -> None:
 
 
 def test_the_trained_fno_baseline_applies_to_new_files(trained, user_files, tmp_path):
-    card = json.loads((trained / "baselines" / "fno_card.json").read_text())
+    card = json.loads((trained / "fno_card.json").read_text())
     assert card["config"]["network"] == "fno" and card["serves"]["domain_length"] == 2.0
-    _apply(trained / "baselines" / "fno.pt", user_files / "heldout.mat", tmp_path / "fno")
+    _apply(trained / "fno.pt", user_files / "heldout.mat", tmp_path / "fno")
     with h5py.File(tmp_path / "fno" / "fno_heldout.h5") as f:
         assert f["tensor"].shape == (1, 8, NX) and f.attrs["method"] == "fno"
         np.testing.assert_allclose(f["x-coordinate"][()], _x())
