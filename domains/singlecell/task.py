@@ -23,7 +23,10 @@ prepare reads them (:func:`.io.read_cells`), fits a PCA codec of their genes
 (:class:`.models.GeneCodec`) on the train (and validation) files and writes
 ``lineage_train.h5ad`` and ``lineage_test.h5ad`` (the latent, time points, fates, clonal
 barcodes, DPT's root); the model card records the genes by name and the codec, and ``apply``
-runs the trained lineage model on new files of the same genes.
+runs the trained lineage model on new files of the same genes. With ``files.perturbation_key``
+the files are a perturbation screen instead (:mod:`.screen`): the perturbation model trains on
+it and is scored on its test files (no ``simulator.json``, no oracle row), the lineage model on
+krumsiek11.
 """
 
 from __future__ import annotations
@@ -273,6 +276,7 @@ def _applied(cells: AnnData, z: AnnData, card: dict[str, Any]) -> AnnData:
     out.uns["lineage"] = z.uns["lineage"]
     out.uns["paga_parent"] = np.asarray(z.uns["paga_parent"])
     out.uns["iroot"] = int(z.uns["iroot"])
+    out.uns["lineage_metrics"] = metrics.user_lineage_table(z)  # the truth the file carries
     out.uns["lineage_model"] = {
         "data_fingerprint": str(card.get("data", {}).get("fingerprint")),
         "inputs": str(card["serves"]["lineage"]["inputs"]),

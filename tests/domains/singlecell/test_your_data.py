@@ -169,6 +169,7 @@ def test_apply_runs_the_model_on_a_held_out_file(trained):
     assert {"lineage_branch", "lineage_pseudotime", "dpt_pseudotime", "leiden"} <= set(a.obs)
     assert a.obsm["X_clone"].shape == (24, 4) and a.obsm["X_lineage_input"].shape == (24, 6)
     assert "counts normalised" in a.uns["expression"]["normalisation"]
+    assert "clonal coherence" in a.uns["lineage_metrics"][metrics.LINEAGE_MODEL]
     assert json.loads((out / "provenance.json").read_text())["apply"]["inputs"]
 
 
