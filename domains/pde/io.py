@@ -391,7 +391,10 @@ def _axes_order(shape: tuple[int, ...], nt: int, nx: int, path: Path) -> tuple[i
 
 
 def read_trajectories(
-    path: str | os.PathLike, *, keys: Mapping[str, str | None] | None = None
+    path: str | os.PathLike,
+    *,
+    keys: Mapping[str, str | None] | None = None,
+    max_samples: int | None = None,
 ) -> PDEData:
     """Read 1-D trajectories from PDEBench HDF5, MATLAB .mat or NumPy .npz files.
 
@@ -402,7 +405,8 @@ def read_trajectories(
     arrays both read; a 2-D array is one trajectory. MATLAB v5 files are read with
     ``scipy.io.loadmat`` and v7.3 files (HDF5, column-major) with h5py. Scalars and strings
     among a .mat/.npz file's variables (``nu``, ``equation``) become ``attrs``, as HDF5 file
-    attributes do.
+    attributes do. ``max_samples`` keeps the first trajectories only (a PDEBench file's others
+    are never loaded).
 
     Raises
     ------
@@ -422,7 +426,7 @@ def read_trajectories(
     fmt = file_format(path)
     names = {**DEFAULT_KEYS[fmt], **{k: v for k, v in (keys or {}).items() if v}}
     if fmt == "hdf5" and names == DEFAULT_KEYS["hdf5"]:
-        return read_pdebench(path)
+        return read_pdebench(path, max_samples=max_samples)
     variables, attrs = _read_variables(path, fmt, list(names.values()))
     found = variables.pop("__keys__", sorted(k for k in variables if not k.startswith("__")))
     for role, name in names.items():
@@ -436,7 +440,7 @@ def read_trajectories(
     u = np.asarray(variables[names["u"]])
     perm = _axes_order(u.shape, len(t), len(x), path)
     u = np.transpose(u, perm).astype(np.float32)
-    u = u[None] if u.ndim == 2 else u
+    u = u[None] if u.ndim == 2 else u[:max_samples]
     if not np.isfinite(u).all():
         raise ValueError(f"{path}: {names['u']!r} has NaN/inf values")
     for name, c in (("x", x), ("t", t)):

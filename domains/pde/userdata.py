@@ -140,7 +140,8 @@ def load(path: str | Path, cfg: Mapping[str, Any]) -> io.PDEData:
     """Read one user file (``files.keys``) and :func:`conform` it."""
     path = Path(path)
     keys = cfg["files"].get("keys") or {}
-    return conform(io.read_trajectories(path, keys=keys), path, cfg)
+    limit = cfg["files"].get("max_trajectories")
+    return conform(io.read_trajectories(path, keys=keys, max_samples=limit), path, cfg)
 
 
 def physics(data: io.PDEData, path: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -396,3 +396,13 @@ def test_files_of_several_viscosities_give_the_card_a_range(tmp_path):
     assert card["serves"]["nu"] == [0.01, 0.05] and card["serves"]["domain_length"] == 1.0
     with pytest.warns(UserWarning, match=r"viscosity nu 0.1 is outside .* \[0.01, 0.05\]"):
         PDETask().check_inputs(cfg, card, data_dir)
+
+
+def test_max_trajectories_reads_only_the_first(tmp_path):
+    u, x, t = _wave(32, 0.0, 1.0)
+    u = np.concatenate([u, u, u])  # 6 trajectories
+    h5 = write_pdebench_file(tmp_path / "a.h5", u, t, x)
+    np.savez(tmp_path / "b.npz", u=u, x=x, t=t)
+    for path in (h5, tmp_path / "b.npz"):
+        cfg = _cfg(tmp_path, {"train": [str(path)], "test": [str(h5)]}, max_trajectories=4)
+        assert userdata.load(path, cfg).u.shape == (4, 4, 32)  # frame_stride 2 of 8 frames
