@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffsci.core.datasource import resolve_source
+from diffsci.core.datasource import FileSplits, resolve_source
 from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, card, io, losses, metrics, models, simulate
@@ -210,7 +210,7 @@ def _read_split(cfg: Config, paths: Sequence[Path], *, require_output: bool = Tr
     return io.merge_cases(read, [str(p) for p in paths])
 
 
-def _prepare_files(cfg: Config, files: Any, data_dir: Path) -> None:
+def _prepare_files(cfg: Config, files: FileSplits, data_dir: Path) -> None:
     """The user's train / validation / test files in the pipeline's layout (as simulate's)."""
     train = _read_split(cfg, files.train)
     io.write_dataset(train, data_dir / "train.nc")
@@ -229,7 +229,7 @@ def _apply(
     from .downscale import downscale_arrays
 
     sv = card_.get("serves") or {}
-    card.check_card(card_, source=str(inputs[0]) if inputs else "apply")
+    card.check_card(card_, source="the model card")
     norm = models.Normaliser(
         card_["normalisation"]["stats"], sv["input_variables"], sv["invariant_variables"]
     )

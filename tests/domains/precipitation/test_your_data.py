@@ -102,8 +102,10 @@ def trained(tmp_path_factory):
         gridded(raw / "era_2021a.nc", 16, 1, engine="scipy"),  # netCDF-3 classic
         gridded(raw / "era_2021b.nc", 16, 2, engine="h5netcdf"),  # netCDF-4
     ]
+    val = [gridded(raw / "era_2021c.nc", 2, 9, engine="h5netcdf")]
     test = [gridded(raw / "era_2022.nc", 2, 3, engine="scipy")]
-    cfg = _config(tmp, {"train": [str(p) for p in train], "test": [str(p) for p in test]})
+    splits = {"train": train, "validation": val, "test": test}
+    cfg = _config(tmp, {k: [str(p) for p in v] for k, v in splits.items()})
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp), "--cores", "1"]
     cmd += ["precipitation", "--config", f"precipitation_config={cfg}", "domains=[precipitation]"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
@@ -117,6 +119,7 @@ def test_trains_on_own_files_and_applies_to_a_held_out_one(trained, diffsci_cli)
     assert m["tables"] and m["summary"]
     truth = xr.open_zarr(work / "data" / "test.zarr")
     assert truth.sizes["time"] == 2 and float(truth["lat"][0]) == 45.0  # the user's test split
+    assert xr.open_dataset(work / "data" / "validation.nc").sizes["time"] == 2
     held = gridded(tmp / "raw" / "era_2023.nc", 3, 4, engine="scipy", target=False)
     out = tmp / "applied"
     r = diffsci_cli(
@@ -346,3 +349,23 @@ def test_apply_on_a_model_without_a_card_says_so(trained, tmp_path, diffsci_cli)
 def test_a_card_without_precipitation_entries_is_refused():
     with pytest.raises(Incompatible, match="retrain the model"):
         card.check_card({"serves": {}}, source="m.pt")
+
+
+def test_a_test_file_without_target_or_on_another_grid_is_refused(tmp_path):
+    p = gridded(tmp_path / "no_tp.nc", 2, 5, engine="scipy", target=False)
+    with pytest.raises(KeyError, match=r"no_tp\.nc: no variable 'tp' \(config variables.target"):
+        _own(p)
+    a = _own(gridded(tmp_path / "a.nc", 2, 5, engine="scipy"))
+    b = a.assign_coords(lat=("y", a["lat"].values + 10))
+    with pytest.raises(ValueError, match=r"b\.nc: its lat grid .* differs from a\.nc's"):
+        io.merge_cases([a, b], ["a.nc", "b.nc"])
+
+
+def test_a_grid_the_network_cannot_take_whole_is_refused(trained, tmp_path):
+    _, work = trained
+    c = json.loads((work / "model_card.json").read_text())
+    ds = _own(gridded(tmp_path / "a.nc", 2, 5, engine="scipy")).isel(y=slice(0, 28))
+    with pytest.raises(Incompatible, match=r"a\.nc: grid 28x32 is not a multiple of 8"):
+        card.check_dataset(ds, c, source="a.nc")
+    with pytest.raises(Incompatible, match=r"grid 24x32 is smaller than the model's tile 32"):
+        card.check_dataset(ds.isel(y=slice(0, 24)), c, source="a.nc", tile=32)
