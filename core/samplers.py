@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .denoisers import Denoiser
-from .schedules import check_sigmas
+from .schedules import check_sigmas, default_sigmas, denoiser_sigma_info
 
 __all__ = [
     "sample_euler",
@@ -33,10 +33,16 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m",
+    "sample_dpmpp_3m_sde",
+    "sample_unipc",
+    "sample_ipndm",
     "SAMPLERS",
     "get_sampler",
     "sample",
     "nfe",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
     "ProgressBar",
 ]
 
@@ -246,6 +252,285 @@ def sample_dpmpp_2m_sde(
     return x
 
 
+def _combine(x: Tensor, a: float, terms: Sequence[tuple[float, Tensor]]) -> Tensor:
+    """``a x + sum_k c_k m_k`` with host-side float coefficients."""
+    out = x * a
+    for c, m in terms:
+        out = out.add(m, alpha=c)
+    return out
+
+
+def _order_at(i: int, n: int, order: int, history: int, lower_order_final: bool) -> int:
+    """Order of step ``i`` of ``n``: warm-up by ``history`` values, lowered at the end."""
+    k = min(order, history)
+    return min(k, n - i) if lower_order_final else k
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    lower_order_final: bool = True,
+    compat: bool = False,
+) -> Tensor:
+    """DPM-Solver++(3M) SDE (Lu et al. 2022; k-diffusion's ``sample_dpmpp_3m_sde``).
+
+    Third-order multistep in ``lambda = -log sigma`` with data prediction; ``eta`` scales the
+    injected noise (``eta=0`` is the ODE solver :func:`sample_dpmpp_3m`). Warm-up: first
+    order on the first step, second order on the second. ``lower_order_final`` lowers the
+    order to ``min(3, steps left)`` at the end (as diffusers' ``lower_order_final``), and the
+    step to ``sigma = 0`` is ``x = D(x)``.
+
+    References
+    ----------
+    C. Lu, Y. Zhou, F. Bao, J. Chen, C. Li, J. Zhu, "DPM-Solver++: Fast Solver for Guided
+    Sampling of Diffusion Probabilistic Models", arXiv:2211.01095, 2022.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    s = _prepare(x, sigmas)
+    n = len(s) - 1
+    d1 = d2 = None  # the previous two denoised values
+    h1 = h2 = 0.0  # and their step sizes in lambda
+    for i in range(n):
+        sig, sig_next = s[i], s[i + 1]
+        d = _call(denoiser, x, sig, cond)
+        if sig_next == 0:
+            x = d
+        else:
+            h = math.log(sig) - math.log(sig_next)
+            h_eta = h * (eta + 1)
+            x = torch.add(x * math.exp(-h_eta), d, alpha=-math.expm1(-h_eta))
+            k = _order_at(i, n, 3, 1 + (d1 is not None) + (d2 is not None), lower_order_final)
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            if k == 3:
+                r0, r1 = h1 / h, h2 / h
+                d1_0 = (d - d1) / r0
+                d1_1 = (d1 - d2) / r1
+                dd = (d1_0 - d1_1) / (r0 + r1)
+                phi_3 = phi_2 / h_eta - 0.5
+                # x += phi_2 (d1_0 + r0 dd) - c phi_3 dd; dd ~ h^2 D''/2, so c = 2 is exact
+                x = x + d1_0 * phi_2 + dd * (phi_2 * r0 - (1 if compat else 2) * phi_3)
+            elif k == 2:
+                x = x + (d - d1) * (phi_2 * h / h1)
+            if eta > 0:
+                x = x + _noise(x, generator) * (
+                    sig_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
+                )
+            h1, h2 = h, h1
+        d1, d2 = d, d1
+        _cb(callback, i, x, sig, sig_next, d)
+    return x
+
+
+def sample_dpmpp_3m(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    lower_order_final: bool = True,
+    compat: bool = False,
+) -> Tensor:
+    """DPM-Solver++(3M) for the probability-flow ODE (Lu et al. 2022), data prediction.
+
+    :func:`sample_dpmpp_3m_sde` with ``eta=0``: deterministic, one network evaluation per
+    step, first and second order on the first two steps (warm-up).
+
+    References
+    ----------
+    C. Lu, Y. Zhou, F. Bao, J. Chen, C. Li, J. Zhu, "DPM-Solver++: Fast Solver for Guided
+    Sampling of Diffusion Probabilistic Models", arXiv:2211.01095, 2022.
+    """
+    return sample_dpmpp_3m_sde(
+        denoiser,
+        x,
+        sigmas,
+        cond=cond,
+        generator=generator,
+        callback=callback,
+        eta=0.0,
+        lower_order_final=lower_order_final,
+        compat=compat,
+    )
+
+
+def _unipc_coeffs(
+    lam: Sequence[float], j: int, order: int, variant: str, corrector: bool
+) -> tuple[float, list[float]]:
+    """UniP (``corrector=False``) or UniC coefficients for the step ``j -> j + 1``.
+
+    Returns ``(a, c)`` with ``x_{j+1} = a x_j + c[0] m_j + c[1] m_{j-1} + ... (+ c[-1] m_{j+1}
+    for the corrector)``, ``m`` the data predictions, ``lam = -log sigma``. Follows
+    ``multistep_uni_p_bh_update`` / ``multistep_uni_c_bh_update`` of diffusers (data
+    prediction), in float64 on the host.
+    """
+    h = lam[j + 1] - lam[j]
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    rks = [(lam[j - k] - lam[j]) / h for k in range(1, order)] + [1.0]
+    rows, b = [], []
+    h_phi_k, fact = h_phi_1 / hh - 1, 1
+    for i in range(1, order + 1):
+        rows.append([r ** (i - 1) for r in rks])
+        b.append(h_phi_k * fact / b_h)
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    if corrector:
+        rhos = [0.5] if order == 1 else _solve(rows, b)
+    elif order == 1:
+        rhos = []
+    else:
+        rhos = [0.5] if order == 2 else _solve([r[:-1] for r in rows[:-1]], b[:-1])
+    # D1_k = (m_{j-k} - m_j) / r_k for the history, D1_t = m_{j+1} - m_j for the corrector
+    c_hist = [-b_h * rhos[k - 1] / rks[k - 1] for k in range(1, order)]
+    c0 = -h_phi_1 - sum(c_hist)
+    c = [c0, *c_hist]
+    if corrector:
+        c[0] += b_h * rhos[-1]
+        c.append(-b_h * rhos[-1])
+    return math.exp(hh), c
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Solve a small dense system in float64 on the host."""
+    sol = torch.linalg.solve(
+        torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    )
+    return sol.tolist()
+
+
+@torch.no_grad()
+def sample_unipc(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    order: int = 2,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+) -> Tensor:
+    """UniPC (Zhao et al. 2023): multistep predictor-corrector, data prediction.
+
+    Each step evaluates the network once at the predictor's point; that evaluation also
+    drives the corrector (UniC), which refines the state before the next predictor (UniP)
+    step, so the corrector costs no extra evaluation. It is skipped at the last step (no
+    evaluation at ``sigma = 0``, whose step is ``x = D(x)``), as in diffusers'
+    ``UniPCMultistepScheduler``. ``order`` (1-3) is the predictor's order, reached after
+    ``order - 1`` warm-up steps and lowered to the number of steps left when
+    ``lower_order_final``; ``variant`` is ``"bh2"`` (``B(h) = e^h - 1``) or ``"bh1"``
+    (``B(h) = h``). With ``corrector=False`` this is UniP alone.
+
+    References
+    ----------
+    W. Zhao, L. Bai, Y. Rao, J. Zhou, J. Lu, "UniPC: A Unified Predictor-Corrector Framework
+    for Fast Sampling of Diffusion Models", NeurIPS 2023, arXiv:2302.04867.
+    """
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    s = _prepare(x, sigmas)
+    n = len(s) - 1
+    lam = [-math.log(v) if v > 0 else math.inf for v in s]
+    ms: list[Tensor] = []  # data predictions, newest first
+    x_prev, k_prev = x, 0
+    for i in range(n):
+        sig, sig_next = s[i], s[i + 1]
+        d = _call(denoiser, x, sig, cond)
+        if corrector and k_prev > 0:
+            a, c = _unipc_coeffs(lam, i - 1, k_prev, variant, corrector=True)
+            x = _combine(x_prev, a, [*zip(c[:-1], ms, strict=False), (c[-1], d)])
+        ms = [d, *ms[: order - 1]]
+        if sig_next == 0:
+            x = d
+        else:
+            k_prev = _order_at(i, n, order, len(ms), lower_order_final)
+            a, c = _unipc_coeffs(lam, i, k_prev, variant, corrector=False)
+            x_prev, x = x, _combine(x, a, list(zip(c, ms, strict=False)))
+        _cb(callback, i, x, sig, sig_next, d)
+    return x
+
+
+def _adams_bashforth(nodes: Sequence[float], t0: float, t1: float) -> list[float]:
+    """``int_{t0}^{t1} L_k(t) dt`` for the Lagrange basis ``L_k`` over ``nodes`` (float64)."""
+    out = []
+    for k, tk in enumerate(nodes):
+        poly = [1.0]  # coefficients of prod_{j != k} (t - t_j) / (t_k - t_j), lowest first
+        for j, tj in enumerate(nodes):
+            if j != k:
+                scale = 1.0 / (tk - tj)
+                poly = [
+                    scale
+                    * ((poly[m - 1] if m > 0 else 0.0) - tj * (poly[m] if m < len(poly) else 0.0))
+                    for m in range(len(poly) + 1)
+                ]
+        out.append(sum(p * (t1 ** (m + 1) - t0 ** (m + 1)) / (m + 1) for m, p in enumerate(poly)))
+    return out
+
+
+@torch.no_grad()
+def sample_ipndm(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    max_order: int = 4,
+    lower_order_final: bool = True,
+) -> Tensor:
+    """iPNDM: multistep Adams-Bashforth on the probability-flow ODE ``dx/dsigma = (x - D)/sigma``.
+
+    Zhang & Chen's improved pseudo numerical method (iPNDM, after Liu et al.'s PNDM) reuses
+    the last ``max_order`` (1-4) slopes ``(x - D)/sigma``, with lower orders while the
+    history fills up (warm-up). The coefficients are the variable-step Adams-Bashforth
+    weights (integrals of the Lagrange basis over the step, computed on the host in
+    float64), so any sigma grid keeps the order; on a uniform grid they are iPNDM's fixed
+    weights ``(3, -1)/2``, ``(23, -16, 5)/12``, ``(55, -59, 37, -9)/24``. The step to
+    ``sigma = 0`` is ``x = D(x)``; ``lower_order_final`` also caps the order by the number of
+    steps left.
+
+    References
+    ----------
+    Q. Zhang, Y. Chen, "Fast Sampling of Diffusion Models with Exponential Integrator", ICLR
+    2023, arXiv:2204.13902. L. Liu, Y. Ren, Z. Lin, Z. Zhao, "Pseudo Numerical Methods for
+    Diffusion Models on Manifolds", ICLR 2022, arXiv:2202.09778.
+    """
+    if max_order not in (1, 2, 3, 4):
+        raise ValueError(f"max_order must be 1-4, got {max_order}")
+    s = _prepare(x, sigmas)
+    n = len(s) - 1
+    eps: list[Tensor] = []  # slopes, newest first
+    for i in range(n):
+        sig, sig_next = s[i], s[i + 1]
+        d = _call(denoiser, x, sig, cond)
+        if sig_next == 0:
+            x = d
+        else:
+            eps = [(x - d) / sig, *eps[: max_order - 1]]
+            k = _order_at(i, n, max_order, len(eps), lower_order_final)
+            w = _adams_bashforth(s[i::-1][:k], sig, sig_next)
+            x = _combine(x, 1.0, list(zip(w, eps, strict=False)))
+        _cb(callback, i, x, sig, sig_next, d)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler": sample_euler,
     "heun": sample_heun,
@@ -253,6 +538,10 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler_ancestral": sample_euler_ancestral,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_3m": sample_dpmpp_3m,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "unipc": sample_unipc,
+    "ipndm": sample_ipndm,
 }
 
 
@@ -289,12 +578,17 @@ class ProgressBar:
         self.bar.close()
 
 
+DEFAULT_SAMPLER = "unipc"
+DEFAULT_STEPS = 10
+
+
 def sample(
     denoiser: Denoiser,
     shape: Sequence[int],
-    sigmas: Tensor,
+    sigmas: Tensor | None = None,
     *,
-    sampler: str = "dpmpp_2m",
+    steps: int | None = None,
+    sampler: str | None = None,
     cond: Any = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -303,15 +597,33 @@ def sample(
     progress: bool = False,
     **options: Any,
 ) -> Tensor:
-    """Draw ``randn(shape) * sigmas[0]`` from ``generator`` and run sampler ``sampler``.
+    """Draw an initial state from ``generator`` and run sampler ``sampler`` over ``sigmas``.
 
+    With ``sigmas`` given, the start is ``randn(shape) * sigmas[0]`` and the sampler defaults
+    to ``"dpmpp_2m"``. Without them, the defaults are tuned for few steps: ``steps``
+    (default :data:`DEFAULT_STEPS`) network evaluations of :data:`DEFAULT_SAMPLER` (UniPC,
+    Zhao et al. 2023) over :func:`~diffsci.core.schedules.default_sigmas`, whose range
+    follows the denoiser's ``sigma_data`` and training range, and the start is drawn with
+    the noisy marginal's variance, ``randn * sqrt(sigma_max^2 + sigma_data^2)`` (a
+    ``sigma_max`` a few ``sigma_data`` up is no longer much larger than the data's scale).
     ``progress=True`` shows a progress bar (chained with any ``callback``).
     """
-    sig = check_sigmas(sigmas)
+    sd = None
+    if sigmas is None:
+        n = DEFAULT_STEPS if steps is None else steps
+        sampler = DEFAULT_SAMPLER if sampler is None else sampler
+        sig = default_sigmas(denoiser, n)
+        sd = denoiser_sigma_info(denoiser)["sigma_data"]
+    elif steps is not None:
+        raise ValueError("give either sigmas or steps, not both")
+    else:
+        sampler = "dpmpp_2m" if sampler is None else sampler
+        sig = check_sigmas(sigmas)
+    fn = get_sampler(sampler)
+    scale = float(sig[0]) if sd is None else math.hypot(float(sig[0]), sd)
     gdev = generator.device if generator is not None else device
     x = torch.randn(tuple(shape), generator=generator, device=gdev, dtype=dtype)
-    x = x.to(device) * float(sig[0]) if device is not None else x * float(sig[0])
-    fn = get_sampler(sampler)
+    x = x.to(device) * scale if device is not None else x * scale
     with ProgressBar(len(sig) - 1, desc=sampler, disable=not progress) as bar:
 
         def cb(info: dict) -> None:

@@ -7,6 +7,7 @@ there with ``sigma = sqrt((1 - ab) / ab)`` and ``sigma = t / (1 - t)`` respectiv
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,6 +27,11 @@ __all__ = [
     "UniformTimeSigma",
     "DiscreteSigma",
     "refiner_levels",
+    "denoiser_sigma_info",
+    "default_sigmas",
+    "DEFAULT_SIGMA_MAX_FACTOR",
+    "DEFAULT_SIGMA_MIN_FACTOR",
+    "DEFAULT_RHO",
 ]
 
 
@@ -277,3 +283,86 @@ class DiscreteSigma:
         u = rng.rand((n,), device=device, dtype=torch.float64)
         idx = torch.searchsorted(self.cdf.to(u.device), u, right=True).clamp_max(len(self.cdf) - 1)
         return self.levels.to(u.device)[idx].float()
+
+
+DEFAULT_SIGMA_MAX_FACTOR = 10.0
+DEFAULT_SIGMA_MIN_FACTOR = 0.02
+DEFAULT_RHO = 7.0
+_WRAPPED = ("denoiser", "model", "module", "inner")
+
+
+def _find_attr(obj: Any, name: str, depth: int = 4) -> Any:
+    """``obj.name``, looking through up to ``depth`` wrapper attributes (``denoiser``, ...)."""
+    for _ in range(depth + 1):
+        val = getattr(obj, name, None)
+        if val is not None:
+            return val
+        obj = next((getattr(obj, w) for w in _WRAPPED if getattr(obj, w, None) is not None), None)
+        if obj is None:
+            return None
+    return None
+
+
+def denoiser_sigma_info(denoiser: Any) -> dict[str, float | None]:
+    """What a denoiser says about its scale: ``sigma_data`` and its training sigma range.
+
+    ``sigma_data`` is the attribute of that name (:class:`~diffsci.core.denoisers.
+    KarrasDenoiser`, or any wrapper exposing it). The training range is, in order: explicit
+    ``sigma_min``/``sigma_max`` attributes (:class:`~diffsci.core.denoisers.VPDenoiser`'s
+    table), a :class:`LogUniformSigma` ``train_sigma`` (its bounds) or a
+    :class:`LogNormalSigma` one (``exp(p_mean +- 3 p_std)``). Unknown values are ``None``.
+    """
+    sd = _find_attr(denoiser, "sigma_data")
+    lo, hi = _find_attr(denoiser, "sigma_min"), _find_attr(denoiser, "sigma_max")
+    train = _find_attr(denoiser, "train_sigma")
+    if isinstance(train, LogUniformSigma):
+        lo, hi = math.exp(train.lo), math.exp(train.hi)
+    elif isinstance(train, LogNormalSigma):
+        lo = math.exp(train.p_mean - 3 * train.p_std)
+        hi = math.exp(train.p_mean + 3 * train.p_std)
+
+    def pos(v: Any) -> float | None:
+        return float(v) if isinstance(v, int | float) and 0 < v < math.inf else None
+
+    return {"sigma_data": pos(sd), "train_sigma_min": pos(lo), "train_sigma_max": pos(hi)}
+
+
+def default_sigmas(
+    denoiser: Any,
+    n: int,
+    *,
+    sigma_data: float | None = None,
+    rho: float = DEFAULT_RHO,
+) -> Tensor:
+    """The schedule :func:`~diffsci.core.samplers.sample` uses when given no sigmas.
+
+    A Karras schedule (Karras et al. 2022, EDM) from ``DEFAULT_SIGMA_MAX_FACTOR *
+    sigma_data`` down to ``DEFAULT_SIGMA_MIN_FACTOR * sigma_data`` (raised for fewer than
+    10 steps, where the last level is worth more higher up), clipped to the
+    denoiser's training range when it is known (:func:`denoiser_sigma_info`): the range
+    scales with the data, where fixed bounds waste the few steps of a short schedule on
+    noise levels far above the data's scale (the start is then drawn with the marginal's
+    variance ``sigma_max^2 + sigma_data^2``, see ``sample``). With no ``sigma_data``
+    (argument or attribute) it is EDM's ``karras(n)`` over 0.002-80.
+    """
+    _check_n(n)
+    info = denoiser_sigma_info(denoiser)
+    sd = sigma_data if sigma_data is not None else info["sigma_data"]
+    if sd is None:
+        return karras(n, rho=rho)
+    if not sd > 0:
+        raise ValueError(f"sigma_data must be > 0, got {sd}")
+    hi, lo = DEFAULT_SIGMA_MAX_FACTOR * sd, _min_factor(n) * sd
+    if info["train_sigma_max"] is not None:
+        hi = min(hi, info["train_sigma_max"])
+    if info["train_sigma_min"] is not None:
+        lo = max(lo, info["train_sigma_min"])
+    if not lo < hi:
+        lo, hi = _min_factor(n) * sd, DEFAULT_SIGMA_MAX_FACTOR * sd
+    return karras(n, lo, hi, rho=rho)
+
+
+def _min_factor(n: int) -> float:
+    """Last non-zero level over ``sigma_data``: raised below 10 steps as ``(10/n)^3``, capped
+    at 0.5, so a short schedule does not spend a step on noise far below the data's scale."""
+    return min(0.5, DEFAULT_SIGMA_MIN_FACTOR * max(1.0, (10 / n) ** 3))

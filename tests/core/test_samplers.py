@@ -63,8 +63,12 @@ STEPS = {
     "heun": 50,
     "dpmpp_2m": 50,
     "dpmpp_2m_sde": 100,
+    "dpmpp_3m": 50,
+    "dpmpp_3m_sde": 100,
+    "unipc": 50,
+    "ipndm": 50,
 }
-STOCHASTIC = {"euler_ancestral", "dpmpp_2m_sde"}
+STOCHASTIC = {"euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"}
 assert set(STEPS) == set(SAMPLERS), "a new sampler needs a step count here"
 
 
