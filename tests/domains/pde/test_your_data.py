@@ -406,3 +406,14 @@ def test_max_trajectories_reads_only_the_first(tmp_path):
     for path in (h5, tmp_path / "b.npz"):
         cfg = _cfg(tmp_path, {"train": [str(path)], "test": [str(h5)]}, max_trajectories=4)
         assert userdata.load(path, cfg).u.shape == (4, 4, 32)  # frame_stride 2 of 8 frames
+
+
+def test_the_notebook_opens_a_run_on_the_users_files(trained, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    path = ROOT / "workflows" / "notebooks" / "pde.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    monkeypatch.setenv("DIFFSCI_WORKDIR", str(trained))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    meta = {"metadata": {"path": str(path.parent)}}
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources=meta).execute()
