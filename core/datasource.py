@@ -41,7 +41,8 @@ class FileSplits:
 
 
 def expand_paths(patterns: Iterable[str], *, key: str) -> tuple[Path, ...]:
-    """Paths and globs -> existing files (sorted within each pattern, order of patterns kept).
+    """Paths and globs -> existing files or folders (a zarr store, a DICOM series folder),
+    sorted within each pattern, the order of the patterns kept.
 
     Raises
     ------
@@ -51,10 +52,10 @@ def expand_paths(patterns: Iterable[str], *, key: str) -> tuple[Path, ...]:
     out: list[Path] = []
     for pat in patterns:
         hits = sorted(glob.glob(str(pat), recursive=True)) if glob.has_magic(str(pat)) else [pat]
-        files = [Path(h) for h in hits if Path(h).is_file()]
+        files = [Path(h) for h in hits if Path(h).exists()]
         if not files:
             raise FileNotFoundError(
-                f"config {key}: {pat!r} matches no file (paths are relative to the working "
+                f"config {key}: {pat!r} matches no file or folder (paths are relative to the working "
                 f"directory {Path.cwd()})"
             )
         out += [f for f in files if f not in out]

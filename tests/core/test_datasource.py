@@ -28,7 +28,7 @@ def test_globs_and_paths_resolve_per_split(files):
 
 
 def test_a_pattern_matching_nothing_names_the_key(files):
-    with pytest.raises(FileNotFoundError, match=r"source.test: 'nope\*.h5' matches no file"):
+    with pytest.raises(FileNotFoundError, match=r"source.test: .nope\*.h5. matches no file"):
         resolve_source({"source": {"kind": "files", "train": ["a.h5"], "test": ["nope*.h5"]}})
 
 
@@ -52,3 +52,10 @@ def test_fingerprint_follows_bytes_not_provenance(tmp_path):
     assert fingerprint([d]) == fp
     (d / "x.bin").write_bytes(b"124")
     assert fingerprint([d]) != fp
+
+
+def test_a_folder_counts_as_one_input(files):
+    (files / "store.zarr").mkdir()
+    (files / "store.zarr" / ".zgroup").write_text("{}")
+    s = resolve_source({"source": {"kind": "files", "train": ["*.zarr"], "test": ["t.h5"]}})
+    assert [p.name for p in s.train] == ["store.zarr"]
