@@ -273,6 +273,27 @@ def time_points(adata: AnnData, key: str, *, what: str) -> np.ndarray:
     return num.to_numpy(np.float64)
 
 
+def _has_key(cells: AnnData, opts: dict, name: str, what: str) -> bool:
+    """Whether the obs column the config names as ``files.<name>`` is to be read: ``False`` if
+    none is named; a missing column is a ``KeyError`` (naming file, column and config key), or
+    with ``opts["optional_keys"]`` a warning and ``False``."""
+    import warnings
+
+    key = opts.get(name)
+    if not key:
+        return False
+    if key in cells.obs:
+        return True
+    msg = (
+        f"{what}: no obs column {key!r} (files.{name}; columns: "
+        f"{', '.join(map(str, cells.obs.columns)) or 'none'})"
+    )
+    if not opts.get("optional_keys"):
+        raise KeyError(msg)
+    warnings.warn(msg + "; not used for this file", stacklevel=3)
+    return False
+
+
 def _annotated(path: Path, opts: dict) -> AnnData:
     """One user file as :func:`read_cells` returns its cells."""
     import pandas as pd
@@ -287,15 +308,11 @@ def _annotated(path: Path, opts: dict) -> AnnData:
     )
     obs = pd.DataFrame(index=cells.obs_names.astype(str))
     obs["source_file"] = what
-    if opts.get("time_key"):
+    if _has_key(cells, opts, "time_key", what):
         obs["time_point"] = time_points(cells, opts["time_key"], what=what)
-    if opts.get("fate_key"):
-        if opts["fate_key"] not in cells.obs:
-            raise KeyError(f"{what}: no obs column {opts['fate_key']!r} (files.fate_key)")
+    if _has_key(cells, opts, "fate_key", what):
         obs["fate"] = cells.obs[opts["fate_key"]].astype(str).values
-    if opts.get("root_key"):
-        if opts["root_key"] not in cells.obs:
-            raise KeyError(f"{what}: no obs column {opts['root_key']!r} (files.root_key)")
+    if _has_key(cells, opts, "root_key", what):
         obs["is_root"] = cells.obs[opts["root_key"]].astype(bool).values
     out = AnnData(X=cells.X, obs=obs, var=pd.DataFrame(index=cells.var_names.astype(str)))
     clones = clone_matrix(cells, opts.get("clone_key") or "X_clone", what=what)
@@ -317,7 +334,8 @@ def read_cells(paths: list[Path] | tuple[Path, ...], **opts) -> AnnData:
         Files of one split; each must have the same genes (names and order).
     **opts
         The config's ``files`` block: ``use_raw``, ``counts``, ``target_sum``
-        (:func:`read_expression`), ``time_key``, ``fate_key``, ``root_key``, ``clone_key``.
+        (:func:`read_expression`), ``time_key``, ``fate_key``, ``root_key``, ``clone_key``;
+        ``optional_keys=True`` reads files without those obs columns (a warning each).
 
     Returns
     -------

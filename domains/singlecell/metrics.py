@@ -436,7 +436,9 @@ def user_lineage_table(adata: AnnData) -> dict[str, dict[str, float]]:
     chance level), branches used.
     """
     rows: dict[str, dict[str, float]] = {LINEAGE_MODEL: {}, DPT: {}, PAGA: {}}
-    labels = {LINEAGE_MODEL: adata.obs["lineage_branch"], PAGA: adata.obs["leiden"]}
+    labels = {LINEAGE_MODEL: adata.obs["lineage_branch"]}
+    if "leiden" in adata.obs:  # the baselines ran (DPT had a root)
+        labels[PAGA] = adata.obs["leiden"]
     if "fate" in adata.obs:
         fate = adata.obs["fate"].astype(str).values
         for k, lab in labels.items():
@@ -446,7 +448,10 @@ def user_lineage_table(adata: AnnData) -> dict[str, dict[str, float]]:
         rows[LINEAGE_MODEL]["pseudotime Spearman vs time points"] = spearman(
             adata.obs["lineage_pseudotime"], t
         )
-        rows[DPT]["pseudotime Spearman vs time points"] = spearman(adata.obs["dpt_pseudotime"], t)
+        if "dpt_pseudotime" in adata.obs:
+            rows[DPT]["pseudotime Spearman vs time points"] = spearman(
+                adata.obs["dpt_pseudotime"], t
+            )
     if "X_clone" in adata.obsm:
         for k, lab in labels.items():
             rows[k]["clonal coherence"] = clonal_coherence(adata.obsm["X_clone"], lab)

@@ -31,6 +31,7 @@ krumsiek11.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,32 @@ def _cells_opts(cfg: Config) -> dict[str, Any]:
     return dict(cfg["files"])
 
 
+def _root(z: AnnData, cells: AnnData, f: Config, what: str) -> int:
+    """DPT's root: the file's own ``uns["iroot"]``, else :func:`.baselines.find_root`."""
+    if "iroot" in cells.uns:
+        return int(cells.uns["iroot"])
+    return baselines.find_root(
+        z,
+        root=f["root"],
+        root_key="is_root" if "is_root" in z.obs else None,
+        time=z.obs["time_point"].to_numpy() if "time_point" in z.obs else None,
+        what=what,
+    )
+
+
 def _latent_cells(
-    cells: AnnData, codec: models.GeneCodec | None, cfg: Config, what: str, genes: list[str] = ()
+    cells: AnnData,
+    codec: models.GeneCodec | None,
+    cfg: Config,
+    what: str,
+    genes: Sequence[str] = (),
+    *,
+    need_root: bool = True,
 ) -> AnnData:
     """The lineage model's layout of ``cells``: ``X`` the codec's latent (or, without a codec,
     ``genes`` selected by name), the truth columns and clonal barcodes carried, DPT's root in
-    ``uns["iroot"]`` (the file's own if it has one)."""
+    ``uns["iroot"]`` (:func:`_root`; refused without one unless not ``need_root``: then a
+    warning, and no DPT / PAGA)."""
     f = cfg["files"]
     if codec is None:
         x = io.dense(models.select_genes(cells, list(genes), what=what).X).astype(np.float32)
@@ -161,17 +182,12 @@ def _latent_cells(
         z.var_names = [f"PC{i + 1}" for i in range(codec.n_comps)]
     if "X_clone" in cells.obsm:
         z.obsm["X_clone"] = cells.obsm["X_clone"]
-    z.uns["iroot"] = (
-        int(cells.uns["iroot"])
-        if "iroot" in cells.uns
-        else baselines.find_root(
-            z,
-            root=f["root"],
-            root_key="is_root" if "is_root" in z.obs else None,
-            time=z.obs["time_point"].to_numpy() if "time_point" in z.obs else None,
-            what=what,
-        )
-    )
+    try:
+        z.uns["iroot"] = _root(z, cells, f, what)
+    except ValueError as e:
+        if need_root:
+            raise
+        warnings.warn(f"{e}; DPT and PAGA are skipped for this file", stacklevel=2)
     z.uns["expression"] = cells.uns["expression"]
     return z
 
@@ -260,22 +276,25 @@ def _run_lineage(cfg: Config, model: nn.Module, z: AnnData) -> None:
     models.lineage(
         z, model.cpu(), tau_grid=lin["infer_tau_grid"], n_noise=lin["infer_noise"], seed=seed
     )
-    baselines.lineage_baselines(
-        z, n_neighbors=lin["n_neighbors"], resolution=lin["leiden_resolution"], seed=seed
-    )
+    if "iroot" in z.uns:
+        baselines.lineage_baselines(
+            z, n_neighbors=lin["n_neighbors"], resolution=lin["leiden_resolution"], seed=seed
+        )
 
 
 def _applied(cells: AnnData, z: AnnData, card: dict[str, Any]) -> AnnData:
     """The user's cells (genes as read) with the lineage results of ``z``."""
     out = cells.copy()
     for k in ("lineage_branch", "lineage_pseudotime", "dpt_pseudotime", "leiden"):
-        out.obs[k] = z.obs[k].values
+        if k in z.obs:
+            out.obs[k] = z.obs[k].values
     out.obsm["X_lineage"] = z.obsm["X_lineage"]
     out.obsm["X_lineage_input"] = np.asarray(z.X)
-    out.obsm["X_diffmap"] = z.obsm["X_diffmap"]
     out.uns["lineage"] = z.uns["lineage"]
-    out.uns["paga_parent"] = np.asarray(z.uns["paga_parent"])
-    out.uns["iroot"] = int(z.uns["iroot"])
+    if "iroot" in z.uns:
+        out.obsm["X_diffmap"] = z.obsm["X_diffmap"]
+        out.uns["paga_parent"] = np.asarray(z.uns["paga_parent"])
+        out.uns["iroot"] = int(z.uns["iroot"])
     out.uns["lineage_metrics"] = metrics.user_lineage_table(z)  # the truth the file carries
     out.uns["lineage_model"] = {
         "data_fingerprint": str(card.get("data", {}).get("fingerprint")),
@@ -496,11 +515,11 @@ class SingleCellTask(DomainTask):
         if lin is None:
             raise Incompatible("the model card has no lineage entry; retrain the model")
         codec = models.GeneCodec.from_card(card)
-        opts, todo = _cells_opts(cfg), []
+        opts, todo = {**_cells_opts(cfg), "optional_keys": True}, []
         for p in inputs:
             cells = io.read_cells([p], **opts)
             _check_genes(list(map(str, cells.var_names)), lin["genes"], source=str(p))
-            z = _latent_cells(cells, codec, cfg, str(p), lin["genes"])
+            z = _latent_cells(cells, codec, cfg, str(p), lin["genes"], need_root=False)
             _warn_norms(z.X, card, source=str(p))
             todo.append((Path(p), cells, z))
         for p, cells, z in todo:

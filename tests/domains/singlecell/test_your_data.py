@@ -90,9 +90,32 @@ def write_mtx(a: AnnData, folder: Path) -> Path:
     return folder / "matrix.mtx.gz"
 
 
-def _snakemake(root: Path, config: Path) -> subprocess.CompletedProcess:
+def write_10x_h5(a: AnnData, path: Path) -> Path:
+    """A 10x Cell Ranger v3 HDF5 matrix (``/matrix``: CSC genes x cells as ``data``,
+    ``indices``, ``indptr``, ``shape``, ``barcodes`` and ``features/{id,name,feature_type,
+    genome}``), written with h5py."""
+    import h5py
+
+    m = sp.csr_matrix(a.X).astype(np.int32)  # cells x genes CSR == genes x cells CSC
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["data"], g["indices"], g["indptr"] = m.data, m.indices, m.indptr
+        g["shape"] = np.array([a.n_vars, a.n_obs], np.int32)
+        g["barcodes"] = np.array(a.obs_names, dtype="S")
+        feats = g.create_group("features")
+        feats["id"] = np.array([f"ENSG{i:05d}" for i in range(a.n_vars)], dtype="S")
+        feats["name"] = np.array(a.var_names, dtype="S")
+        feats["feature_type"] = np.array(["Gene Expression"] * a.n_vars, dtype="S")
+        feats["genome"] = np.array(["GRCh38"] * a.n_vars, dtype="S")
+    return path
+
+
+def _snakemake(
+    root: Path, config: Path, target: str = "singlecell", *more_config: str
+) -> subprocess.CompletedProcess:
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(root), "--cores", "1"]
-    cmd += ["singlecell", "--config", f"singlecell_config={config}", "domains=[singlecell]"]
+    cmd += [target, "--config", f"singlecell_config={config}", "domains=[singlecell]"]
+    cmd += list(more_config)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
 
 
@@ -171,6 +194,20 @@ def test_apply_runs_the_model_on_a_held_out_file(trained):
     assert "counts normalised" in a.uns["expression"]["normalisation"]
     assert "clonal coherence" in a.uns["lineage_metrics"][metrics.LINEAGE_MODEL]
     assert json.loads((out / "provenance.json").read_text())["apply"]["inputs"]
+
+
+def test_the_apply_rule_runs_the_model_on_a_10x_h5_file(trained):
+    tmp, work = trained
+    a = lineage_tracing(2, seed=4, prefix="tenx")
+    h5 = write_10x_h5(a, tmp / "tenx.h5")
+    r = _snakemake(tmp, tmp / "mine.yaml", "results/singlecell/applied", f"singlecell_apply=[{h5}]")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = (tmp / "logs" / "singlecell" / "apply.log").read_text()
+    assert "tenx.h5: no obs column 'day' (files.time_key" in log  # a warning: not used
+    assert "DPT and PAGA are skipped" in log  # no root in a bare 10x file
+    out = anndata.read_h5ad(tmp / "results" / "singlecell" / "applied" / "tenx.h5ad")
+    assert out.n_obs == a.n_obs and "lineage_pseudotime" in out.obs
+    assert "dpt_pseudotime" not in out.obs
 
 
 def test_apply_refuses_missing_genes_naming_them_and_the_fix(trained):
@@ -280,6 +317,15 @@ def test_10x_mtx_folder_is_read_by_its_matrix_file(tmp_path):
     cells = io.read_cells([write_mtx(a, tmp_path / "mtx")], counts="normalise")
     assert list(cells.var_names) == GENES and cells.n_obs == a.n_obs
     assert "X_clone" not in cells.obsm
+
+
+def test_10x_h5_counts_are_read_and_normalised(tmp_path):
+    a = lineage_tracing(2, seed=0, prefix="h")
+    with pytest.raises(ValueError, match=r"tenx.h5: .X holds integer counts"):
+        io.read_cells([write_10x_h5(a, tmp_path / "tenx.h5")])
+    cells = io.read_cells([tmp_path / "tenx.h5"], counts="normalise")
+    assert list(cells.var_names) == GENES and list(cells.obs_names) == list(a.obs_names)
+    assert np.allclose(np.expm1(io.dense(cells.X)).sum(1), 1e4, rtol=1e-3)
 
 
 def test_clonal_barcodes_and_time_points_are_validated(tmp_path):
