@@ -199,3 +199,111 @@ def test_broken_unipc_fails_where_correct_one_passes(monkeypatch: pytest.MonkeyP
     assert _matches(_run("unipc", GM1, N1, 25, seed=1), GM1)
     _unipc_bad_corrector(monkeypatch, -1.0)
     assert not _matches(_run("unipc", GM1, N1, 25, seed=1), GM1)
+
+
+# --------------------------------------------------------------------------------------------
+# defaults: schedule from the denoiser's scale, sample() without sigmas, optimised schedules
+# --------------------------------------------------------------------------------------------
+
+
+class _Scaled(FastExact):
+    def __init__(self, gm, sigma_data: float, **attrs: object) -> None:
+        super().__init__(gm)
+        self.sigma_data = sigma_data
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+
+def test_default_sigmas_follow_sigma_data_and_training_range() -> None:
+    from diffsci.core.denoisers import KarrasDenoiser
+    from diffsci.core.schedules import (
+        DEFAULT_SIGMA_MAX_FACTOR,
+        LogNormalSigma,
+        LogUniformSigma,
+        default_sigmas,
+        denoiser_sigma_info,
+    )
+
+    a, b = default_sigmas(_Scaled(GM8, 1.0), 10), default_sigmas(_Scaled(GM8, 3.0), 10)
+    torch.testing.assert_close(b, 3 * a, rtol=1e-12, atol=0)  # scale-equivariant
+    assert math.isclose(a[0].item(), DEFAULT_SIGMA_MAX_FACTOR) and a[-1].item() == 0.0
+    # fewer steps: the last non-zero level is higher
+    assert default_sigmas(_Scaled(GM8, 1.0), 5)[-2] > a[-2]
+    # no sigma_data anywhere: EDM's range
+    torch.testing.assert_close(default_sigmas(FastExact(GM8), 10), karras(10))
+    # training range clips (KarrasDenoiser: sigma_data and train_sigma)
+    net = torch.nn.Identity()
+    kd = KarrasDenoiser(net, sigma_data=2.0, train_sigma=LogUniformSigma(0.1, 8.0))
+    info = denoiser_sigma_info(kd)
+    assert info["sigma_data"] == 2.0 and math.isclose(info["train_sigma_max"], 8.0)
+    sig = default_sigmas(kd, 10)
+    assert math.isclose(sig[0].item(), 8.0) and math.isclose(sig[-2].item(), 0.1)
+    kd = KarrasDenoiser(net, sigma_data=0.5, train_sigma=LogNormalSigma(-1.2, 1.2))
+    assert math.isclose(default_sigmas(kd, 10)[0].item(), 5.0)  # exp(-1.2 + 3.6) > 5
+    with pytest.raises(ValueError, match="sigma_data"):
+        default_sigmas(kd, 10, sigma_data=-1.0)
+
+
+def test_sample_without_sigmas_uses_the_defaults() -> None:
+    from diffsci.core.samplers import DEFAULT_SAMPLER, sample
+    from diffsci.core.schedules import default_sigmas
+
+    den = _Scaled(GM8, 3.0)
+    out = sample(
+        den, (50, 8), steps=6, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    sig = default_sigmas(den, 6)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 8, generator=g, dtype=torch.float64) * math.hypot(float(sig[0]), 3.0)
+    assert torch.equal(out, SAMPLERS[DEFAULT_SAMPLER](den, x, sig, generator=g))
+    with pytest.raises(ValueError, match="not both"):
+        sample(den, (5, 8), karras(5), steps=5)
+    # with sigmas the old behaviour is kept: dpmpp_2m from randn * sigmas[0]
+    g = torch.Generator().manual_seed(2)
+    ref = SAMPLERS["dpmpp_2m"](den, torch.randn(5, 8, generator=g) * 80.0, karras(5))
+    assert torch.equal(
+        sample(den, (5, 8), karras(5), generator=torch.Generator().manual_seed(2)), ref
+    )
+
+
+def test_optimized_schedule_reduces_the_ode_error_and_is_cached() -> None:
+    from diffsci.core import schedule_opt as so
+    from diffsci.core.analytic import GaussianMixture
+    from diffsci.core.schedules import default_sigmas
+
+    # the 8-D mixture of benchmarks/fast_sampling.py (means N(0, 9 I), component std 0.5)
+    g = torch.Generator().manual_seed(0)
+    means = 3.0 * torch.randn(4, 8, generator=g, dtype=torch.float64)
+    gm = GaussianMixture(
+        torch.ones(4), means, 0.25 * torch.eye(8, dtype=torch.float64).expand(4, 8, 8)
+    )
+    sd = math.hypot(3.0, 0.5)
+    den, n = _Scaled(gm, sd), 5
+    so.clear_cache()
+    sig = so.optimize_sigmas(den, n, (8,), n_samples=128, ref_steps=100, max_evals=120)
+    assert sig.dtype == torch.float64 and len(sig) == n + 1 and sig[-1].item() == 0.0
+    assert bool((sig[1:] < sig[:-1]).all())
+    assert math.isclose(sig[0].item(), default_sigmas(den, n)[0].item(), rel_tol=1e-12)
+    # evaluated on other starting points than the optimiser's
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    x = x * math.hypot(float(sig[0]), sd)
+    start = default_sigmas(den, n)
+    ref = sample_unipc(den, x, karras(200, float(start[-2]) / 10, float(sig[0])))
+    err_opt = (sample_unipc(den, x, sig) - ref).pow(2).mean().item()
+    err_def = (sample_unipc(den, x, start) - ref).pow(2).mean().item()
+    assert err_opt < 0.95 * err_def, (err_opt, err_def)  # measured 0.85x
+    again = so.optimize_sigmas(den, n, (8,), n_samples=128, ref_steps=100, max_evals=120)
+    so._CACHE[den][(n, (8,), "unipc", 256, 200, 0)] = sig  # what sample(optimize=True) asks for
+    assert torch.equal(again, sig)
+    assert len(so._CACHE) == 1
+    # sample(optimize=True) uses the cached schedule
+    from diffsci.core.samplers import sample
+
+    g = torch.Generator().manual_seed(3)
+    out = sample(den, (20, 8), steps=n, optimize=True, generator=g, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 8, generator=g, dtype=torch.float64) * math.hypot(float(sig[0]), sd)
+    assert torch.equal(out, sample_unipc(den, x, sig))
+    # params round trip
+    th = so._params_from_schedule(sig)
+    torch.testing.assert_close(so.schedule_from_params(th, float(sig[0])), sig)
