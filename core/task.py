@@ -30,6 +30,8 @@ __all__ = [
     "EvalResult",
     "LossFn",
     "Config",
+    "Card",
+    "Files",
     "Runtime",
     "TaskPaths",
     "get_task",
@@ -53,6 +55,11 @@ class Runtime:
     device: torch.device
     progress: bool = False
 
+
+#: A model card (:mod:`diffsci.core.modelcard`): a JSON mapping.
+Card = dict[str, Any]
+#: The user's input files (or folders such as zarr stores) of ``apply``.
+Files = Sequence[Path]
 
 #: ``loss(model, batch, rng) -> scalar or {"loss": scalar, <logged terms>...}``; all
 #: randomness through the ``torch.Generator`` ``rng``.
@@ -170,13 +177,7 @@ class DomainTask:
         in ``data_dir`` that the trained model (its ``card``) cannot serve. Default: no check."""
 
     def apply(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        card: dict[str, Any],
-        inputs: Sequence[Path],
-        out_dir: Path,
-        rt: Runtime,
+        self, cfg: Config, model: nn.Module, card: Card, inputs: Files, out_dir: Path, rt: Runtime
     ) -> None:
         """Run the trained model on the user's ``inputs`` (files in the field's formats), checked
         against ``card``; write native outputs into ``out_dir``."""

@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diffsci.core import Card, Config, DomainTask, EvalResult, Files, LossFn, Runtime, TaskPaths
 from diffsci.core.datasource import resolve_source
-from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, metrics, models, plots, posterior, reconstruct, simulate, userdata
 from .models import AffineData
@@ -176,13 +176,7 @@ class MedicalTask(DomainTask):
         userdata.check_images(io.read_volume_nifti(path), card, source=str(path))
 
     def apply(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        card: dict[str, Any],
-        inputs: Sequence[Path],
-        out_dir: Path,
-        rt: Runtime,
+        self, cfg: Config, model: nn.Module, card: Card, inputs: Files, out_dir: Path, rt: Runtime
     ) -> None:
         names: list[str] = []
         for path in map(Path, inputs):

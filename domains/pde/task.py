@@ -14,18 +14,17 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from diffsci.core import Card, Config, DomainTask, EvalResult, Files, LossFn, Runtime, TaskPaths
 from diffsci.core.datasource import fingerprint, resolve_source
 from diffsci.core.fileio import atomic_path
 from diffsci.core.modelcard import Incompatible, new_card
 from diffsci.core.provenance import write_json_atomic
-from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, metrics, plots, sampling, userdata
 from .events import event_study
@@ -244,13 +243,7 @@ class PDETask(DomainTask):
             userdata.check(data, phys, card, source=str(path))
 
     def apply(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        card: dict[str, Any],
-        inputs: Sequence[Path],
-        out_dir: Path,
-        rt: Runtime,
+        self, cfg: Config, model: nn.Module, card: Card, inputs: Files, out_dir: Path, rt: Runtime
     ) -> None:
         """Ensemble forecasts from the first frame of every trajectory of each input file (read
         as in ``prepare``, checked against ``card`` by

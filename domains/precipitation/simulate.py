@@ -45,6 +45,8 @@ INPUT_VARIABLES = ("tp", "tcwv", "t2m")
 INPUT_UNITS = {"tp": "mm h-1", "tcwv": "kg m-2", "t2m": "K"}
 #: Options of :func:`precipitation_from_grf` (the config's ``data`` keys of the same names).
 PARAMS = ("wet_fraction", "shape_s", "scale", "orographic_gain", "max_elevation")
+#: Default height (m) of the highest orography point.
+MAX_ELEVATION_M = 2000.0
 #: Offset of the held-out set's seed from the training set's (:func:`make_split`).
 TEST_SEED_OFFSET = 10_000
 
@@ -76,7 +78,7 @@ def gaussian_random_field(
 
 
 def orography(
-    shape: tuple[int, int], *, max_elevation: float = 2000.0, rng: np.random.Generator
+    shape: tuple[int, int], *, max_elevation: float = MAX_ELEVATION_M, rng: np.random.Generator
 ) -> np.ndarray:
     """Orography-like invariant (m): a ``k^-4`` GRF mapped to ``[0, max_elevation]``."""
     z = gaussian_random_field(shape, slope=4.0, rng=rng)
@@ -93,7 +95,7 @@ def precipitation_from_grf(
     shape_s: float = 1.0,
     scale: float = 1.0,
     orographic_gain: float = 1.0,
-    max_elevation: float = 2000.0,
+    max_elevation: float = MAX_ELEVATION_M,
 ) -> np.ndarray:
     """Intermittent log-normal precipitation (mm h-1) from a unit GRF ``g`` (see module doc)."""
     if not 0 < wet_fraction < 1:

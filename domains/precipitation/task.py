@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffsci.core import Card, Config, DomainTask, EvalResult, Files, LossFn, Runtime, TaskPaths
 from diffsci.core.datasource import FileSplits, resolve_source
-from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, card, io, losses, metrics, models, simulate
 from .operators import block_mean
@@ -97,13 +97,7 @@ class PrecipitationTask(DomainTask):
         ds.close()
 
     def apply(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        card: dict[str, Any],
-        inputs: Sequence[Path],
-        out_dir: Path,
-        rt: Runtime,
+        self, cfg: Config, model: nn.Module, card: Card, inputs: Files, out_dir: Path, rt: Runtime
     ) -> None:
         _apply(cfg, model, card, inputs, Path(out_dir), rt)
 

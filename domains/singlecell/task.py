@@ -42,10 +42,10 @@ import torch
 from anndata import AnnData
 from torch import nn
 
+from diffsci.core import Card, Config, DomainTask, EvalResult, Files, LossFn, Runtime, TaskPaths
 from diffsci.core.datasource import FileSplits, resolve_source
 from diffsci.core.modelcard import Incompatible, require, warn_outside
 from diffsci.core.schedules import LogNormalSigma
-from diffsci.core.task import Config, DomainTask, EvalResult, LossFn, Runtime, TaskPaths
 
 from . import baselines, io, metrics, models, plots, screen, simulate
 
@@ -497,13 +497,7 @@ class SingleCellTask(DomainTask):
 
     @io.keep_torch_threads()
     def apply(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        card: dict[str, Any],
-        inputs: Sequence[Path],
-        out_dir: Path,
-        rt: Runtime,
+        self, cfg: Config, model: nn.Module, card: Card, inputs: Files, out_dir: Path, rt: Runtime
     ) -> None:
         """The lineage model (and the DPT / PAGA baselines) on the user's new files: one
         ``<name>.h5ad`` per input (anndata), the input's cells and genes with the model's
