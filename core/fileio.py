@@ -17,6 +17,13 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_dir", "open_hdf5"]
 
 
+def _umask() -> int:
+    """The process umask (``os.umask`` can only be read by setting it)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
@@ -36,6 +43,9 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 & ~umask), so
+        # a group can read results as it can read any other file the user writes
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from diffsci.core.fileio import atomic_path
@@ -41,3 +44,18 @@ def test_open_hdf5_names_missing_and_non_hdf5_files(tmp_path):
         f["x"] = 1
     with open_hdf5(tmp_path / "ok.h5") as f:
         assert f["x"][()] == 1
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Files written atomically get 0666 & ~umask, like a plain open(), not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.json") as tmp:
+            tmp.write_text("{}")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+        os.umask(0o077)
+        with atomic_path(tmp_path / "b.json") as tmp:
+            tmp.write_text("{}")
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
