@@ -16,13 +16,11 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from workflow_env import ENV, SNAKEMAKE
 
 from diffsci.core.operators import check_adjoint
 from diffsci.core.stages import load_config
@@ -30,14 +28,6 @@ from diffsci.core.task import EvalResult, Task, domain_module, get_task, list_ta
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = list_tasks()
-_BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-ENV = {
-    **os.environ,
-    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 
 
 def _configs() -> list[tuple[str, Path]]:

@@ -7,8 +7,6 @@ opened with nibabel, pydicom and h5py; and each mismatch of the issue refused or
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -21,6 +19,7 @@ import pydicom
 import pytest
 import torch
 import yaml
+from workflow_env import ENV, SNAKEMAKE
 
 from diffsci.core.modelcard import Incompatible
 from diffsci.core.operators import check_adjoint
@@ -36,14 +35,6 @@ from diffsci.domains.medical.simulate import random_ellipse_phantoms
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = yaml.safe_load(Path(__file__).with_name("tiny.yaml").read_text())
-_BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-ENV = {
-    **os.environ,
-    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 N = 16  # tiny.yaml's data.size
 CENTER = 8.6  # the DataExchange scan's rotation axis, 1.1 columns off the detector middle
 

@@ -6,10 +6,7 @@ warned about."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from workflow_env import BIN, ENV, SNAKEMAKE
 
 from diffsci.core.modelcard import Incompatible
 from diffsci.core.stages import validate_config
@@ -26,14 +24,6 @@ from diffsci.domains.pde.task import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = Path(__file__).with_name("tiny.yaml")
-_BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-ENV = {
-    **os.environ,
-    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 NX, NT = 64, 16  # the files' grid and frames; the model uses every 2nd point and frame
 
 
@@ -133,7 +123,7 @@ def test_snakemake_trains_on_the_files_and_apply_writes_pdebench(trained, user_f
 
 def _apply(model: Path, file: Path, out: Path) -> None:
     r = subprocess.run(
-        [str(_BIN / "diffsci"), "apply", "--domain", "pde", "--model", str(model)]
+        [str(BIN / "diffsci"), "apply", "--domain", "pde", "--model", str(model)]
         + ["--input", str(file), "--output", str(out), "--quiet"],
         capture_output=True,
         text=True,

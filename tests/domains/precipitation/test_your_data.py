@@ -7,10 +7,7 @@ model card, factor, units, NaN/inf, out-of-range inputs, the CLI's output suffix
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,18 +18,12 @@ import yaml
 xr = pytest.importorskip("xarray")
 pytest.importorskip("scipy")
 
+from workflow_env import ENV, SNAKEMAKE  # noqa: E402
+
 from diffsci.core.modelcard import Incompatible  # noqa: E402
 from diffsci.domains.precipitation import card, io  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
-_BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-ENV = {
-    **os.environ,
-    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 SIZE, FACTOR = 32, 8
 
 

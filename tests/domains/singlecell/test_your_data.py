@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import anndata
@@ -27,6 +24,7 @@ import scipy.sparse as sp
 import torch
 import yaml
 from anndata import AnnData
+from workflow_env import BIN, ENV, SNAKEMAKE
 
 from diffsci.core.modelcard import Incompatible, read_card
 from diffsci.core.stages import validate_config
@@ -35,14 +33,6 @@ from diffsci.domains.singlecell import baselines, io, metrics, models, simulate,
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "tests" / "domains" / "singlecell" / "tiny.yaml"
-_BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-ENV = {
-    **os.environ,
-    "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 GENES = [f"Gene{i:02d}" for i in range(40)]
 DAYS = (2, 4, 6)
 
@@ -120,7 +110,7 @@ def _snakemake(
 
 
 def _diffsci(*args: str) -> subprocess.CompletedProcess:
-    cmd = [str(_BIN / "diffsci"), *args]
+    cmd = [str(BIN / "diffsci"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
 
 
