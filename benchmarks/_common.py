@@ -89,8 +89,7 @@ def run_stages(
     config with another config's model). prepare is seeded, so it is always rerun. Returns the
     metrics mapping evaluate wrote and the seconds of each stage.
     """
-    import torch
-
+    from diffsci.core.modelfile import load_model_file
     from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train
     from diffsci.core.task import TaskPaths
 
@@ -102,8 +101,7 @@ def run_stages(
         ("evaluate", run_evaluate),
     ]
     if reuse_model and paths.model.is_file():
-        payload = torch.load(paths.model, map_location="cpu", weights_only=False)
-        if payload.get("provenance", {}).get("config") == cfg:
+        if load_model_file(paths.model).provenance.get("config") == cfg:
             stages.pop(1)
         else:
             # a fresh start: the checkpoint belongs to the other config (the train stage would

@@ -53,6 +53,14 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_model(args: argparse.Namespace) -> int:
+    from .modelfile import convert_model_file
+
+    mf = convert_model_file(args.old, args.new)
+    print(f"{args.new}: {len(mf.state_dict)} tensors, metadata {sorted(mf.meta)}")
+    return 0
+
+
 def _domains(args: argparse.Namespace) -> int:
     from .task import list_tasks
 
@@ -89,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=_apply)
+    c = sub.add_parser(
+        "convert-model",
+        help="rewrite a model file from before the tensor-only format (read weights-only: "
+        "tensors, numbers, strings and numpy arrays, never code)",
+    )
+    c.add_argument("old", help="the old model file (left unchanged)")
+    c.add_argument("new", help="the new model file (must not exist yet)")
+    c.set_defaults(func=_convert_model)
     sub.add_parser("domains", help="list registered domains").set_defaults(func=_domains)
     return p
 

@@ -20,8 +20,9 @@ import torch
 import yaml
 
 from .datasource import expand_paths, fingerprint, resolve_source
-from .fileio import atomic_dir, atomic_path
+from .fileio import atomic_dir
 from .modelcard import Incompatible, card_path, new_card, read_card
+from .modelfile import load_model_file, save_model_file
 from .provenance import provenance, write_json_atomic
 from .task import EvalResult, Runtime, Task, TaskPaths, get_task
 from .training import TrainConfig, train
@@ -134,15 +135,14 @@ def run_train(
     result = train(model, loss, data, tcfg, device=_device(cfg), settings=settings)
     net = result.ema if result.ema is not None else result.model
     card = _model_card(task, cfg, paths)
-    payload = {
-        "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
-        "step": result.step,
-        "provenance": _provenance(task, cfg),
-        "card": card,
-    }
     write_json_atomic(card_path(paths.model), card)
-    with atomic_path(paths.model) as tmp:
-        torch.save(payload, tmp)
+    save_model_file(
+        paths.model,
+        net.state_dict(),
+        step=result.step,
+        provenance=_provenance(task, cfg),
+        card=card,
+    )
 
 
 def _model_card(task: Task, cfg: Mapping[str, Any], paths: TaskPaths) -> dict[str, Any]:
@@ -159,14 +159,12 @@ def _model_card(task: Task, cfg: Mapping[str, Any], paths: TaskPaths) -> dict[st
 
 def load_model(task: Task, cfg: Mapping[str, Any], path: Path) -> torch.nn.Module:
     """Build the task's model and load trained weights from ``model.pt``."""
+    weights = load_model_file(path).state_dict
     model = task.build_model(cfg)
-    if not path.is_file():
-        raise FileNotFoundError(f"trained model not found: {path} (run the train stage first)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(payload["state_dict"])
-    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
-        raise ValueError(f"{path}: cannot load model weights ({type(e).__name__}: {e})") from e
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the model its config describes ({e})") from e
     return model.eval()
 
 
@@ -250,10 +248,7 @@ def run_apply(
     write the domain's native outputs and a provenance record into the folder ``output``."""
     task = get_task(domain)
     model = Path(model)
-    if not model.is_file():
-        raise FileNotFoundError(f"trained model not found: {model} (run the train stage first)")
-    payload = torch.load(model, map_location="cpu", weights_only=False)
-    card = read_card(model, payload)
+    card = read_card(model, {"card": load_model_file(model).card})
     if card["domain"] != task.name:
         raise Incompatible(f"{model}: a {card['domain']!r} model, not {task.name!r}")
     cfg = copy.deepcopy(card["config"])

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from diffsci.core import Card, Config, DomainTask, EvalResult, Files, LossFn, Runtime, TaskPaths
 from diffsci.core.datasource import fingerprint, resolve_source
-from diffsci.core.fileio import atomic_path
 from diffsci.core.modelcard import Incompatible, new_card
+from diffsci.core.modelfile import save_model_file
 from diffsci.core.provenance import write_json_atomic
 
 from . import baselines, io, metrics, plots, sampling, userdata
@@ -322,11 +322,9 @@ def _save_fno(task: PDETask, cfg: Config, data_dir: Path, net: nn.Module) -> Non
         serves={**part["serves"], "network": "fno"},
         normalisation=part["normalisation"],
     )
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     root = data_dir.parent
     write_json_atomic(root / "fno_card.json", card)
-    with atomic_path(root / "fno.pt") as tmp:
-        torch.save({"state_dict": state, "card": card}, tmp)
+    save_model_file(root / "fno.pt", net.state_dict(), card=card)
 
 
 def _forecast_tables(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffsci.core.modelfile import load_model_file
 from diffsci.core.tiling import positional_noise, tiled_map
 
 from .models import DownscalingModel, Normaliser, sample_ensemble
@@ -353,13 +354,8 @@ def load_trained(model_path: str | Path, stats_path: str | Path):
     from .models import build_model
 
     p = Path(model_path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such model file (run the train stage)")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise ValueError(f"{p}: cannot read the model ({type(e).__name__}: {e})") from e
-    cfg = payload.get("provenance", {}).get("config") if isinstance(payload, dict) else None
+    saved = load_model_file(p)  # weights-only: refuses files that could run code
+    cfg = saved.provenance.get("config")
     if not cfg:
         raise KeyError(f"{p}: no provenance config (not written by the train stage?)")
     # channel order is the trained config's, never the stats file's key order
@@ -367,7 +363,7 @@ def load_trained(model_path: str | Path, stats_path: str | Path):
     norm = Normaliser.from_file(stats_path, inputs)
     model = build_model(cfg, norm.cond_channels)
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(saved.state_dict)
     except (KeyError, RuntimeError) as e:
         raise ValueError(f"{p}: weights do not fit the model its config describes ({e})") from e
     return model.eval(), norm, cfg

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from diffsci.core.modelfile import load_model_file, save_model_file
+
 CORE_SCHEMA = (Path(__file__).resolve().parents[2] / "core" / "config.schema.yaml").as_uri()
 
 TASK = '''
@@ -153,7 +155,6 @@ def test_a_registered_domain_runs_its_chain(cli, tmp_path):
 
 def test_apply_checks_the_card_and_writes_beside_provenance(cli, tmp_path):
     import numpy as np
-    import torch
 
     config = tmp_path / "toy.yaml"
     config.write_text("n: 16\ntrain: {steps: 4, batch_size: 8}\n")
@@ -202,9 +203,9 @@ def test_apply_checks_the_card_and_writes_beside_provenance(cli, tmp_path):
     assert r.returncode == 2 and "bad.npy: dim is 3 but the model serves 2" in r.stderr
     assert not (tmp_path / "bad_out").exists()
     # a model saved before model cards existed
-    payload = torch.load(model, weights_only=False)
-    del payload["card"]
-    torch.save(payload, tmp_path / "old.pt")
+    saved = load_model_file(model)
+    del saved.meta["card"]
+    save_model_file(tmp_path / "old.pt", saved.state_dict, **saved.meta)
     r = cli(
         "apply",
         "--domain",
@@ -217,6 +218,38 @@ def test_apply_checks_the_card_and_writes_beside_provenance(cli, tmp_path):
         str(tmp_path / "old_out"),
     )
     assert r.returncode == 2 and "no model card" in r.stderr
+
+
+def test_an_old_model_file_converts_to_the_same_outputs(cli, tmp_path):
+    """A model file from before the tensor-only format (issue 25): refused by apply with the
+    conversion command; converted, it gives outputs identical to the model it was made from."""
+    import numpy as np
+    import torch
+
+    config = tmp_path / "toy.yaml"
+    config.write_text("n: 16\ntrain: {steps: 4, batch_size: 8}\n")
+    work = tmp_path / "work"
+    for stage in ("prepare", "train"):
+        r = cli(stage, "--domain", "toy", "--config", str(config), "--workdir", str(work))
+        assert r.returncode == 0, r.stderr
+    np.save(tmp_path / "new.npy", np.zeros((5, 2), np.float32))
+    saved = load_model_file(work / "model.pt")
+    old = tmp_path / "old.pt"  # the layout diffsci wrote before: a pickled dict
+    torch.save({"state_dict": saved.state_dict, **saved.meta}, old)
+
+    def apply(model: Path, out: str) -> subprocess.CompletedProcess:
+        args = ["--model", str(model), "--input", str(tmp_path / "new.npy")]
+        return cli("apply", "--domain", "toy", *args, "--output", str(tmp_path / out))
+
+    r = apply(old, "old_out")
+    assert r.returncode == 2 and f"convert-model {old} {tmp_path / 'old.safe.pt'}" in r.stderr
+    assert not (tmp_path / "old_out").exists()
+    r = cli("convert-model", str(old), str(tmp_path / "old.safe.pt"))
+    assert r.returncode == 0, r.stderr
+    assert apply(work / "model.pt", "a").returncode == 0
+    assert apply(tmp_path / "old.safe.pt", "b").returncode == 0
+    a, b = np.load(tmp_path / "a" / "new.npy"), np.load(tmp_path / "b" / "new.npy")
+    assert np.array_equal(a, b) and np.isfinite(a).all()
 
 
 def test_a_bad_config_names_the_key(cli, tmp_path):

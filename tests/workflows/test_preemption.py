@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+from diffsci.core.modelfile import load_model_file
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).resolve().parents[1] / "domains" / "pde" / "tiny.yaml"
 _BIN = Path(sys.executable).parent
@@ -47,7 +49,7 @@ def _train(cfg: Path, workdir: Path) -> subprocess.Popen:
 
 
 def _weights(workdir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(workdir / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    return load_model_file(workdir / "model.pt").state_dict
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def test_sigusr1_checkpoints_exits_75_and_resume_matches(prepared, tmp_path):
     p.send_signal(signal.SIGUSR1)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 75, err  # EX_TEMPFAIL: "retry me"
-    step = torch.load(last, map_location="cpu", weights_only=False)["step"]
+    step = torch.load(last, map_location="cpu", weights_only=True)["step"]
     assert 0 < step < STEPS
     assert not (run / "model.pt").exists()  # no output that looks complete
 
@@ -96,7 +98,7 @@ def test_sigusr1_checkpoints_exits_75_and_resume_matches(prepared, tmp_path):
     p = _train(cfg, run)  # the retry: resumes from last.pt
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    assert torch.load(last, map_location="cpu", weights_only=False)["step"] == STEPS
+    assert torch.load(last, map_location="cpu", weights_only=True)["step"] == STEPS
     a, b = _weights(ref), _weights(run)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from uninterrupted"

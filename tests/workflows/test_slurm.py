@@ -209,6 +209,6 @@ def test_train_preempted_by_usr1_resumes_through_slurm(slurm, tmp_path):
     assert 0 < events[0]["step"] == events[1]["step"] == int(resume.group(1)) < steps
     import torch
 
-    ckpt = torch.load(work / "results" / "pde" / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(work / "results" / "pde" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == steps
     assert (work / "results" / "pde" / "model.pt").is_file()

@@ -22,6 +22,7 @@ import yaml
 from workflow_env import ENV, SNAKEMAKE
 
 from diffsci.core.modelcard import Incompatible
+from diffsci.core.modelfile import load_model_file, save_model_file
 from diffsci.core.operators import check_adjoint
 from diffsci.core.stages import validate_config
 from diffsci.core.task import get_task
@@ -228,9 +229,11 @@ def test_apply_refuses_kspace_of_another_size(user_run, tmp_path):
 
 def test_apply_on_a_model_without_a_card_says_so(user_run, tmp_path):
     root, _, held = user_run
-    payload = torch.load(root / "results" / "medical" / "model.pt", weights_only=False)
-    del payload["card"]
-    torch.save(payload, tmp_path / "model.pt")  # no model_card.json beside it
+    saved = load_model_file(root / "results" / "medical" / "model.pt")
+    del saved.meta["card"]
+    save_model_file(
+        tmp_path / "model.pt", saved.state_dict, **saved.meta
+    )  # no model_card.json beside it
     r = _apply(tmp_path / "model.pt", tmp_path / "o", write_fastmri(tmp_path / "k.h5", held))
     assert r.returncode == 2 and "no model card" in r.stderr
 

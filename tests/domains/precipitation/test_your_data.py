@@ -21,6 +21,7 @@ pytest.importorskip("scipy")
 from workflow_env import ENV, SNAKEMAKE  # noqa: E402
 
 from diffsci.core.modelcard import Incompatible  # noqa: E402
+from diffsci.core.modelfile import load_model_file, save_model_file  # noqa: E402
 from diffsci.domains.precipitation import card, io  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -313,14 +314,12 @@ def test_apply_output_names_match_the_format_and_do_not_collide(tmp_path):
 
 
 def test_apply_on_a_model_without_a_card_says_so(trained, tmp_path, diffsci_cli):
-    import torch
-
     _, work = trained
     old = tmp_path / "old"
     old.mkdir()
-    payload = torch.load(work / "model.pt", map_location="cpu", weights_only=False)
-    payload.pop("card")
-    torch.save(payload, old / "model.pt")
+    saved = load_model_file(work / "model.pt")
+    saved.meta.pop("card")
+    save_model_file(old / "model.pt", saved.state_dict, **saved.meta)
     r = diffsci_cli(
         "apply",
         "--domain",

@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
-import torch
 import yaml
 from anndata import AnnData
 from workflow_env import BIN, ENV, SNAKEMAKE
 
 from diffsci.core.modelcard import Incompatible, read_card
+from diffsci.core.modelfile import load_model_file, save_model_file
 from diffsci.core.stages import validate_config
 from diffsci.core.task import get_task
 from diffsci.domains.singlecell import baselines, io, metrics, models, simulate, tl
@@ -222,10 +222,10 @@ def test_apply_refuses_missing_genes_naming_them_and_the_fix(trained):
 
 def test_apply_refuses_a_model_without_a_card(trained):
     tmp, work = trained
-    payload = torch.load(work / "model.pt", weights_only=False)
-    del payload["card"]
+    saved = load_model_file(work / "model.pt")
+    del saved.meta["card"]
     (tmp / "old").mkdir()
-    torch.save(payload, tmp / "old" / "model.pt")
+    save_model_file(tmp / "old" / "model.pt", saved.state_dict, **saved.meta)
     r = _diffsci(
         "apply",
         "--domain",
@@ -246,7 +246,7 @@ def test_tl_lineage_encodes_the_users_genes_by_name(trained):
     task = get_task("singlecell")
     cfg = card["config"]
     model = task.build_model(cfg)
-    model.load_state_dict(torch.load(work / "model.pt", weights_only=False)["state_dict"])
+    model.load_state_dict(load_model_file(work / "model.pt").state_dict)
     cells = io.read_expression(anndata.read_h5ad(tmp / "new.h5ad"), what="new", counts="normalise")
     with pytest.raises(Incompatible, match="40 genes, the lineage model 6 inputs.*codec="):
         tl.lineage(cells, model)
