@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_dir", "open_hdf5"]
+__all__ = ["atomic_path", "atomic_dir", "open_hdf5", "refuse_pickle_codecs"]
 
 
 def _umask() -> int:
@@ -101,3 +101,32 @@ def open_hdf5(path: str | os.PathLike, *, what: str = "HDF5 file"):
         return h5py.File(p, "r")
     except OSError as e:
         raise ValueError(f"{p}: not a readable HDF5 file ({e})") from e
+
+
+_METADATA = (".zarray", "zarr.json")
+
+
+def refuse_pickle_codecs(store: str | os.PathLike) -> None:
+    """Refuse a zarr store whose arrays decode through the ``pickle`` codec.
+
+    zarr v2 stores object arrays with numcodecs' ``Pickle`` filter, and reading one unpickles
+    its chunks, so a crafted store could run code when opened (zarr-python 2 does so; 3 refuses
+    the dtype). No diffsci reader needs object arrays, so the store's JSON metadata is checked
+    before any library opens it.
+
+    Raises
+    ------
+    ValueError
+        Naming the array and the codec.
+    """
+    root = Path(store)
+    if not root.is_dir():
+        return
+    for meta in (m for name in _METADATA for m in root.rglob(name)):
+        text = meta.read_text(errors="replace")
+        if '"pickle"' in text.replace(" ", "").lower().replace("'", '"'):
+            raise ValueError(
+                f"{meta.parent}: refused: this zarr array decodes through the 'pickle' codec, "
+                "which could run code when read; save the data as numeric arrays "
+                "(e.g. ds.astype(float).to_zarr(...))"
+            )

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from diffsci.core.fileio import atomic_dir, atomic_path
+from diffsci.core.fileio import atomic_dir, atomic_path, refuse_pickle_codecs
 
 __all__ = [
     "PRECIP_UNITS",
@@ -291,6 +291,8 @@ def open_xarray(path: str | os.PathLike, *, chunks: Mapping[str, int] | str | No
     fmt, engine = file_engine(p)
     if engine == "scipy" and chunks == "auto":  # netCDF-3 strings are object arrays: no
         chunks = {}  # size estimate for dask's auto chunks, so one chunk per variable
+    if engine == "zarr":
+        refuse_pickle_codecs(p)
     try:
         if engine == "zarr":
             return xr.open_zarr(p, chunks=chunks)
@@ -583,6 +585,7 @@ def read_predictions(
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no predictions (run the infer stage)")
+    refuse_pickle_codecs(p)
     pred = xr.open_zarr(p)
     ens = pred["precip"].values
     base = {v: pred[v].values for v in BASELINE_VARIABLES if v in pred.variables}

@@ -133,3 +133,33 @@ def test_no_code_that_unpickles_what_a_user_passes_in():
                 if any(p in line for p in _FORBIDDEN):
                     hits.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
     assert hits == []
+
+
+def _pickled_zarr(root: Path, marker: Path) -> Path:
+    """A zarr v2 store whose one object array decodes through numcodecs' Pickle codec."""
+    import json
+
+    arr = root / "precip"
+    arr.mkdir(parents=True)
+    (root / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    meta = {"zarr_format": 2, "shape": [1], "chunks": [1], "dtype": "|O", "compressor": None}
+    meta |= {"fill_value": None, "filters": [{"id": "pickle", "protocol": 5}], "order": "C"}
+    (arr / ".zarray").write_text(json.dumps(meta))
+    (arr / ".zattrs").write_text(json.dumps({"_ARRAY_DIMENSIONS": ["x"]}))
+    import pickle
+
+    (arr / "0").write_bytes(pickle.dumps(np.array([_Touch(marker)], dtype=object)))
+    return root
+
+
+def test_a_zarr_store_with_pickled_chunks_is_refused_before_opening(tmp_path):
+    from diffsci.core.fileio import refuse_pickle_codecs
+    from diffsci.domains.precipitation.io import open_xarray
+
+    store = _pickled_zarr(tmp_path / "evil.zarr", tmp_path / "pwned")
+    with pytest.raises(ValueError, match="evil.zarr/precip: refused: .*'pickle' codec"):
+        refuse_pickle_codecs(store)
+    with pytest.raises(ValueError, match="'pickle' codec"):
+        open_xarray(store)
+    assert not (tmp_path / "pwned").exists()
+    refuse_pickle_codecs(tmp_path / "missing.zarr")  # nothing to check: the reader says so
