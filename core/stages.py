@@ -21,10 +21,11 @@ import yaml
 
 from .datasource import expand_paths, fingerprint, resolve_source
 from .fileio import atomic_dir
+from .lock import stage_lock
 from .modelcard import Incompatible, card_path, new_card, read_card
 from .modelfile import load_model_file, save_model_file
 from .provenance import provenance, write_json_atomic
-from .task import EvalResult, Runtime, Task, TaskPaths, get_task
+from .task import DomainTask, EvalResult, Runtime, Task, TaskPaths, get_task
 from .training import TrainConfig, train
 
 __all__ = [
@@ -42,13 +43,34 @@ STAGES = ("prepare", "train", "baselines", "infer", "evaluate", "report")
 TRAINING_CONFIG_KEYS = ("seed", "data", "model", "loss")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML 1.2 requires
+    unique keys; PyYAML silently keeps the last, so a typo'd repeat would change a run)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, task: Task) -> dict[str, Any]:
     """Read a YAML config and validate it against the task's JSON schema (defaults filled)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        loader = _UniqueKeyLoader(path.read_text())
+        try:
+            cfg = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(cfg, dict):
@@ -132,6 +154,9 @@ def run_train(
     ckpt = str(ckpt_dir or paths.checkpoints)
     tcfg = TrainConfig(**{**cfg["train"], "seed": seed, "progress": progress, "ckpt_dir": ckpt})
     settings = {k: cfg[k] for k in task.training_config_keys if k in cfg}
+    # the bytes trained on: a checkpoint of other data (same shapes, overwritten in data/, which
+    # Snakemake does not see) is refused instead of being returned as the "retrained" model
+    settings["data_fingerprint"] = fingerprint([paths.data])
     result = train(model, loss, data, tcfg, device=_device(cfg), settings=settings)
     net = result.ema if result.ema is not None else result.model
     card = _model_card(task, cfg, paths)
@@ -168,12 +193,45 @@ def load_model(task: Task, cfg: Mapping[str, Any], path: Path) -> torch.nn.Modul
     return model.eval()
 
 
+def _record_outputs(task: Task, cfg: Mapping[str, Any], folder: Path) -> None:
+    """``provenance.json`` of a stage's output folder, listing the files the stage wrote (so
+    evaluate can refuse a folder that lost one instead of skipping it: issue 23)."""
+    record = _provenance(task, cfg)
+    record["files"] = sorted(f.name for f in folder.iterdir())  # a zarr store counts as one
+    write_json_atomic(folder / "provenance.json", record)
+
+
+def _require_outputs(folder: Path, stage: str) -> None:
+    """Refuse a stage output folder that is missing, or lacks a file its stage wrote."""
+    fix = f"rerun the {stage} stage (`diffsci {stage}` or `snakemake --forcerun {stage}`)"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: missing ({fix})")
+    prov = folder / "provenance.json"
+    try:
+        listed = json.loads(prov.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FileNotFoundError(
+            f"{prov}: missing or unreadable, so what the {stage} stage wrote is unknown "
+            f"({type(e).__name__}); {fix}"
+        ) from None
+    lost = [f for f in listed if not (folder / f).exists()]
+    if lost:
+        raise FileNotFoundError(
+            f"{folder}: {len(lost)} of the files the {stage} stage wrote are gone "
+            f"({', '.join(lost[:5])}); {fix}"
+        )
+
+
+def _has_baselines(task: Task) -> bool:
+    return getattr(type(task), "baselines", None) is not DomainTask.baselines
+
+
 def run_baselines(
     task: Task, cfg: dict[str, Any], paths: TaskPaths, *, progress: bool = True, **_: Any
 ) -> None:
     with atomic_dir(paths.baselines) as tmp:
         task.baselines(cfg, paths.data, tmp, Runtime(_device(cfg), progress))
-        write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
+        _record_outputs(task, cfg, tmp)
 
 
 def run_infer(
@@ -185,13 +243,15 @@ def run_infer(
         task.check_inputs(cfg, read_card(paths.model), paths.data)
     with atomic_dir(paths.predictions) as tmp:
         task.infer(cfg, model, paths.data, tmp, Runtime(device, progress))
-        write_json_atomic(tmp / "provenance.json", _provenance(task, cfg))
+        _record_outputs(task, cfg, tmp)
 
 
 def run_evaluate(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> None:
-    for need, stage in ((paths.predictions, "infer"), (paths.data, "prepare")):
-        if not need.is_dir():
-            raise FileNotFoundError(f"{need}: missing (run the {stage} stage first)")
+    if not paths.data.is_dir():
+        raise FileNotFoundError(f"{paths.data}: missing (run the prepare stage first)")
+    _require_outputs(paths.predictions, "infer")
+    if _has_baselines(task) or paths.baselines.is_dir():
+        _require_outputs(paths.baselines, "baselines")
     with atomic_dir(paths.figures) as tmp:
         result = task.evaluate(cfg, paths, tmp)
     if not isinstance(result, EvalResult):
@@ -292,4 +352,5 @@ def run_stage(
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
     task = get_task(domain)
     cfg = load_config(config, task)
-    _RUNNERS[stage](task, cfg, TaskPaths(workdir), progress=progress, **kwargs)
+    with stage_lock(workdir, stage):
+        _RUNNERS[stage](task, cfg, TaskPaths(workdir), progress=progress, **kwargs)

@@ -381,6 +381,25 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema: bool = Tr
     return model
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(ckpt_dir: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>`` files a killed writer left (up to a checkpoint's size each);
+    a live writer's file is kept."""
+    for tmp in ckpt_dir.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -391,6 +410,13 @@ def _atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.is_file() else "nothing was written"
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {e.strerror or e} ({kept}); free space in "
+            f"{path.parent} (or set another ckpt_dir) and rerun: training resumes from it"
+        ) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -462,7 +488,8 @@ def _log_event(ckpt_dir: str | None, event: str, step: int, **extra: Any) -> Non
 
 
 class _SignalFlag:
-    """SIGTERM/SIGUSR1 -> set a flag (handlers only installed from the main thread)."""
+    """SIGTERM/SIGUSR1/SIGINT -> set a flag (handlers only installed from the main thread); a
+    second SIGINT (an impatient Ctrl-C) interrupts at once as Python's default would."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -470,13 +497,15 @@ class _SignalFlag:
 
     def __enter__(self) -> _SignalFlag:
         if threading.current_thread() is threading.main_thread():
-            for name in ("SIGTERM", "SIGUSR1"):
+            for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
                 sig = getattr(signal, name, None)
                 if sig is not None:
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -718,6 +747,8 @@ def _new_run(model, data, cfg: TrainConfig, *, rank, world, device, metrics_path
 
 def _train(run: _Run, loss_fn, data, *, resume: bool) -> TrainResult:
     """Resume (or start afresh), then run the loop."""
+    if run.ckpt_path is not None and run.rank == 0 and run.ckpt_path.parent.is_dir():
+        _remove_stale_temporaries(run.ckpt_path.parent)
     if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
         finished = _resume(run)
         if finished is not None:
@@ -805,6 +836,12 @@ def _resume(run: _Run) -> TrainResult | None:
     path, cfg = run.ckpt_path, run.cfg
     ckpt = _read_checkpoint(path)
     _validate_resume(run, ckpt)
+    if int(ckpt["step"]) > cfg.steps:
+        raise CheckpointError(
+            f"checkpoint {path} holds {int(ckpt['step'])} steps, more than steps={cfg.steps}; "
+            f"a shorter run cannot be recovered from it. Set steps: {int(ckpt['step'])} (or "
+            f"more) to use it, or delete {path.parent} to train {cfg.steps} steps afresh."
+        )
     _load_state(path, run.base, ckpt["model"])
     run.step = int(ckpt["step"])
     if run.rank == 0 and run.step < cfg.steps:  # the log and events.jsonl say a run was resumed

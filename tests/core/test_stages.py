@@ -39,3 +39,16 @@ def test_atomic_dir_replaces_target_on_success(tmp_path):
         (tmp / "new.h5").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.h5"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions"]
+
+
+def test_a_key_given_twice_in_a_config_is_refused_naming_both_lines(tmp_path):
+    """Issue 23, 4: PyYAML keeps the last of two equal keys without a word."""
+    from diffsci.core.stages import load_config
+    from diffsci.core.task import get_task
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 0\ntrain:\n  steps: 10\n  batch_size: 2\n  steps: 30\n")
+    with pytest.raises(
+        ValueError, match=r"c.yaml: not valid YAML: key 'steps' given twice .lines 3 and 5"
+    ):
+        load_config(cfg, get_task("pde"))

@@ -26,9 +26,12 @@ class _Task(DomainTask):
 
 
 def _paths(tmp_path: Path) -> TaskPaths:
+    """A work folder as prepare and infer leave it (infer lists what it wrote)."""
     paths = TaskPaths(tmp_path)
     paths.data.mkdir()
     paths.predictions.mkdir()
+    (paths.predictions / "pred.h5").write_bytes(b"h5")
+    (paths.predictions / "provenance.json").write_text(json.dumps({"files": ["pred.h5"]}))
     return paths
 
 
@@ -64,6 +67,29 @@ def test_evaluate_without_predictions_names_the_missing_stage(tmp_path):
     paths.data.mkdir()
     with pytest.raises(FileNotFoundError, match="run the infer stage"):
         run_evaluate(_Task(RESULT), {"seed": 0}, paths)
+    assert not paths.metrics.exists()
+
+
+def test_evaluate_refuses_predictions_that_lost_a_file(tmp_path):
+    """Issue 23, 2: a missing prediction file was skipped without a word."""
+    paths = _paths(tmp_path)
+    (paths.predictions / "pred.h5").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of the files the infer stage wrote are gone "):
+        run_evaluate(_Task(RESULT), {"seed": 0}, paths)
+    (paths.predictions / "provenance.json").unlink()
+    with pytest.raises(FileNotFoundError, match="provenance.json: missing or unreadable"):
+        run_evaluate(_Task(RESULT), {"seed": 0}, paths)
+    assert not paths.metrics.exists()
+
+
+def test_evaluate_requires_the_baselines_of_a_task_that_has_them(tmp_path):
+    class _WithBaselines(_Task):
+        def baselines(self, cfg, data_dir, out_dir, rt):
+            pass
+
+    paths = _paths(tmp_path)
+    with pytest.raises(FileNotFoundError, match="baselines: missing .rerun the baselines stage"):
+        run_evaluate(_WithBaselines(RESULT), {"seed": 0}, paths)
     assert not paths.metrics.exists()
 
 

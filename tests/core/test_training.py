@@ -174,12 +174,21 @@ def test_done_checkpoint_returns_immediately(tmp_path):
     def never(*a):
         raise AssertionError("loss_fn must not be called")
 
-    for steps in (6, 4):
-        res = train(_mlp(seed=3), never, _data(), _cfg(steps, ckpt_dir=str(tmp_path)))
-        assert res.step == 6
-        _assert_same(res.model, first.model)
-        _assert_same(res.ema, first.ema)
-        assert [r["step"] for r in res.history] == [5, 6]
+    res = train(_mlp(seed=3), never, _data(), _cfg(6, ckpt_dir=str(tmp_path)))
+    assert res.step == 6
+    _assert_same(res.model, first.model)
+    _assert_same(res.ema, first.ema)
+    assert [r["step"] for r in res.history] == [5, 6]
+
+
+def test_fewer_steps_than_the_checkpoint_is_refused(tmp_path):
+    """Issue 23, 4: steps=4 against a 6-step checkpoint returned the 6-step model, while the
+    provenance said 4."""
+    train(_mlp(), _denoise_loss, _data(), _cfg(6, ckpt_dir=str(tmp_path)))
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"holds 6 steps, more than steps=4.*steps: 6"):
+        train(_mlp(), _denoise_loss, _data(), _cfg(4, ckpt_dir=str(tmp_path)))
+    assert (tmp_path / "last.pt").read_bytes() == before
 
 
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
@@ -256,13 +265,26 @@ def test_crash_while_writing_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", flaky_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="last.pt: disk full .the previous last.pt is intact"):
         train(_mlp(), _denoise_loss, _data(), _cfg(9, ckpt_dir=str(tmp_path)))
     monkeypatch.undo()
     assert calls == 2
     assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt", "metrics.jsonl"]
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 3
     load_checkpoint(tmp_path / "last.pt", _mlp())
+
+
+def test_a_killed_writers_temporary_checkpoint_is_removed_on_resume(tmp_path):
+    """Issue 23, 6: ``.last.pt.tmp-<pid>`` of a SIGKILLed writer stayed behind after a resume."""
+    train(_mlp(), _denoise_loss, _data(), _cfg(3, ckpt_dir=str(tmp_path)))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    stale = tmp_path / f".last.pt.tmp-{dead.pid}"
+    live = tmp_path / f".last.pt.tmp-{os.getppid()}"  # a writer that is still alive
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    train(_mlp(), _denoise_loss, _data(), _cfg(6, ckpt_dir=str(tmp_path)))
+    assert not stale.exists() and live.exists()
 
 
 def test_load_checkpoint_ema_and_raw(tmp_path):
@@ -308,6 +330,25 @@ def test_signal_saves_and_exits_tempfail(tmp_path):
     assert isinstance(e.value, SystemExit) and e.value.code == 75 and e.value.step == 4
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 4
     assert (signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_sigint_checkpoints_and_exits_tempfail_like_sigterm(tmp_path):
+    """Issue 23, 6: Ctrl-C ended training with a KeyboardInterrupt traceback and no checkpoint."""
+    before = signal.getsignal(signal.SIGINT)
+    calls = 0
+
+    def loss_fn(model, batch, rng):
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return _denoise_loss(model, batch, rng)
+
+    with pytest.raises(TrainingInterrupted) as e:
+        train(_mlp(), loss_fn, _data(), _cfg(50, ckpt_dir=str(tmp_path)))
+    assert e.value.code == 75 and e.value.step == 5 and e.value.signum == signal.SIGINT
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 5
+    assert signal.getsignal(signal.SIGINT) == before
 
 
 def test_warmup_bf16_and_config_checks():
