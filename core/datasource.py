@@ -11,7 +11,9 @@ The config block (``$defs/source`` of ``core/config.schema.yaml``)::
 
 The domain's ``prepare`` reads those files with its ``io`` readers and writes the pipeline's own
 layout into the data folder, so the later stages do not care where the data came from.
-:func:`fingerprint` identifies the exact bytes a model was trained on (model card, checkpoint).
+:func:`fingerprint` identifies the exact bytes a model was trained on (model card, checkpoint);
+:func:`require_finite` is the one place where a reader refuses NaN, inf or overflowing values,
+naming the file and the variable.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileSplits", "SPLITS", "resolve_source", "fingerprint", "expand_paths"]
+import numpy as np
+
+__all__ = [
+    "FileSplits",
+    "FLOAT32_SAFE_MAX",
+    "SPLITS",
+    "resolve_source",
+    "fingerprint",
+    "expand_paths",
+    "require_finite",
+]
 
 SPLITS = ("train", "validation", "test")
 
@@ -103,3 +115,90 @@ def fingerprint(paths: Iterable[str | Path], *, chunk: int = 1 << 20) -> str:
             while block := fh.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+#: Largest magnitude a reader lets through by default: the square of anything larger overflows
+#: float32 (``sqrt(3.4e38) ~ 1.8e19``), so a standard deviation or a squared-error loss of such
+#: data is inf and training stops with a non-finite loss far from the file that caused it.
+#: Fill values such as ``1e30`` or ``9.97e36`` (netCDF's default) are the usual source.
+FLOAT32_SAFE_MAX = 1e18
+
+_FIX_NONFINITE = "fill or mask these values in the file first (nothing is masked silently)"
+_FIX_TOO_LARGE = (
+    "mask fill values (such as 1e30 for missing data) and check the file's units and scaling"
+)
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    """A NumPy view of an array, a torch tensor (copied to the CPU) or a sequence."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _index(arr: np.ndarray, mask: np.ndarray) -> str:
+    """The index of the first ``True`` of ``mask`` in ``arr``'s shape, as ``[i, j, ...]``."""
+    first = np.unravel_index(int(np.flatnonzero(mask)[0]), arr.shape)
+    return "[" + ", ".join(str(int(i)) for i in first) + "]"
+
+
+def _nonfinite_counts(arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The mask of non-finite values and the counts by kind (``3 NaN``, ``1 +inf``...)."""
+    nan = np.isnan(arr)
+    if arr.dtype.kind == "c":
+        kinds = {"NaN": nan, "inf": np.isinf(arr) & ~nan}
+    else:
+        kinds = {"NaN": nan, "+inf": np.isposinf(arr), "-inf": np.isneginf(arr)}
+    counts = [f"{int(m.sum())} {k}" for k, m in kinds.items() if m.any()]
+    return ~np.isfinite(arr), counts
+
+
+def require_finite(
+    values: Any,
+    *,
+    source: str,
+    variable: str,
+    fix: str | None = None,
+    max_abs: float | None = None,
+) -> None:
+    """Refuse NaN / inf values (and, with ``max_abs``, magnitudes above it) where data enter.
+
+    Parameters
+    ----------
+    values
+        A NumPy array, torch tensor or sequence (integer and boolean data are always finite).
+    source
+        The file (or folder) the values were read from.
+    variable
+        The dataset, key or variable within ``source``.
+    fix
+        The way forward for the user; a generic one when ``None``.
+    max_abs
+        Refuse magnitudes above this, such as :data:`FLOAT32_SAFE_MAX`: values that are
+        finite in the file but overflow float32 arithmetic later.
+
+    Raises
+    ------
+    ValueError
+        ``"<source>: <variable> has 2 NaN, 1 +inf of 640 values (first at index [0, 3]);
+        <fix>"``, or the count of values above ``max_abs`` with the largest one.
+    """
+    arr = _as_numpy(values)
+    if arr.dtype.kind in "fc":
+        bad, counts = _nonfinite_counts(arr)
+        if counts:
+            raise ValueError(
+                f"{source}: {variable} has {', '.join(counts)} of {arr.size} values (first at "
+                f"index {_index(arr, bad)}); {fix or _FIX_NONFINITE}"
+            )
+    if max_abs is None or arr.size == 0 or arr.dtype.kind not in "fciu":
+        return
+    mag = np.abs(arr)
+    big = mag > max_abs
+    if big.any():
+        raise ValueError(
+            f"{source}: {variable} has {int(big.sum())} of {arr.size} values of magnitude above "
+            f"{max_abs:.3g} (largest {float(mag.max()):.3g}, first at index {_index(arr, big)}), "
+            f"which overflow float32 arithmetic (a standard deviation, the training loss); "
+            f"{fix or _FIX_TOO_LARGE}"
+        )
