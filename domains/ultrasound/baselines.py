@@ -1,0 +1,60 @@
+"""Classical baselines for dehazing and despeckling beamformed ultrasound.
+
+- :func:`no_processing`: the hazy image as it is (the floor every method must beat).
+- :func:`lee_filter`: Lee's local-statistics despeckle filter (J.-S. Lee, "Digital image
+  enhancement and noise filtering by use of local statistics", IEEE TPAMI 1980) on the
+  envelope: ``m + k (I - m)`` with ``k = max(v - s_n^2 m^2, 0) / v`` over a ``size x size``
+  window (``m``, ``v``: local mean and variance; ``s_n``: the speckle coefficient of
+  variation, sqrt(4/pi - 1) = 0.523 for a Rayleigh envelope).
+- :func:`svd_clutter_filter`: the spatiotemporal SVD clutter filter of Demené et al.
+  ("Spatiotemporal clutter filtering of ultrafast ultrasound data", IEEE TMI 2015) on a
+  sequence: the Casorati matrix (pixels x frames) of the beamformed IQ frames loses its
+  ``rank`` largest singular components (the static part, where stationary reverberation
+  haze lives), keeping the rest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+__all__ = ["no_processing", "lee_filter", "svd_clutter_filter", "RAYLEIGH_CV"]
+
+#: Coefficient of variation of a Rayleigh-distributed envelope: sqrt(4/pi - 1).
+RAYLEIGH_CV = math.sqrt(4 / math.pi - 1)
+
+
+def no_processing(iq: Tensor) -> Tensor:
+    """The input unchanged (a copy)."""
+    return iq.clone()
+
+
+def lee_filter(env: np.ndarray | Tensor, size: int = 5, cv: float = RAYLEIGH_CV) -> np.ndarray:
+    """Lee filter of an envelope image ``(..., nz, nx)`` (each image separately)."""
+    e = np.asarray(env, dtype=np.float64)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd integer, got {size}")
+    win = (1,) * (e.ndim - 2) + (size, size)
+    m = ndimage.uniform_filter(e, win, mode="reflect")
+    v = np.maximum(ndimage.uniform_filter(e * e, win, mode="reflect") - m * m, 0.0)
+    k = np.where(v > 0, np.maximum(v - (cv * m) ** 2, 0.0) / np.maximum(v, 1e-300), 0.0)
+    return m + k * (e - m)
+
+
+def svd_clutter_filter(frames: Tensor, rank: int = 1) -> Tensor:
+    """Remove the ``rank`` largest singular components of a sequence ``(T, nz, nx)``."""
+    if frames.dim() != 3:
+        raise ValueError(f"frames must be (T, nz, nx), got {tuple(frames.shape)}")
+    t = frames.shape[0]
+    if not 0 <= rank < t:
+        raise ValueError(f"rank must be in [0, {t}) for {t} frames, got {rank}")
+    cas = frames.reshape(t, -1).T  # (pixels, frames)
+    u, s, vh = torch.linalg.svd(cas, full_matrices=False)
+    s = s.clone()
+    s[:rank] = 0
+    out = (u * s.to(u.dtype)) @ vh
+    return out.T.reshape(frames.shape)
