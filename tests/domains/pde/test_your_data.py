@@ -283,11 +283,10 @@ def test_evaluate_names_the_file_equation(tmp_path):
 
 
 def test_apply_on_a_model_without_a_card_says_so(tmp_path):
-    import torch
-
+    from diffsci.core.modelfile import save_model_file
     from diffsci.core.stages import run_apply
 
-    torch.save({"state_dict": {}}, tmp_path / "model.pt")  # as saved before model cards
+    save_model_file(tmp_path / "model.pt", {})  # a model file with no card (trained before them)
     with pytest.raises(Incompatible, match="no model card .* retrain"):
         run_apply("pde", model=tmp_path / "model.pt", inputs=[__file__], output=tmp_path / "o")
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffsci.core.modelfile import save_model_file
 from diffsci.domains.precipitation import io
 from diffsci.domains.precipitation.downscale import (
     downscale_arrays,
@@ -169,7 +170,7 @@ def test_cli_errors_exit_nonzero(tmp_path, capsys):
         ]
     )
     assert rc == 2
-    assert "none.pt: no such model file" in capsys.readouterr().err
+    assert f"model file not found: {tmp_path / 'none.pt'}" in capsys.readouterr().err
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -197,9 +198,7 @@ def test_cli_stats_without_input_group_names_the_file(setup, tmp_path, capsys):
 
     _, _, model = setup
     cfg = {"data": {"input_variables": ["tp", "tcwv", "t2m"], "factor": 8, "size": 32}}
-    torch.save(
-        {"state_dict": model.state_dict(), "provenance": {"config": cfg}}, tmp_path / "model.pt"
-    )
+    save_model_file(tmp_path / "model.pt", model.state_dict(), provenance={"config": cfg})
     (tmp_path / "stats.json").write_text(json.dumps({"output": {}}))
     rc = main(
         [
