@@ -30,6 +30,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from diffsci.core.datasource import FLOAT32_SAFE_MAX, require_finite
 from diffsci.core.fileio import atomic_path, open_hdf5
 
 __all__ = [
@@ -219,15 +220,27 @@ def read_pdebench(path: str | os.PathLike, *, max_samples: int | None = None) ->
             except ValueError as err:
                 raise ValueError(f"{path}: {err}") from err
             coords[key] = c[:size]
-        u = np.asarray(dset[:n], dtype=np.float32)
-        bad = _nonfinite_samples(u) if u.size else np.array([], dtype=int)
-        if bad.size:
-            more = f" and {bad.size - 10} more" if bad.size > 10 else ""
-            raise ValueError(
-                f"{path}: {TENSOR!r} has NaN/inf values in samples {bad[:10].tolist()}{more}"
-            )
+        u = _checked_values(np.asarray(dset[:n]), source=str(path), variable=repr(TENSOR))
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
     return PDEData(u=u, x=coords[X], t=coords[T], y=coords[Y], attrs=attrs)
+
+
+def _checked_values(raw: np.ndarray, *, source: str, variable: str) -> np.ndarray:
+    """``raw`` as float32 after refusing NaN/inf (naming the samples) and magnitudes that
+    overflow float32 arithmetic (checked before the cast, so a 1e39 is not reported as inf)."""
+    raw = raw if raw.dtype.kind in "fc" else raw.astype(np.float64)
+    bad = _nonfinite_samples(raw) if raw.size else np.array([], dtype=int)
+    fix = "remove these trajectories or fill the gaps (nothing is masked silently)"
+    if bad.size:
+        more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+        require_finite(
+            raw,
+            source=source,
+            variable=f"{variable} (NaN/inf values in samples {bad[:10].tolist()}{more})",
+            fix=fix,
+        )
+    require_finite(raw, source=source, variable=variable, max_abs=FLOAT32_SAFE_MAX)
+    return raw.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +256,29 @@ def split_files(data_dir: str | os.PathLike, split: str) -> dict[int, Path]:
     found = {int(p.stem.split("_nx")[-1]): p for p in sorted(data_dir.glob(f"{split}_nx*.h5"))}
     if not found:
         raise FileNotFoundError(f"no {split}_nx*.h5 files in {data_dir} (run the prepare stage)")
+    for nx, path in found.items():
+        _check_named_grid(path, nx)
     return found
+
+
+#: How to remake a prepared data folder's files.
+RERUN_PREPARE = "rerun the prepare stage (`diffsci prepare` or `snakemake --forcerun prepare`)"
+
+
+def _check_named_grid(path: Path, nx: int) -> None:
+    """Refuse a prepared file whose grid (its ``tensor``'s last axis and ``x-coordinate``) is
+    not the ``nx`` its name ``<split>_nx<N>.h5`` gives: the stages pick files by that name, so
+    a model would train or be scored on another grid than the one every record says."""
+    with open_hdf5(path, what="PDEBench file") as f:
+        sizes = {k: f[k].shape[-1] for k in (TENSOR, X) if k in f and f[k].ndim}
+    wrong = {k: n for k, n in sizes.items() if n != nx}
+    if wrong:
+        found = ", ".join(f"{k!r} has {n}" for k, n in wrong.items())
+        raise ValueError(
+            f"{path}: the file's grid is not the nx={nx} its name says ({found} points); "
+            f"the stages choose files by that name: {RERUN_PREPARE}, or rename the file to "
+            f"the grid it holds"
+        )
 
 
 def write_scale(data_dir: str | os.PathLike, scale: float) -> None:
@@ -252,8 +287,30 @@ def write_scale(data_dir: str | os.PathLike, scale: float) -> None:
 
 
 def read_scale(data_dir: str | os.PathLike) -> float:
-    """The normalisation scale written by :func:`write_scale`."""
-    return float(json.loads((Path(data_dir) / SCALE_FILE).read_text())["scale"])
+    """The normalisation scale written by :func:`write_scale`.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        The file is missing, not JSON, lacks ``scale`` or holds no positive finite number; the
+        message names the file and says how to remake it.
+    """
+    path = Path(data_dir) / SCALE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing; it is written by the prepare stage: {RERUN_PREPARE}"
+        )
+    try:
+        scale = float(json.loads(path.read_text())["scale"])
+    except (ValueError, KeyError, TypeError) as err:
+        what = f"{type(err).__name__}: {err}"
+        raise ValueError(
+            f"{path}: not a readable normalisation file ({what}); it is written by the prepare "
+            f"stage: {RERUN_PREPARE}"
+        ) from err
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"{path}: scale is {scale}, not a positive finite number; {RERUN_PREPARE}")
+    return scale
 
 
 def write_ensemble(
@@ -439,10 +496,9 @@ def read_trajectories(
     t = np.asarray(variables[names["t"]], dtype=np.float64).reshape(-1)
     u = np.asarray(variables[names["u"]])
     perm = _axes_order(u.shape, len(t), len(x), path)
-    u = np.transpose(u, perm).astype(np.float32)
+    u = np.transpose(u, perm)
     u = u[None] if u.ndim == 2 else u[:max_samples]
-    if not np.isfinite(u).all():
-        raise ValueError(f"{path}: {names['u']!r} has NaN/inf values")
+    u = _checked_values(u, source=str(path), variable=repr(names["u"]))
     for name, c in (("x", x), ("t", t)):
         if not np.isfinite(c).all():
             raise ValueError(f"{path}: coordinate {names[name]!r} has non-finite values")
