@@ -15,8 +15,9 @@ He et al., LRTV, IEEE TGRS 2016).
   (a column that is exactly 0 in a band, QRNN3D's deadline) and dead pixels (0 in every band).
 - :func:`robust_subspace`: an iteratively reweighted fit in the noise-whitened space: SVD of
   the whitened, filled cube gives the basis; per-pixel least squares on the valid bands gives
-  ``z``; residuals beyond ``outlier`` standard deviations are masked (impulse), and per-column
-  medians of the residual that are significant are removed as stripes. The result's
+  ``z``; residuals beyond ``outlier`` standard deviations are masked (impulse), and columns
+  whose residual median is significant in a band that is striped as a whole are masked
+  (stripes; the subspace fills them from the other bands). The result's
   ``basis`` spans the signal subspace in reflectance units, rotated to the principal axes of
   the signal (the noise covariance subtracted), and ``coef_std`` is the per-pixel std of each
   coefficient from the weighted least squares (``diag (E^T W E)^{-1}``, ``W = mask / sigma^2``).
@@ -47,10 +48,25 @@ def _fill(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def estimate_sigma(y: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Per-band noise std: ``median |HH| / 0.6745`` of the finest diagonal Haar detail
-    (``HH = (a - b - c + d) / 2`` on 2x2 blocks; blocks with an invalid pixel skipped)."""
+    """Per-band noise std: the smaller of two robust estimates.
+
+    - spectral (HySime's noise estimation, Bioucas-Dias & Nascimento, IEEE TGRS 2008): the
+      residual of each band regressed on all the other bands (the signal is nearly low-rank,
+      so the residual is mostly that band's noise), its std taken as ``1.4826 MAD``;
+    - spatial: ``median |HH| / 0.6745`` of the finest diagonal Haar detail (``HH = (a - b - c
+      + d) / 2`` on 2x2 blocks; Donoho & Johnstone, Biometrika 1994), which cancels
+      column-constant stripes; blocks with an invalid pixel are skipped.
+
+    Each is biased upwards (signal texture in HH; other bands' noise in the regression), so
+    the smaller is kept.
+    """
     y = np.asarray(y, dtype=np.float64)
     valid = np.isfinite(y) if valid is None else valid
+    spatial = _haar_sigma(y, valid)
+    return np.fmin(spatial, _regression_sigma(y, valid))
+
+
+def _haar_sigma(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
     h, w = (y.shape[1] // 2) * 2, (y.shape[2] // 2) * 2
     a, b = y[:, 0:h:2, 0:w:2], y[:, 0:h:2, 1:w:2]
     c, d = y[:, 1:h:2, 0:w:2], y[:, 1:h:2, 1:w:2]
@@ -65,6 +81,25 @@ def estimate_sigma(y: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray
     for i in range(y.shape[0]):
         vals = hh[i][ok[i]]
         out[i] = np.median(vals) / _MAD if vals.size else np.nan
+    return out
+
+
+def _regression_sigma(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    b = y.shape[0]
+    out = np.full(b, np.nan)
+    if b < 3:
+        return out
+    ok = valid.all(0).reshape(-1)
+    if ok.sum() < 4 * b:
+        return out
+    yf = y.reshape(b, -1)[:, ok]
+    good = valid.reshape(b, -1)[:, ok].all(1)
+    for i in np.flatnonzero(good):
+        others = np.flatnonzero(good & (np.arange(b) != i))
+        a = np.vstack([yf[others], np.ones(yf.shape[1])]).T
+        coef, *_ = np.linalg.lstsq(a, yf[i], rcond=None)
+        r = yf[i] - a @ coef
+        out[i] = 1.4826 * np.median(np.abs(r - np.median(r)))
     return out
 
 
@@ -90,7 +125,7 @@ class Subspace:
     coef_std: np.ndarray  # (k, H, W) their noise std
     sigma: np.ndarray  # (B,) noise std per band
     valid: np.ndarray  # (B, H, W) entries used
-    stripes: np.ndarray  # (B, W) column offsets removed
+    stripes: np.ndarray  # (B, W) offsets of the striped columns (masked in the fit)
 
     def cube(self, coef: np.ndarray | None = None) -> np.ndarray:
         """``E z`` as a cube ``(B, H, W)``."""
@@ -123,14 +158,24 @@ def _whitened_basis(yf: np.ndarray, sigma: np.ndarray, k: int) -> np.ndarray:
 
 
 def _stripes(res: np.ndarray, valid: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Column medians of the residual that are significant (> 3 std of a median)."""
+    """Column offsets of the striped columns ``(B, W)`` (0 elsewhere).
+
+    Per band, the column medians ``m_c`` of the residual and their z-scores ``t_c = m_c /
+    sd_c`` (``sd_c = 1.2533 sigma / sqrt(n_c)``, the std of a median of ``n_c`` Gaussian
+    values). A band counts as striped when ``mean_c t_c^2`` exceeds its no-stripe value 1 by
+    four standard deviations of a chi-square mean, ``4 sqrt(2 / W)``; in a striped band the
+    columns with ``|t_c| > 2`` are its stripes. The caller masks those columns (the subspace
+    fills them from the other bands) rather than subtracting the noisy medians, whose std at
+    high noise is as large as the stripes themselves.
+    """
     r = np.where(valid, res, np.nan)
     n = np.maximum(valid.sum(1), 1)  # (B, W)
     with warnings.catch_warnings():  # all-masked columns: no stripe estimate (0)
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nan_to_num(np.nanmedian(r, axis=1))
-    thresh = 3 * 1.2533 * sigma[:, None] / np.sqrt(n)
-    return np.where(np.abs(med) > thresh, med, 0.0)
+    t = med / (1.2533 * sigma[:, None] / np.sqrt(n))
+    striped = (t**2).mean(1) > 1 + 4 * np.sqrt(2 / res.shape[2])
+    return np.where(striped[:, None] & (np.abs(t) > 2), med, 0.0)
 
 
 def _rotate_to_signal_axes(basis: np.ndarray, z: np.ndarray, std: np.ndarray):
@@ -183,22 +228,27 @@ def robust_subspace(
         np.isfinite(est), np.maximum(est, floor), np.nanmax(est) if np.isfinite(est).any() else 1.0
     )
     stripes = np.zeros((y.shape[0], y.shape[2]))
+    base = valid.copy()
     fit = _fill(y, valid)
     for _ in range(iters if robust else 1):
-        yc = y - stripes[:, None, :]
-        basis_w = _whitened_basis(np.where(valid, yc, fit), est, k)
+        basis_w = _whitened_basis(np.where(valid, y, fit), est, k)
         basis, _ = np.linalg.qr(est[:, None] * basis_w)
-        weight = valid / est[:, None, None] ** 2
-        z, std = weighted_coefficients(yc, basis, weight)
+        z, std = weighted_coefficients(y, basis, valid / est[:, None, None] ** 2)
         fit = np.einsum("bk,khw->bhw", basis, z)
         if not robust:
             break
-        res = (y - fit) / est[:, None, None]
-        stripes = _stripes(y - fit, valid & (np.abs(res) < outlier), est)
-        valid &= np.abs(res - stripes[:, None, :] / est[:, None, None]) < outlier
+        res = y - fit
+        inlier = np.abs(res) < outlier * est[:, None, None]
+        stripes = _stripes(res, base & inlier, est)
+        # striped columns and impulse outliers (judged after the stripe) leave the fit
+        valid = (
+            base
+            & (stripes == 0)[:, None, :]
+            & (np.abs(res - stripes[:, None, :]) < outlier * est[:, None, None])
+        )
     weight = valid / est[:, None, None] ** 2
-    z, std = weighted_coefficients(y - stripes[:, None, :], basis, weight)
+    z, std = weighted_coefficients(y, basis, weight)
     basis, rot = _rotate_to_signal_axes(basis, z, std)
     z = np.einsum("kj,khw->jhw", rot, z)
-    _, std = weighted_coefficients(y - stripes[:, None, :], basis, weight)
+    _, std = weighted_coefficients(y, basis, weight)
     return Subspace(basis, z, std, est, valid, stripes)

@@ -1,0 +1,134 @@
+"""Noise estimation, the robust subspace, baselines, operators and the subspace prior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffsci.core.operators import check_adjoint
+from diffsci.domains.hyperspectral import baselines as bl
+from diffsci.domains.hyperspectral import metrics as m
+from diffsci.domains.hyperspectral import models, subspace
+from diffsci.domains.hyperspectral import simulate as sim
+from diffsci.domains.hyperspectral.operators import ComponentWeight, SubspaceSynthesis
+
+WL = np.linspace(400, 700, 31)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return sim.make_scenes(1, 64, WL, seed=11)[0]
+
+
+def test_noise_estimate_per_band(scene):
+    y, c = sim.add_noise(scene, "noniid", np.random.default_rng(0))
+    est = subspace.estimate_sigma(y)
+    np.testing.assert_allclose(est, c.sigma, rtol=0.1, atol=5 / 255)
+    y, c = sim.add_noise(scene, "stripe", np.random.default_rng(0))  # diagonal Haar ignores stripes
+    np.testing.assert_allclose(subspace.estimate_sigma(y), c.sigma, rtol=0.1, atol=5 / 255)
+
+
+def test_invalid_mask_finds_dead_columns_pixels_and_bands(scene):
+    y, c = sim.add_noise(scene, "deadline", np.random.default_rng(0))
+    bad = subspace.invalid_mask(y)
+    for b in range(31):
+        assert bad[b].all(0).any() == (b in c.deadline_bands)
+    y, c = sim.add_noise(scene, "dropped", np.random.default_rng(0))
+    assert subspace.invalid_mask(y)[c.dropped_bands].all()
+    y, c = sim.add_noise(scene, "deadpixels", np.random.default_rng(0))
+    assert subspace.invalid_mask(y)[:, c.dead_pixels].all()
+
+
+def test_robust_subspace_removes_stripes(scene):
+    y, c = sim.add_noise(scene, "stripe", np.random.default_rng(2))
+    plain = subspace.robust_subspace(y, 4, robust=False).cube()
+    robust = subspace.robust_subspace(y, 4).cube()
+    r_plain = m.stripe_residual(plain, scene, c.stripe_bands)
+    r_robust = m.stripe_residual(robust, scene, c.stripe_bands)
+    assert r_robust < 0.6 * r_plain
+
+
+def test_weighted_coefficients_recover_a_low_rank_cube_with_missing_bands():
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.standard_normal((20, 3)))
+    z = rng.standard_normal((3, 8, 8))
+    x = np.einsum("bk,khw->bhw", basis, z)
+    w = np.ones_like(x)
+    w[[2, 7, 11]] = 0  # dropped bands: recovered from the others through the subspace
+    zhat, std = subspace.weighted_coefficients(x, basis, w)
+    np.testing.assert_allclose(zhat, z, atol=1e-5)
+    assert (std > 0).all()
+
+
+def test_baselines_improve_on_the_noisy_cube_and_rank_ordering(scene):
+    y, _ = sim.add_noise(scene, "gaussian50", np.random.default_rng(1))
+    noisy = m.mpsnr(y, scene)
+    got = {name: m.mpsnr(f(y), scene) for name, f in bl.BASELINES.items()}
+    assert got["per-band Gaussian (SURE)"] > noisy + 4
+    assert got["SVD truncation (Gavish-Donoho rank)"] > got["per-band Gaussian (SURE)"] + 2
+
+
+def test_svd_rank_of_an_exactly_low_rank_cube():
+    rng = np.random.default_rng(0)
+    x = np.einsum("bk,khw->bhw", rng.random((31, 3)), rng.random((3, 40, 40)))
+    y = x + 0.01 * rng.standard_normal(x.shape)
+    assert bl.mp_rank(y, np.full(31, 0.01)) == 3
+
+
+def test_tv_denoise_solves_rof():
+    rng = np.random.default_rng(0)
+    f = np.zeros((32, 32))
+    f[:, 16:] = 1
+    noisy = f + 0.2 * rng.standard_normal(f.shape)
+    u = bl.tv_denoise(noisy, 0.2, iters=200)
+    assert np.abs(u - f).mean() < 0.5 * np.abs(noisy - f).mean()
+    assert bl.tv_denoise(noisy, 0.0) == pytest.approx(noisy)
+
+
+def test_operators_adjoint_and_closed_form_prox():
+    basis, _ = torch.linalg.qr(torch.randn(12, 3, dtype=torch.float64))
+    check_adjoint(SubspaceSynthesis(basis), (3, 5, 5))
+    w = torch.rand(3, 5, 5, dtype=torch.float64) + 0.1
+    op = ComponentWeight(w)
+    z, y = torch.randn(3, 5, 5, dtype=torch.float64), torch.randn(3, 5, 5, dtype=torch.float64)
+    from diffsci.core.operators import LinearOperator
+
+    generic = LinearOperator.prox_l2(op, z, y, 0.7, noise_std=0.5, iters=200)
+    torch.testing.assert_close(op.prox_l2(z, y, 0.7, noise_std=0.5), generic)
+    with pytest.raises(ValueError, match=">= 0"):
+        ComponentWeight(-w)
+
+
+def test_coefficient_images_have_unit_rms(scene):
+    c = models.coefficient_images(scene, 4)
+    np.testing.assert_allclose(np.sqrt((c**2).mean(axis=(1, 2))), 1.0, rtol=1e-5)
+    assert c[0].mean() > 0  # sign fixed
+
+
+def test_restore_serves_another_band_count_and_shape():
+    """A prior built for k components restores a 100-band, 20x24 cube (band axis never seen)."""
+    torch.manual_seed(0)
+    prior = models.build_prior(
+        {
+            "components": 3,
+            "channels": [8, 16],
+            "attention_levels": [False, False],
+            "num_res_blocks": 1,
+            "sigma_data": 1.0,
+        }
+    )
+    wl = np.linspace(400, 2500, 100)
+    x = sim.make_scenes(1, 24, wl, seed=0)[0][:, :20]
+    y, _ = sim.add_noise(x, "gaussian30", np.random.default_rng(0))
+    s = {
+        "steps": 3,
+        "sigma_min": 0.01,
+        "sigma_max": 5.0,
+        "sampler": "euler",
+        "lam": 1.0,
+        "samples": 2,
+    }
+    r = models.restore(prior, y, sampling=s, generator=torch.Generator().manual_seed(0))
+    assert r.cube.shape == x.shape and np.isfinite(r.cube).all()
+    assert r.posterior_std.shape == (3, 20, 24) and (r.posterior_std > 0).any()
