@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from diffsci.core.datasource import FLOAT32_SAFE_MAX, require_finite
 from diffsci.core.fileio import atomic_path, open_hdf5
 
 if TYPE_CHECKING:
@@ -61,7 +62,11 @@ __all__ = [
     "bin_detector",
     "fastmri_images",
     "read_image_volumes",
+    "check_size",
 ]
+
+#: How to remake the task's own files in the data folder.
+RERUN_PREPARE = "rerun the prepare stage (`diffsci prepare` or `snakemake --forcerun prepare`)"
 
 PathLike = str | os.PathLike
 
@@ -136,14 +141,19 @@ class FastMRIData:
 # --------------------------------------------------------------------------------------------
 
 
-def _dcmread(path: Path, *, pixels: bool = True):
+def _dcmread(path: Path, *, pixels: bool = True, defer: bool = False):
+    """``path`` read by pydicom: all of it, the header only (``pixels=False``), or with large
+    values such as the pixel data deferred (``defer=True``: present but not loaded)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     if not path.is_file():
         raise FileNotFoundError(f"DICOM file not found: {path}")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+        if defer:
+            ds = pydicom.dcmread(path, defer_size=1024)
+        else:
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except InvalidDicomError as e:
         raise ValueError(f"{path} is not a DICOM file: {e}") from e
     except Exception as e:  # truncated/corrupt files raise assorted errors
@@ -241,7 +251,7 @@ def read_dicom_series(directory: PathLike) -> DicomImage:
     files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
     if not files:
         raise FileNotFoundError(f"no files in DICOM series folder {d}")
-    heads = [_dcmread(f, pixels=False) for f in files]
+    heads = [_slice_head(f) for f in files]
     by_series: dict[str, list[str]] = {}
     for f, ds in zip(files, heads, strict=True):
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(f.name)
@@ -251,8 +261,64 @@ def read_dicom_series(directory: PathLike) -> DicomImage:
     return _read_series(files, heads)
 
 
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _slice_head(path: Path):
+    """The header of one slice of a series (pixel data deferred, not loaded), refusing a file
+    that ends before its pixel data: a truncated copy reads as a header missing its
+    SeriesInstanceUID and would otherwise be reported as a second series."""
+    from pydicom.uid import UID
+
+    ds = _dcmread(path, pixels=False, defer=True)
+    sop = ds.get("SOPClassUID")
+    image = sop is None or "Image" in UID(str(sop)).name
+    if image and not any(t in ds for t in _PIXEL_TAGS):
+        last = next(reversed([e.keyword or str(e.tag) for e in ds]), "none")
+        raise ValueError(
+            f"{path}: truncated DICOM file: it ends ({path.stat().st_size} bytes, last element "
+            f"{last}) before its pixel data; copy the file again from its source"
+        )
+    return ds
+
+
+def _position(ds) -> tuple[str, float] | None:
+    """Where a slice lies: ImagePositionPatient along the slice normal, else SliceLocation,
+    else InstanceNumber (``None`` when the header holds none of them)."""
+    if ds.get("ImagePositionPatient") is not None and ds.get("ImageOrientationPatient"):
+        return "ImagePositionPatient", round(_slice_key(ds)[0], 4)
+    for tag in ("SliceLocation", "InstanceNumber"):
+        if ds.get(tag) is not None:
+            return tag, round(float(ds.get(tag)), 4)
+    return None
+
+
+def _refuse_duplicates(files: list[Path], heads: list[Any]) -> None:
+    """Refuse two files of one image (same SOPInstanceUID) or two slices at one position: a
+    copied slice would otherwise become a volume of twice the slices with a zero spacing."""
+    keys = (
+        ("SOPInstanceUID", lambda h: h.get("SOPInstanceUID")),
+        ("slice position", _position),
+    )
+    for what, key in keys:
+        seen: dict[Any, Path] = {}
+        for f, h in zip(files, heads, strict=True):
+            k = key(h)
+            if k is None:
+                continue
+            if k in seen:
+                val = f"{k[0]} {k[1]:g}" if isinstance(k, tuple) else f"{k}"
+                raise ValueError(
+                    f"{seen[k]} and {f.name} are the same slice ({what}: {val}); a volume holds "
+                    "each slice once: remove the duplicate file (or keep one series per folder "
+                    "for repeated acquisitions)"
+                )
+            seen[k] = f
+
+
 def _read_series(files: list[Path], heads: list[Any]) -> DicomImage:
     """Slices of one series (headers ``heads``) ordered along the normal, stacked."""
+    _refuse_duplicates(files, heads)
     order = sorted(range(len(files)), key=lambda i: (_slice_key(heads[i]), files[i].name))
     files = [files[i] for i in order]
     slices, first = [], None
@@ -294,7 +360,7 @@ def read_dicom_files(files: list[PathLike]) -> list[DicomImage]:
         within one series.
     """
     paths = [Path(f) for f in files]
-    heads = [_dcmread(f, pixels=False) for f in paths]
+    heads = [_slice_head(f) for f in paths]
     groups: dict[str, list[int]] = {}
     for i, ds in enumerate(heads):
         groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(i)
@@ -565,6 +631,7 @@ def read_fastmri(path: PathLike) -> FastMRIData:
             raise ValueError(f"{p}: 'kspace' must be complex, got dtype {ks.dtype}")
         if ks.ndim not in (3, 4):
             raise ValueError(f"{p}: 'kspace' must be (slices, [coils,] H, W), got {ks.shape}")
+        require_finite(ks, source=str(p), variable="dataset 'kspace'", max_abs=FLOAT32_SAFE_MAX)
         rec = {
             k: np.asarray(f[k][()]) if k in f else None
             for k in ("reconstruction_rss", "reconstruction_esc")
@@ -646,14 +713,43 @@ def write_images(path: PathLike, images: np.ndarray) -> Path:
     return p
 
 
-def read_images(path: PathLike, key: str = "images") -> Tensor:
-    """The dataset ``key`` of an HDF5 file as a float32 tensor (see :func:`write_images`)."""
+def check_size(shape: tuple[int, ...], size: int | None, *, source: str, variable: str) -> None:
+    """Refuse images whose last two axes are not ``size x size`` (the config's ``data.size``):
+    a data folder prepared for another size would train or reconstruct at the wrong size."""
+    if size is None or tuple(shape[-2:]) == (size, size):
+        return
+    h, w = shape[-2:]
+    raise ValueError(
+        f"{source}: {variable} holds {h}x{w} images but the config's data.size is {size}; the "
+        f"data folder was prepared for another size: {RERUN_PREPARE} with this config, or set "
+        f"data.size: {h}" + ("" if h == w else " (square slices only)")
+    )
+
+
+def read_images(path: PathLike, key: str = "images", *, size: int | None = None) -> Tensor:
+    """The dataset ``key`` of an HDF5 file as a float32 tensor (see :func:`write_images`),
+    refusing NaN/inf, magnitudes that overflow float32 arithmetic and (with ``size``) images
+    that are not ``size x size``."""
     import torch
 
     with open_hdf5(path, what="file (run the prepare stage)") as f:
         if key not in f:
             raise KeyError(f"{path}: no dataset {key!r}")
-        return torch.from_numpy(f[key][()]).float()
+        raw = f[key][()]
+    _check_values(raw, path, key)
+    check_size(raw.shape, size, source=str(path), variable=f"dataset {key!r}")
+    return torch.from_numpy(raw).float()
+
+
+def _check_values(values: Any, path: PathLike, key: str) -> None:
+    """NaN/inf or overflowing values of a task file: the file, the dataset and the fix."""
+    require_finite(
+        values,
+        source=str(path),
+        variable=f"dataset {key!r}",
+        fix=f"fill or mask them in the data you prepared from, then {RERUN_PREPARE}",
+        max_abs=FLOAT32_SAFE_MAX,
+    )
 
 
 def write_volume_nifti(volume: np.ndarray, path: PathLike) -> Path:
@@ -662,16 +758,18 @@ def write_volume_nifti(volume: np.ndarray, path: PathLike) -> Path:
 
 
 def read_volume_nifti(path: PathLike) -> np.ndarray:
-    """Inverse of :func:`write_volume_nifti`: ``(Z, H, W)`` float32."""
-    arr = np.asarray(read_nifti(path).array, dtype=np.float32)
+    """Inverse of :func:`write_volume_nifti`: ``(Z, H, W)`` float32 (NaN/inf refused)."""
+    arr = np.asarray(read_nifti(path).array)
     if arr.ndim != 3:
         raise ValueError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
-    return np.moveaxis(arr, -1, 0)
+    require_finite(arr, source=str(path), variable="the volume", max_abs=FLOAT32_SAFE_MAX)
+    return np.moveaxis(arr.astype(np.float32), -1, 0)
 
 
-def read_kspace_and_mask(path: PathLike) -> tuple[Tensor, Tensor]:
+def read_kspace_and_mask(path: PathLike, *, size: int | None = None) -> tuple[Tensor, Tensor]:
     """Single-coil k-space ``(slices, H, W)`` and its float32 ``(W,)`` line mask from a fastMRI
-    file (:func:`read_fastmri`); a file without a mask or with coils is an error naming it."""
+    file (:func:`read_fastmri`); a file without a mask, with coils, with NaN/inf k-space or
+    (with ``size``) not ``size x size`` is an error naming it."""
     import torch
 
     data = read_fastmri(path)
@@ -681,6 +779,7 @@ def read_kspace_and_mask(path: PathLike) -> tuple[Tensor, Tensor]:
         raise ValueError(
             f"{path}: expected single-coil kspace (slices, H, W), got {data.kspace.shape}"
         )
+    check_size(data.kspace.shape, size, source=str(path), variable="dataset 'kspace'")
     return torch.as_tensor(data.kspace), torch.from_numpy(data.mask.astype(np.float32))
 
 
@@ -711,15 +810,38 @@ def write_sinograms(
     return p
 
 
-def read_sinograms(path: PathLike) -> tuple[Tensor, np.ndarray, int]:
-    """Inverse of :func:`write_sinograms`: float32 sinograms, angles (degrees), image size."""
+def read_sinograms(path: PathLike, *, size: int | None = None) -> tuple[Tensor, np.ndarray, int]:
+    """Inverse of :func:`write_sinograms`: float32 sinograms, angles (degrees), image size.
+
+    Raises
+    ------
+    KeyError
+        A dataset or the ``image_size`` attribute missing (naming the file and the key).
+    ValueError
+        NaN/inf values, or an ``image_size`` other than ``size`` (the config's ``data.size``).
+    """
     import torch
 
     with open_hdf5(path, what="CT file (run the prepare stage)") as f:
-        sino = torch.from_numpy(f["sinogram"][()]).float()
-        angles = f["angles_deg"][()]
+        for key in ("sinogram", "angles_deg"):
+            if key not in f:
+                raise KeyError(f"{path}: no dataset {key!r} (keys: {sorted(f)}); {RERUN_PREPARE}")
+        if "image_size" not in f.attrs:
+            raise KeyError(
+                f"{path}: no attribute 'image_size' (the side of the reconstructed slices; "
+                f"attributes: {sorted(f.attrs)}); {RERUN_PREPARE}"
+            )
+        raw, angles = f["sinogram"][()], f["angles_deg"][()]
         n_img = int(f.attrs["image_size"])
-    return sino, angles, n_img
+    _check_values(raw, path, "sinogram")
+    _check_values(angles, path, "angles_deg")
+    if size is not None and n_img != size:
+        raise ValueError(
+            f"{path}: attribute image_size is {n_img} but the config's data.size is {size}; "
+            f"the data folder was prepared for another size: {RERUN_PREPARE} with this config, "
+            f"or set data.size: {n_img}"
+        )
+    return torch.from_numpy(raw).float(), angles, n_img
 
 
 def write_reconstructions(
@@ -952,9 +1074,14 @@ def read_projection_file(path: PathLike) -> Sinograms:
             dx = True
         elif "sinogram" in f and "angles_deg" in f:
             dx = False
-            sino = np.asarray(f["sinogram"][()], np.float32)
+            sino = np.asarray(f["sinogram"][()])
             angles = np.asarray(f["angles_deg"][()], np.float64).reshape(-1)
             a = dict(f.attrs)
+            for key, values in (("sinogram", sino), ("angles_deg", angles)):
+                require_finite(
+                    values, source=str(p), variable=f"dataset {key!r}", max_abs=FLOAT32_SAFE_MAX
+                )
+            sino = sino.astype(np.float32)
         else:
             raise ValueError(
                 f"{p}: neither a DataExchange file (/exchange/data, data_white, data_dark, "

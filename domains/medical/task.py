@@ -168,7 +168,7 @@ class MedicalTask(DomainTask):
 
     # ---------------------------------------------------------------- card and apply
     def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
-        train = io.read_images(Path(data_dir) / "train.h5").numpy()
+        train = io.read_images(Path(data_dir) / "train.h5", size=cfg["data"]["size"]).numpy()
         return userdata.card_part(cfg, train)
 
     def check_inputs(self, cfg: Config, card: dict[str, Any], data_dir: Path) -> None:
@@ -190,7 +190,7 @@ class MedicalTask(DomainTask):
         return models.build_prior(cfg["model"])
 
     def train_dataset(self, cfg: Config, data_dir: Path) -> torch.utils.data.Dataset:
-        x = io.read_images(Path(data_dir) / "train.h5")
+        x = io.read_images(Path(data_dir) / "train.h5", size=cfg["data"]["size"])
         return torch.utils.data.TensorDataset(AffineData.to_model(x[:, None]))
 
     def make_loss(self, cfg: Config, data_dir: Path) -> LossFn:
@@ -223,7 +223,7 @@ class MedicalTask(DomainTask):
         progress: bool,
     ) -> None:
         m = cfg["mri"]
-        k, mask = io.read_kspace_and_mask(data_dir / "mri_test.h5")
+        k, mask = io.read_kspace_and_mask(data_dir / "mri_test.h5", size=cfg["data"]["size"])
         n, h, w = k.shape
         op = RealImageMRI(mask, (h, w))
         y = op.complete((op.measured * k)[:, None])
@@ -268,7 +268,7 @@ class MedicalTask(DomainTask):
         progress: bool,
     ) -> None:
         """3-D MRI from the 2-D prior: slice-wise vs slice-axis TV (DiffusionMBIR-style)."""
-        k, mask = io.read_kspace_and_mask(data_dir / "mri_volume.h5")
+        k, mask = io.read_kspace_and_mask(data_dir / "mri_volume.h5", size=cfg["data"]["size"])
         z, h, w = k.shape
         op = RealImageMRI(mask, (h, w))
         y = op.complete((op.measured * k)[:, None]).to(device)
@@ -298,7 +298,7 @@ class MedicalTask(DomainTask):
         progress: bool,
     ) -> None:
         c = cfg["ct"]
-        sino, angles, n_img = io.read_sinograms(data_dir / "ct_test.h5")
+        sino, angles, n_img = io.read_sinograms(data_dir / "ct_test.h5", size=cfg["data"]["size"])
         radon = ParallelBeamRadon(n_img, angles)
         y = sino[:, None]
         n = y.shape[0]

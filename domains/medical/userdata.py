@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from diffsci.core.datasource import FLOAT32_SAFE_MAX, require_finite
 from diffsci.core.modelcard import Incompatible, warn_outside
 
 from . import io
@@ -165,8 +166,7 @@ def load_images(
     vols += [(str(f), _scan_slices(f, fc, fbp)) for f in scans]
     out, names = [], []
     for name, vol in vols:
-        if not np.isfinite(vol).all():
-            raise ValueError(f"{name}: the image holds NaN or inf values")
+        require_finite(vol, source=name, variable="the image", max_abs=FLOAT32_SAFE_MAX)
         v = fit_slices(vol, size, fc["fit"], source=name)
         out.append(normalise(v, fc["normalise"], fc["percentiles"]))
         names += [name] * len(v)
