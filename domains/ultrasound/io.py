@@ -4,18 +4,19 @@ One in-memory object, :class:`Acquisition` (channel data plus its :class:`Scan`)
 from and written to:
 
 - **zea, current layout** (zea >= 0.1, the OpenH-RF community format; ``zea/data/spec.py``
-  of tue-bmd/zea): root attributes ``probe_name``, ``us_machine``, ``description``; one or
+  of tue-bmd/zea, release 0.1.8): root attributes ``zea_version``, ``probe_name``,
+  ``us_machine``, ``description``; ``/probe`` (``ProbeSpec``: ``probe_geometry`` (n_el, 3) m,
+  ``element_width``, ``name``); one or
   more ``/tracks/track_N/`` groups, each with ``data/`` (``raw_data`` of shape
   ``(n_frames, n_tx, n_ax, n_el, n_ch)``, ``n_ch`` 1 = RF, 2 = IQ; derived products such as
   ``beamformed_data``, ``envelope_data``, ``image`` as groups holding ``values`` and
   ``coordinates`` (per-pixel ``[x, y, z]`` in metres)) and ``scan/`` (required:
-  ``probe_geometry`` (n_el, 3) m, ``sampling_frequency``, ``center_frequency``,
+  ``sampling_frequency``, ``center_frequency``,
   ``demodulation_frequency`` Hz, ``initial_times`` (n_tx,) s, ``t0_delays`` (n_tx, n_el) s,
   ``tx_apodizations`` (n_tx, n_el), ``focus_distances`` (n_tx,) m (inf or 0 = plane wave),
   ``transmit_origins`` (n_tx, 3) m, ``polar_angles`` (n_tx,) rad; optional ``sound_speed``,
-  ``element_width``, ...). Files that keep the probe in a ``/probe`` group (``probe_geometry``,
-  ``element_width``; an intermediate zea layout) are read too; the flat
-  ``/data`` + ``/scan`` form of the same keys is read as well.
+  ...). Files of development versions that keep ``probe_geometry`` in ``/scan`` are read too,
+  as is the flat ``/data`` + ``/scan`` form of the same keys.
 - **zea, legacy layout** (``zea/data/data_format.yaml``): ``/data/{raw_data, aligned_data,
   beamformed_data, envelope_data, image}`` as plain arrays and ``/scan`` with
   ``probe_geometry``, ``t0_delays``, ``sampling_frequency``, ``center_frequency`` (required
@@ -115,6 +116,10 @@ FILTER_NAMES = {
     32017: "SZ",
 }
 _SCALARS = ("sampling_frequency", "center_frequency", "demodulation_frequency")
+_PROBE_KEYS = ("probe_geometry", "element_width")
+#: The zea format version our current-layout files follow (``zea_version`` root attribute;
+#: validated with zea 0.1.8's ``validate_file`` and ``File.validate_spec``).
+ZEA_FORMAT_VERSION = "0.1.8"
 _PRODUCTS = ("beamformed_data", "envelope_data", "image")
 
 
@@ -318,12 +323,14 @@ def _layout(f: Any, path: Path) -> str:
     if "data" not in f:
         raise UltrasoundFileError(f"{path}: required key '/data' is missing (zea HDF5 file)")
     scan = f["scan"]
+    if any(k in scan for k in ("n_ax", "n_el", "n_frames")):  # legacy's required counts
+        return "legacy"
     return "flat" if all(k in scan for k in REQUIRED_SCAN_KEYS) else "legacy"
 
 
 # ----------------------------------------------------------------------------- zea reader
 def _probe_geometry(f: Any, base: str, path: Path) -> tuple[np.ndarray, dict, float | None]:
-    """Geometry from ``/probe`` if the file has it (intermediate zea layout), else the scan."""
+    """Geometry from ``/probe`` (zea >= 0.1) if the file has it, else from the scan."""
     for grp in ("probe", f"{base}/probe"):
         if grp in f:
             key = next((k for k in ("probe_geometry", "geometry") if k in f[grp]), None)
@@ -520,6 +527,21 @@ def _scan_items(scan: Scan) -> dict[str, Any]:
     return items
 
 
+def _write_probe(g: Any, acq: Acquisition, compression) -> None:
+    """zea >= 0.1's ``/probe`` group (``ProbeSpec``): geometry, element width, name."""
+    s = acq.scan
+    _put(
+        g,
+        "probe_geometry",
+        np.asarray(s.probe_geometry, np.float32),
+        s.attrs.get("probe_geometry"),
+        compression,
+    )
+    if s.element_width is not None:
+        _put(g, "element_width", np.float32(s.element_width), s.attrs.get("element_width"), None)
+    g.create_dataset("name", data=acq.probe_name, dtype=_str_dtype())
+
+
 def _write_product(g: Any, key: str, p: Product, layout: str, compression) -> None:
     if layout == "legacy":
         _put(
@@ -586,7 +608,9 @@ def write_zea(
         f.attrs["us_machine"] = acq.us_machine
         f.attrs["description"] = acq.description
         if layout == "current":
-            f.attrs["zea_version"] = "0.1 layout (written by diffsci)"
+            f.attrs["zea_version"] = ZEA_FORMAT_VERSION
+            f.attrs["written_by"] = "diffsci"
+            _write_probe(f.create_group("probe"), acq, compression)
             root = f.create_group("tracks/track_0")
         else:
             f.attrs["probe"] = acq.probe_name
@@ -603,6 +627,8 @@ def write_zea(
         for key, p in acq.products.items():
             _write_product(data, key, p, layout, compression)
         for key, v in _scan_items(acq.scan).items():
+            if layout == "current" and key in _PROBE_KEYS:  # zea >= 0.1: under /probe
+                continue
             _put(scan, key, v, acq.scan.attrs.get(key), compression)
         if layout == "legacy" and acq.raw_data is not None:
             n_frames, n_tx, n_ax, n_el, n_ch = acq.raw_data.shape
@@ -730,15 +756,17 @@ def write_picmus(
 
 
 def read_acquisition(path: str | Path) -> Acquisition:
-    """zea or PICMUS, by content (``/US/US_DATASET0000`` means PICMUS); a PICMUS
-    ``<name>_scan.hdf5`` beside ``<name>.hdf5`` (or ``<name>_rf.hdf5``) is read as the grid."""
+    """zea or PICMUS, by content (``/US/US_DATASET0000`` means PICMUS); PICMUS's grid file
+    beside it is read too (``<name>_dataset_rf.hdf5`` / ``_iq`` -> ``<name>_scan.hdf5``, as the
+    challenge names them, or ``<stem>_scan.hdf5``)."""
     path = Path(path)
     with open_hdf5(path, what="ultrasound HDF5 file") as f:
         picmus = _PICMUS in f
     if not picmus:
         return read_zea(path)
     stem = path.name.rsplit(".", 1)[0]
-    for cand in (stem.replace("_rf", "").replace("_iq", "") + "_scan.hdf5", stem + "_scan.hdf5"):
+    base = stem.removesuffix("_rf").removesuffix("_iq")
+    for cand in (base.removesuffix("_dataset") + "_scan.hdf5", base + "_scan.hdf5"):
         if (path.parent / cand).is_file() and cand != path.name:
             return read_picmus(path, path.parent / cand)
     return read_picmus(path)

@@ -327,6 +327,11 @@ def speckle_phantom(
 
 def _place_cysts(rng, n, x_span, z_span, radius, contrast) -> list[Cyst]:
     (x0, x1), (z0, z1) = x_span, z_span
+    if 3 * radius[1] > min(x1 - x0, z1 - z0):
+        raise ValueError(
+            f"cyst radius up to {radius[1]} m does not fit 1.5 radii from the borders of the "
+            f"phantom ({x1 - x0:.4g} x {z1 - z0:.4g} m): use smaller cysts or a larger grid"
+        )
     out: list[Cyst] = []
     for i in range(n):
         for _ in range(100):
