@@ -243,14 +243,15 @@ class HyperspectralTask(DomainTask):
         f = cfg["files"]
         names: list[str] = []
         for path in map(Path, inputs):
+            # the training files' declarations (band count, wavelengths) do not bind new files:
+            # the model serves any band count; the .mat variable names carry over
+            mat = path.suffix.lower() == ".mat"
             cube = io.read_cube(
                 path,
-                variable=f["variable"],
-                wavelength=f["wavelength"],
-                bands=f["bands"],
+                variable=f["variable"] if mat else None,
                 bad_bands="mask",
                 band_axis=f["band_axis"],
-                wavelength_variable=f["wavelength_variable"],
+                wavelength_variable=f["wavelength_variable"] if mat else None,
             )
             _check_cube(
                 card, cube["wavelength"].values, (cube.sizes["y"], cube.sizes["x"]), str(path)
