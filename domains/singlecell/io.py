@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from diffsci.core.datasource import FLOAT32_SAFE_MAX, require_finite
 from diffsci.core.fileio import atomic_path
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "dense",
     "keep_torch_threads",
     "is_counts",
+    "unlogged_max",
+    "LOG_MAX",
     "read_expression",
     "clone_matrix",
     "time_points",
@@ -140,15 +143,41 @@ def require_obs_value(adata: AnnData, key: str, value: str, *, what: str = "adat
         raise KeyError(f"{what}: unknown {key} {value!r}; present: {', '.join(sorted(present))}")
 
 
+#: The largest value log-normalised expression reaches: ``log1p`` of counts scaled even to
+#: 1e6 per cell (CPM) is at most ``log1p(1e6) ~ 13.8``. Non-negative values above this are
+#: counts, or counts scaled per cell that were never ``log1p``-ed.
+LOG_MAX = 50.0
+
+
+def _stored(x) -> np.ndarray:
+    """The stored values of ``x`` (numpy or scipy sparse), flat."""
+    return np.asarray(x.data if sp.issparse(x) else x).ravel()
+
+
 def is_counts(x, *, sample: int = 100_000) -> bool:
     """Whether ``x`` (numpy or scipy sparse) looks like raw counts: non-negative, integer
-    valued and not all zero, on up to ``sample`` stored values. Log-normalised expression
-    (``log1p`` of scaled counts) is almost never integer valued."""
-    data = np.asarray(x.data if sp.issparse(x) else x).ravel()[:sample]
+    valued and not all zero, on up to ``sample`` stored values spread over the whole matrix
+    (not only its first cells). Log-normalised expression (``log1p`` of scaled counts) is
+    almost never integer valued."""
+    data = _stored(x)
+    data = data[:: max(1, -(-data.size // sample))]  # at most ``sample``, spread evenly
     data = data[np.isfinite(data)]
     if data.size == 0 or not (data > 0).any():
         return False
     return bool((data >= 0).all() and np.all(data == np.round(data)))
+
+
+def unlogged_max(x) -> float | None:
+    """The largest value of ``x`` when the values are non-negative and exceed
+    :data:`LOG_MAX` (so not log-normalised: counts with a few non-integer values, or counts
+    scaled per cell without ``log1p``), else ``None``. Scaled (z-scored) data have negative
+    values and are not flagged."""
+    data = _stored(x)
+    data = data[np.isfinite(data)]
+    if data.size == 0 or float(data.min()) < 0:
+        return None
+    top = float(data.max())
+    return top if top > LOG_MAX else None
 
 
 def read_expression(
@@ -186,8 +215,10 @@ def read_expression(
 
     raw = use_raw and adata.raw is not None
     where = ".raw.X" if raw else ".X"
+    x = adata.raw.X if raw else adata.X
+    require_finite(_stored(x), source=what, variable=where, max_abs=FLOAT32_SAFE_MAX)
     out = AnnData(
-        X=(adata.raw.X if raw else adata.X).astype(np.float32),
+        X=x.astype(np.float32),
         obs=adata.obs.copy(),
         var=(adata.raw.var if raw else adata.var).copy(),
         obsm=dict(adata.obsm),
@@ -197,19 +228,34 @@ def read_expression(
     if out.var_names.has_duplicates:
         out.var_names_make_unique()
     norm = "log-normalised as read"
-    if is_counts(out.X):
+    found = _not_log_normalised(out.X)
+    if found is not None:
         if counts != "normalise":
             raise ValueError(
-                f"{what}: {where} holds integer counts, not log-normalised expression; set "
+                f"{what}: {where} holds {found}, not log-normalised expression; set "
                 f"files.counts: normalise in the config (normalise_total to {target_sum:g} per "
                 "cell, then log1p), or store log-normalised values there (sc.pp.normalize_total"
                 " + sc.pp.log1p)"
             )
         sc.pp.normalize_total(out, target_sum=target_sum)
         sc.pp.log1p(out)
-        norm = f"counts normalised to {target_sum:g} per cell, log1p"
+        norm = f"{found.split(' (')[0]} normalised to {target_sum:g} per cell, log1p"
     out.uns["expression"] = {"matrix": where, "normalisation": norm}
     return out
+
+
+def _not_log_normalised(x) -> str | None:
+    """What ``x`` holds when it is not log-normalised expression (``"integer counts"``, or
+    values above :data:`LOG_MAX`), else ``None``."""
+    if is_counts(x):
+        return "integer counts"
+    top = unlogged_max(x)
+    if top is None:
+        return None
+    return (
+        f"values up to {top:.4g} (counts or per-cell scaled counts without log1p: "
+        f"log-normalised expression stays below {LOG_MAX:g})"
+    )
 
 
 def clone_matrix(adata: AnnData, key: str, *, what: str):

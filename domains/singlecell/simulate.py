@@ -225,13 +225,14 @@ def load_pbmc(
     cell_type_key
         The ``obs`` column with the cell types; copied to ``obs["cell_type"]``.
     counts, target_sum
-        An ``.h5ad`` whose ``.raw`` holds integer counts instead (:func:`.io.is_counts`) is
-        refused (``"refuse"``, naming the file and the fix) or normalised to ``target_sum``
-        per cell and ``log1p``-ed (``"normalise"``).
+        An ``.h5ad`` whose ``.raw`` holds integer counts instead (:func:`.io.is_counts`), or
+        non-negative values above :data:`.io.LOG_MAX` (counts never ``log1p``-ed), is refused
+        (``"refuse"``, naming the file and the fix) or normalised to ``target_sum`` per cell
+        and ``log1p``-ed (``"normalise"``).
     """
     import scanpy as sc
 
-    from .io import check_finite, is_counts, read, read_expression, require_raw
+    from .io import check_finite, is_counts, read, read_expression, require_raw, unlogged_max
 
     if path is None:
         src = sc.datasets.pbmc68k_reduced()
@@ -241,7 +242,7 @@ def load_pbmc(
         what = str(path)
     if path is None or str(path).endswith(".h5ad"):
         raw = require_raw(src, what=what)
-        if is_counts(raw.X):
+        if is_counts(raw.X) or unlogged_max(raw.X) is not None:
             raw = read_expression(src, what=what, counts=counts, target_sum=target_sum)
     else:
         raw = src.copy()
