@@ -602,3 +602,13 @@ def test_progress_bar_counts_steps() -> None:
     with ProgressBar(10, desc="test") as cb:
         sample_euler(DEN8, _x8(4), SIG10, callback=cb)
         assert cb.bar.n == 10
+
+
+def test_the_config_schema_offers_exactly_the_registered_samplers():
+    from pathlib import Path
+
+    import yaml
+
+    schema = Path(__file__).resolve().parents[2] / "core" / "config.schema.yaml"
+    offered = yaml.safe_load(schema.read_text())["$defs"]["sampler"]["enum"]
+    assert sorted(offered) == sorted(SAMPLERS)
