@@ -29,6 +29,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import median_filter
 
 __all__ = ["Subspace", "estimate_sigma", "invalid_mask", "robust_subspace", "weighted_coefficients"]
 
@@ -162,9 +163,11 @@ def _stripes(res: np.ndarray, valid: np.ndarray, sigma: np.ndarray) -> np.ndarra
 
     Per band, the column medians ``m_c`` of the residual and their z-scores ``t_c = m_c /
     sd_c`` (``sd_c = 1.2533 sigma / sqrt(n_c)``, the std of a median of ``n_c`` Gaussian
-    values). A band counts as striped when ``mean_c t_c^2`` exceeds its no-stripe value 1 by
-    four standard deviations of a chi-square mean, ``4 sqrt(2 / W)``; in a striped band the
-    columns with ``|t_c| > 2`` are its stripes. The caller masks those columns (the subspace
+    values), after subtracting from each median the median of its 5 neighbouring columns (a
+    stripe is one column off its neighbours; the residual of a truncated subspace varies
+    smoothly). A band counts as striped when ``mean_c t_c^2`` exceeds 1.5 (the high-pass
+    raises the no-stripe value above 1) by four standard deviations of a chi-square mean,
+    ``4 sqrt(2 / W)``; in a striped band the columns with ``|t_c| > 3`` are its stripes. The caller masks those columns (the subspace
     fills them from the other bands) rather than subtracting the noisy medians, whose std at
     high noise is as large as the stripes themselves.
     """
@@ -173,9 +176,12 @@ def _stripes(res: np.ndarray, valid: np.ndarray, sigma: np.ndarray) -> np.ndarra
     with warnings.catch_warnings():  # all-masked columns: no stripe estimate (0)
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nan_to_num(np.nanmedian(r, axis=1))
+    # high-pass across columns: the residual of a truncated subspace varies smoothly from
+    # column to column, a stripe is one column off its neighbours
+    med = med - median_filter(med, size=(1, 5), mode="reflect")
     t = med / (1.2533 * sigma[:, None] / np.sqrt(n))
-    striped = (t**2).mean(1) > 1 + 4 * np.sqrt(2 / res.shape[2])
-    return np.where(striped[:, None] & (np.abs(t) > 2), med, 0.0)
+    striped = (t**2).mean(1) > 1.5 + 4 * np.sqrt(2 / res.shape[2])
+    return np.where(striped[:, None] & (np.abs(t) > 3), med, 0.0)
 
 
 def _rotate_to_signal_axes(basis: np.ndarray, z: np.ndarray, std: np.ndarray):

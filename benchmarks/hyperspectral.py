@@ -1,0 +1,233 @@
+"""Hyperspectral quality bars of issue 21 on CPU-sized held-out synthetic cubes.
+
+The config (``benchmarks/configs/hyperspectral.yaml``: 20 held-out cubes of 64x64x31, fixed
+seeds) runs through the generic stages (prepare, train, infer, evaluate); then
+
+- blind: the same model and cubes with the true per-band sigma (``sampling.known_sigma``), to
+  compare the blind (estimated-sigma) result with the sigma-aware one;
+- band-count transfer (unless ``--skip-transfer``): the 31-band model and a model trained on
+  100-band scenes over 400-2500 nm (same recipe) restore the same 100-band held-out cubes at
+  sigma 50 (the transfer config is the main config with ``data`` changed);
+- tiny default (unless ``--skip-tiny``): ``workflows/config/hyperspectral.yaml`` through the
+  stages, against the per-band filter.
+
+Bars not measured here (self-supervised mode on single cubes, the 2048x2048x200 scene with
+tiled inference under 4 GB) are recorded as ``null`` with the reason. Synthetic cubes made by
+linear mixing are close to low-rank, which flatters the SVD-type baselines (and the subspace
+model): a real-data benchmark may rank the methods differently.
+
+Usage: ``python -m benchmarks.hyperspectral [--steps N] [--reuse-model] [--skip-transfer]
+[--skip-tiny]``. Writes ``benchmarks/results/hyperspectral.json``; work files in
+``benchmarks/work/hyperspectral``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import domain_parser, read_config, run_stages, write_result
+
+OURS = "diffusion (subspace prior)"
+PER_BAND = "per-band Gaussian (SURE)"
+CLASSICAL = (
+    PER_BAND,
+    "SVD truncation (Gavish-Donoho rank)",
+    "subspace + TV (FastHyDe-like)",
+    "robust subspace + TV (LRTV-like)",
+)
+
+
+def _table(metrics: dict[str, Any], case: str) -> dict[str, dict[str, float]]:
+    return next(rows for title, rows in metrics["tables"].items() if title.split(":")[0] == case)
+
+
+def _best(rows: dict[str, dict[str, float]]) -> str:
+    return max(CLASSICAL, key=lambda m: rows[m]["MPSNR"])
+
+
+def _gaussian_bar(rows) -> dict[str, Any]:
+    best = _best(rows)
+    gain = rows[OURS]["MPSNR"] - rows[best]["MPSNR"]
+    ratio = rows[OURS]["SAM (rad)"] / rows[best]["SAM (rad)"]
+    return {
+        "best classical": best,
+        "MPSNR ours": rows[OURS]["MPSNR"],
+        "MPSNR best classical": rows[best]["MPSNR"],
+        "MPSNR gain (dB)": gain,
+        "SAM ratio ours / best classical": ratio,
+        "met": bool(gain >= 2.0 and ratio <= 0.8),
+    }
+
+
+def _mixture_bar(rows) -> dict[str, Any]:
+    best = _best(rows)
+    o = rows[OURS]
+    checks = {
+        "MPSNR >= noisy + 22 dB": o["MPSNR"] >= rows["noisy input"]["MPSNR"] + 22,
+        "MPSNR >= best classical + 3 dB": o["MPSNR"] >= rows[best]["MPSNR"] + 3,
+        "SAM <= 0.10 rad": o["SAM (rad)"] <= 0.10,
+        "stripe residual <= 0.01": o["stripe residual"] <= 0.01,
+    }
+    return {
+        "best classical": best,
+        "MPSNR ours": o["MPSNR"],
+        "MPSNR noisy": rows["noisy input"]["MPSNR"],
+        "MPSNR best classical": rows[best]["MPSNR"],
+        "SAM (rad) ours": o["SAM (rad)"],
+        "stripe residual ours": o["stripe residual"],
+        "checks": checks,
+        "met": bool(all(checks.values())),
+    }
+
+
+def _run(task, cfg, work: Path, reuse: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    return run_stages(task, cfg, work, reuse_model=reuse)
+
+
+def _blind(task, cfg, work: Path, metrics) -> dict[str, Any]:
+    """The blind case again, the same model and cubes, with the true sigma."""
+    from diffsci.core.stages import run_evaluate, run_infer
+    from diffsci.core.task import TaskPaths
+
+    aware = copy.deepcopy(cfg)
+    aware["sampling"]["known_sigma"] = True
+    aware["noise"]["cases"] = ["blind"]
+    paths = TaskPaths(work)
+    aware_paths = TaskPaths(work.with_name(work.name + "_sigma_aware"))
+    aware_paths.root.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((paths.data, aware_paths.data), (paths.model, aware_paths.model)):
+        dst.unlink(missing_ok=True) if dst.is_symlink() else None
+        if not dst.exists():
+            dst.symlink_to(src.resolve())
+    card = paths.model.with_name("model_card.json")
+    if not aware_paths.model.with_name("model_card.json").exists():
+        aware_paths.model.with_name("model_card.json").symlink_to(card.resolve())
+    run_infer(task, aware, aware_paths, progress=False)
+    run_evaluate(task, aware, aware_paths)
+    import json
+
+    known = _table(json.loads(aware_paths.metrics.read_text()), "blind")[OURS]["MPSNR"]
+    blind = _table(metrics, "blind")[OURS]["MPSNR"]
+    return {
+        "MPSNR blind (estimated sigma)": blind,
+        "MPSNR sigma-aware (true sigma)": known,
+        "difference (dB)": blind - known,
+        "met": bool(abs(blind - known) <= 0.5 or blind > known),
+    }
+
+
+def _transfer(task, cfg, work: Path, reuse: bool) -> dict[str, Any]:
+    """31-band model vs 100-band model on the same 100-band cubes (sigma 50)."""
+    from diffsci.core.stages import run_evaluate, run_infer
+    from diffsci.core.task import TaskPaths
+
+    wide = copy.deepcopy(cfg)
+    wide["data"].update(bands=100, wavelength_min=400.0, wavelength_max=2500.0, n_test=8)
+    wide["noise"]["cases"] = ["gaussian50"]
+    m100, _ = _run(task, wide, work.with_name(work.name + "_100bands"), reuse)
+    # the 31-band model on the 100-band held-out cubes
+    cross = TaskPaths(work.with_name(work.name + "_31on100"))
+    cross.root.mkdir(parents=True, exist_ok=True)
+    pairs = (
+        (TaskPaths(work.with_name(work.name + "_100bands")).data, cross.data),
+        (TaskPaths(work).model, cross.model),
+    )
+    for src, dst in pairs:
+        if not dst.exists():
+            dst.symlink_to(src.resolve())
+    if not cross.model.with_name("model_card.json").exists():
+        cross.model.with_name("model_card.json").symlink_to(
+            TaskPaths(work).model.with_name("model_card.json").resolve()
+        )
+    run_infer(task, wide, cross, progress=False)
+    run_evaluate(task, wide, cross)
+    import json
+
+    m31 = json.loads(cross.metrics.read_text())
+    a = _table(m31, "gaussian50")[OURS]["MPSNR"]
+    b = _table(m100, "gaussian50")[OURS]["MPSNR"]
+    return {
+        "MPSNR 31-band model on 100-band cubes": a,
+        "MPSNR 100-band model on 100-band cubes": b,
+        "difference (dB)": a - b,
+        "held-out cubes": wide["data"]["n_test"],
+        "met": bool(a >= b - 1.0),
+    }
+
+
+def _tiny(task, work: Path) -> dict[str, Any]:
+    import yaml
+
+    from diffsci.core.stages import validate_config
+
+    path = Path(__file__).resolve().parents[1] / "workflows" / "config" / "hyperspectral.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["device"] = "cpu"
+    validate_config(cfg, task.schema_path, source=str(path))
+    t0 = time.perf_counter()
+    m, times = _run(task, cfg, work.with_name(work.name + "_tiny"), False)
+    gains = {
+        c: _table(m, c)[OURS]["MPSNR"] - _table(m, c)[PER_BAND]["MPSNR"]
+        for c in cfg["noise"]["cases"]
+    }
+    return {
+        "config": str(path.relative_to(path.parents[2])),
+        "stage seconds": times,
+        "total seconds": round(time.perf_counter() - t0, 1),
+        "MPSNR gain over the per-band filter (dB) per case": gains,
+        "met": bool(all(g > 0 for g in gains.values())),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = domain_parser("hyperspectral")
+    p.add_argument("--skip-transfer", action="store_true")
+    p.add_argument("--skip-tiny", action="store_true")
+    args = p.parse_args(argv)
+    task, cfg = read_config(args, "hyperspectral")
+    work = Path(args.workdir)
+    metrics, times = _run(task, cfg, work, args.reuse_model)
+    results: dict[str, Any] = {"stage seconds": times, "tables": metrics["tables"]}
+    bars: dict[str, Any] = {
+        "gaussian sigma 50: MPSNR >= best classical + 2 dB and SAM <= 0.8 x its SAM": _gaussian_bar(
+            _table(metrics, "gaussian50")
+        ),
+        "blind sigma within 0.5 dB of the sigma-aware result": _blind(task, cfg, work, metrics),
+        "mixture: MPSNR >= noisy + 22 dB and >= best classical + 3 dB, SAM <= 0.10 rad, stripe residual <= 0.01": _mixture_bar(
+            _table(metrics, "mixture")
+        ),
+        "self-supervised mode beats every classical baseline at sigma 50 by >= 1 dB": {
+            "met": None,
+            "why": "not measured: the self-supervised (DDS2M-style) mode is not implemented",
+        },
+        "band-count transfer: 31-band model within 1 dB of a 100-band model on 100-band cubes": (
+            {"met": None, "why": "not measured in this run (--skip-transfer)"}
+            if args.skip_transfer
+            else _transfer(task, cfg, work, args.reuse_model)
+        ),
+        "scale: 2048x2048x200 scene restored tile by tile under 4 GB": {
+            "met": None,
+            "why": "not measured: tiled inference from disk is not implemented in the domain yet",
+        },
+        "the tiny default pipeline beats the per-band filter": (
+            {"met": None, "why": "not measured in this run (--skip-tiny)"}
+            if args.skip_tiny
+            else _tiny(task, work)
+        ),
+    }
+    results["bars"] = {k: v["met"] for k, v in bars.items()}
+    results["bar details"] = bars
+    results["note"] = (
+        "Synthetic linear-mixing cubes are close to low-rank, which flatters the SVD-type "
+        "baselines and the subspace model alike; the FastHyDe-like and LRTV-like baselines use "
+        "total variation where the originals use BM3D / a full LRTV solver. CPU-sized run: a "
+        "small prior trained for few steps."
+    )
+    write_result("hyperspectral", results, config=cfg, seed=int(cfg["seed"]))
+
+
+if __name__ == "__main__":
+    main()
