@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from diffsci.core.datasource import FLOAT32_SAFE_MAX, require_finite
 from diffsci.core.fileio import atomic_dir, atomic_path, refuse_pickle_codecs
 
 __all__ = [
@@ -410,61 +411,76 @@ def validate_dataset(
         raise ValueError(f"{source}: coordinate 'lat' is not monotonic")
 
 
+_FIX_NAN = "fill or mask missing values before downscaling; NaNs are not masked silently"
+_FIX_INF = "a fill value or an overflow: mask or fill it before downscaling"
+_FIX_BIG = (
+    "such values overflow float32 arithmetic in the normalisation and the loss: mask fill "
+    "values such as 1e30 and check the units"
+)
+
+
+def _values_error(source: str, name: str, kind: str, n: int, size: int) -> ValueError:
+    """The error for ``n`` of ``size`` values of ``name`` being ``kind`` (NaN, inf, big,
+    negative): the file, the variable, how many, and the way forward."""
+    if kind == "NaN":
+        return ValueError(f"{source}: {name} contains NaN ({n} of {size} values; {_FIX_NAN})")
+    if kind == "inf":
+        return ValueError(f"{source}: {name} contains +/-inf ({n} of {size} values; {_FIX_INF})")
+    if kind == "big":
+        return ValueError(
+            f"{source}: {name} has {n} of {size} values of magnitude above "
+            f"{FLOAT32_SAFE_MAX:.3g}; {_FIX_BIG}"
+        )
+    return ValueError(
+        f"{source}: {name} contains negative precipitation ({n} of {size} values; "
+        f"precipitation in {PRECIP_UNITS} is never negative: mask or fix them)"
+    )
+
+
+def _counts(values, precip: bool) -> dict[str, Any]:
+    """Counts (lazy for an xarray/dask array) of each kind of bad value, in reporting order."""
+    out = {
+        "NaN": np.isnan(values).sum(),
+        "inf": np.isinf(values).sum(),
+        "big": (np.isfinite(values) & (abs(values) > FLOAT32_SAFE_MAX)).sum(),
+    }
+    if precip:
+        out["negative"] = (values < 0).sum()
+    return out
+
+
+def _raise_first(counts: Mapping[str, Mapping[str, Any]], sizes: Mapping[str, int], source: str):
+    """Raise for the first variable and kind with a non-zero count."""
+    for name, kinds in counts.items():
+        for kind, n in kinds.items():
+            if int(n):
+                raise _values_error(source, name, kind, int(n), sizes[name])
+
+
 def check_block(values: np.ndarray, *, name: str, source: str, precip: bool) -> None:
-    """NaN / inf / negative-precipitation check of one array (a block of a tiled read)."""
-    if np.isnan(values).any():
-        raise ValueError(
-            f"{source}: {name} contains NaN (fill or mask missing values before "
-            "downscaling; NaNs are not masked silently)"
-        )
-    if np.isinf(values).any():
-        raise ValueError(
-            f"{source}: {name} contains +/-inf (a fill value or an overflow: mask or fill it "
-            "before downscaling)"
-        )
-    if precip and (values < 0).any():
-        raise ValueError(
-            f"{source}: {name} contains negative precipitation "
-            f"(min {float(values.min()):.3g} {PRECIP_UNITS})"
-        )
+    """NaN / inf / overflowing / negative-precipitation check of one array (a block of a tiled
+    read)."""
+    _raise_first({name: _counts(values, precip)}, {name: values.size}, source)
 
 
-def check_values(ds, *, source: str = "dataset") -> None:
-    """Lazy (dask) pass over the values: no NaN or inf anywhere, no negative precipitation."""
+def check_values(ds, *, source: str) -> None:
+    """Lazy (dask) pass over the values: no NaN, inf or magnitude that overflows float32
+    anywhere, no negative precipitation; the error names ``source`` (the file), the variable,
+    how many values are bad and the way forward."""
     import dask
 
-    checks = {}
-    names = [str(v) for v in ds["input_variable"].values]
-    for v in names:
-        da = ds["input"].sel(input_variable=v)
-        checks[f"input[{v}] NaN"] = da.isnull().any().data
-        checks[f"input[{v}] inf"] = np.isinf(da).any().data
-        if v in PRECIP_VARIABLES:
-            checks[f"input[{v}] negative"] = (da < 0).any().data
+    arrays = {}
+    for v in [str(v) for v in ds["input_variable"].values]:
+        arrays[f"input[{v}]"] = (ds["input"].sel(input_variable=v), v in PRECIP_VARIABLES)
     if "output" in ds.variables:
-        checks["output NaN"] = ds["output"].isnull().any().data
-        checks["output inf"] = np.isinf(ds["output"]).any().data
-        checks["output negative"] = (ds["output"] < 0).any().data
+        arrays["output"] = (ds["output"], True)
     if "invariant" in ds.variables:
-        checks["invariant NaN"] = ds["invariant"].isnull().any().data
-        checks["invariant inf"] = np.isinf(ds["invariant"]).any().data
-    (res,) = dask.compute(checks)
-    bad = [k for k, v in res.items() if bool(v)]
-    if bad:
-        what = bad[0]
-        if what.endswith("inf"):
-            raise ValueError(
-                f"{source}: {what.replace(' inf', '')} contains +/-inf (a fill value or an "
-                "overflow: mask or fill it before downscaling)"
-            )
-        if what.endswith("NaN"):
-            raise ValueError(
-                f"{source}: {what.replace(' NaN', '')} contains NaN (fill or mask "
-                "missing values before downscaling; NaNs are not masked silently)"
-            )
-        raise ValueError(
-            f"{source}: {what.replace(' negative', '')} contains negative precipitation"
-        )
+        arrays["invariant"] = (ds["invariant"], False)
+    lazy = {
+        k: {c: n.data for c, n in _counts(da, precip).items()} for k, (da, precip) in arrays.items()
+    }
+    (res,) = dask.compute(lazy)
+    _raise_first(res, {k: da.size for k, (da, _) in arrays.items()}, source)
 
 
 def atomic_zarr(path: str | os.PathLike):
@@ -710,7 +726,10 @@ def _time_first(da, time: str, *, source: str, what: str) -> np.ndarray:
         raise ValueError(
             f"{source}: {what} has dims {tuple(da.dims)}; expected ({time}, y, x) or (y, x)"
         )
-    return _finite(np.asarray(da.values, dtype=np.float32), source=source, what=what)
+    values = np.asarray(da.values)  # checked before the float32 cast: 1e39 is not an inf
+    _finite(values, source=source, what=what)
+    require_finite(values, source=source, variable=what, max_abs=FLOAT32_SAFE_MAX)
+    return values.astype(np.float32)
 
 
 def _on_fine_grid(

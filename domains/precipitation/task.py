@@ -45,8 +45,25 @@ def _normaliser(cfg: Config, data_dir: Path) -> models.Normaliser:
     return models.Normaliser.from_file(data_dir / "stats.json", cfg["data"]["input_variables"])
 
 
-def _read_cases(cfg: Config, path: Path):
+def _open(cfg: Config, path: Path):
+    """A prepared dataset of the data folder, refused when its ``downscaling_factor`` is not
+    the config's ``data.factor`` (a model would train on x4 data as if it were x8)."""
     ds = io.open_dataset(path, required_inputs=cfg["data"]["input_variables"])
+    _check_factor(cfg, ds.attrs.get("downscaling_factor"), path)
+    return ds
+
+
+def _check_factor(cfg: Config, found: Any, path: Path) -> None:
+    io.check_factor(
+        found,
+        cfg["data"]["factor"],
+        source=str(path),
+        served_by="the config's data.factor",
+    )
+
+
+def _read_cases(cfg: Config, path: Path):
+    ds = _open(cfg, path)
     return ds, *io.case_arrays(ds, cfg["data"]["input_variables"], str(path))
 
 
@@ -78,9 +95,7 @@ class PrecipitationTask(DomainTask):
         io.write_stats(io.compute_stats(train), data_dir / "stats.json")
 
     def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
-        ds = io.open_dataset(
-            Path(data_dir) / "train.nc", required_inputs=cfg["data"]["input_variables"]
-        )
+        ds = _open(cfg, Path(data_dir) / "train.nc")
         stats = io.read_stats(Path(data_dir) / "stats.json")
         out = {
             "serves": card.serves(cfg, ds),
@@ -155,6 +170,7 @@ class PrecipitationTask(DomainTask):
         from . import plots  # matplotlib only where figures are made
 
         truth, tp_in, factor = io.read_truth(paths.data / "test.zarr")
+        _check_factor(cfg, factor, paths.data / "test.zarr")
         ens, base, seconds = io.read_predictions(paths.predictions / "predictions.zarr")
         e = cfg["evaluate"]
         rows = metrics.score_table(
