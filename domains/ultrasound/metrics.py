@@ -102,9 +102,11 @@ def ks_statistic(a, b) -> float:
 
 def ks_challenge(hazy_roi, dehazed_roi) -> dict[str, float]:
     """The challenge's KS of hazy vs dehazed in one ROI: statistic and the signed direction
-    (``+1`` when the dehazed values are stochastically smaller, i.e. darker, than the hazy)."""
+    (``+1`` when, at the largest gap, the dehazed CDF lies above the hazy one: the dehazed
+    values are darker, as dehazing should make the haze region; scipy's ``statistic_sign``
+    of ``ks_2samp(hazy, dehazed)`` is the opposite sign)."""
     r = stats.ks_2samp(_flat(hazy_roi), _flat(dehazed_roi))
-    return {"statistic": float(r.statistic), "direction": float(r.statistic_sign)}
+    return {"statistic": float(r.statistic), "direction": -float(r.statistic_sign)}
 
 
 def bmode_psnr(test_db, ref_db, dynamic_range: float = 60.0) -> float:

@@ -177,6 +177,8 @@ class UltrasoundTask(DomainTask):
             None,
             acq.scan,
             _products(x_iq, grid, dr),
+            probe_name=acq.probe_name,
+            us_machine=acq.us_machine,
             description="dehazed by diffsci (joint diffusion)",
         )
         io.write_zea(out_dir / "dehazed.hdf5", out)
@@ -308,6 +310,8 @@ class UltrasoundTask(DomainTask):
                 None,
                 acq.scan,
                 _products(x_iq, grid, dr),
+                probe_name=acq.probe_name,
+                us_machine=acq.us_machine,
                 description=f"dehazed from {path.name} by diffsci",
             )
             io.write_zea(Path(out_dir) / f"{stem}_dehazed.hdf5", out)
