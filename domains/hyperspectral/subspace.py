@@ -18,8 +18,9 @@ He et al., LRTV, IEEE TGRS 2016).
   ``z``; residuals beyond ``outlier`` standard deviations are masked (impulse), and columns
   whose residual median is significant in a band that is striped as a whole are masked
   (stripes; the subspace fills them from the other bands). The result's
-  ``basis`` spans the signal subspace in reflectance units, rotated to the principal axes of
-  the signal (the noise covariance subtracted), and ``coef_std`` is the per-pixel std of each
+  ``basis`` spans the signal subspace, expressed on its maximum-noise-fraction axes (unit,
+  uncorrelated coefficient noise, decreasing SNR; the principal axes of the signal for i.i.d.
+  noise), and ``coef_std`` is the per-pixel std of each
   coefficient from the weighted least squares (``diag (E^T W E)^{-1}``, ``W = mask / sigma^2``).
 """
 
@@ -121,7 +122,7 @@ def invalid_mask(y: np.ndarray, good_band: np.ndarray | None = None) -> np.ndarr
 class Subspace:
     """The result of :func:`robust_subspace` (see the module docstring)."""
 
-    basis: np.ndarray  # (B, k), orthonormal columns, reflectance units
+    basis: np.ndarray  # (B, k), MNF axes of the subspace (coefficients with unit noise)
     coef: np.ndarray  # (k, H, W) least-squares coefficients
     coef_std: np.ndarray  # (k, H, W) their noise std
     sigma: np.ndarray  # (B,) noise std per band
@@ -184,19 +185,29 @@ def _stripes(res: np.ndarray, valid: np.ndarray, sigma: np.ndarray) -> np.ndarra
     return np.where(striped[:, None] & (np.abs(t) > 3), med, 0.0)
 
 
-def _rotate_to_signal_axes(basis: np.ndarray, z: np.ndarray, std: np.ndarray):
-    """Rotate the basis within its span to the principal axes of the signal: eigenvectors of
-    ``E[z z^T] - E[diag(std^2)]`` (uncentred), ordered by decreasing signal energy, each
-    sign fixed so that its largest-magnitude spectral entry is positive."""
+def _noise_fraction_axes(basis: np.ndarray, z: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The basis re-expressed on the maximum-noise-fraction axes of the subspace (MNF; Green
+    et al., IEEE TGRS 1988): ``V`` solves ``M v = lambda C v`` with ``M = E[z z^T]`` (uncentred)
+    and ``C = (E^T diag(w) E)^{-1}`` the coefficient noise covariance of a fully observed pixel
+    (``w`` the median weight ``1/sigma_b^2`` of each band), normalised so ``V^T C V = I``. The
+    coefficients ``V^T z`` then have unit, uncorrelated noise and are ordered by decreasing
+    signal-to-noise ratio; the basis becomes ``E V^{-T}`` (the cube ``E z`` is unchanged). For
+    i.i.d. noise these are the principal axes of the signal. Signs: each column's
+    largest-magnitude spectral entry positive."""
+    from scipy.linalg import eigh
+
     k = z.shape[0]
     zf = z.reshape(k, -1)
-    m = zf @ zf.T / zf.shape[1] - np.diag((std.reshape(k, -1) ** 2).mean(1))
-    vals, vecs = np.linalg.eigh(m)
-    rot = vecs[:, np.argsort(vals)[::-1]]
-    e = basis @ rot
+    m = zf @ zf.T / zf.shape[1]
+    w = np.median(weight.reshape(weight.shape[0], -1), axis=1)
+    gram = basis.T @ (w[:, None] * basis) + 1e-12 * np.eye(k)
+    cov = np.linalg.inv(gram)
+    vals, v = eigh(m, cov)
+    v = v[:, np.argsort(vals)[::-1]]
+    e = basis @ np.linalg.inv(v).T
     sign = np.sign(e[np.abs(e).argmax(0), np.arange(k)])
     sign[sign == 0] = 1
-    return e * sign, rot * sign
+    return e * sign
 
 
 def robust_subspace(
@@ -254,7 +265,6 @@ def robust_subspace(
         )
     weight = valid / est[:, None, None] ** 2
     z, std = weighted_coefficients(y, basis, weight)
-    basis, rot = _rotate_to_signal_axes(basis, z, std)
-    z = np.einsum("kj,khw->jhw", rot, z)
-    _, std = weighted_coefficients(y, basis, weight)
+    basis = _noise_fraction_axes(basis, z, weight)
+    z, std = weighted_coefficients(y, basis, weight)
     return Subspace(basis, z, std, est, valid, stripes)
