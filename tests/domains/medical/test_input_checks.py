@@ -65,6 +65,20 @@ def test_16_pixel_training_data_under_data_size_32_is_refused(tmp_path):
     assert get_task("medical").train_dataset(_cfg(size=16), tmp_path).tensors[0].shape[-1] == 16
 
 
+def test_the_train_cli_exits_non_zero_on_data_of_another_size(tmp_path, diffsci_cli):
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    path = io.write_images(tmp_path / "work" / "data" / "train.h5", _images(size=16))
+    before = _sha(path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_cfg(size=32)))
+    args = ["--config", str(tmp_path / "c.yaml"), "--workdir", str(tmp_path / "work")]
+    r = diffsci_cli("train", "--domain", "medical", *args, "--quiet")
+    assert r.returncode != 0
+    assert "train.h5: dataset 'images' holds 16x16 images but the config's data.size is 32" in (
+        r.stderr
+    )
+    assert not (tmp_path / "work" / "model.pt").exists() and _sha(path) == before
+
+
 def test_test_files_of_another_size_are_refused_by_infer(tmp_path):
     img = _images(2, 16)
     io.write_fastmri_like(tmp_path / "mri_test.h5", _kspace(img), mask=np.ones(16))
