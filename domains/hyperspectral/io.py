@@ -54,6 +54,7 @@ __all__ = [
     "write_netcdf",
     "write_zarr",
     "write_envi",
+    "create_zarr_like",
     "declared_wavelengths",
     "ENVI_DTYPES",
 ]
@@ -503,6 +504,24 @@ def write_zarr(
     with atomic_dir(path, create=False) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
     return path
+
+
+def create_zarr_like(cube: xr.DataArray, path: str | os.PathLike, *, chunk_rows: int = _CHUNK_ROWS):
+    """An empty float32 zarr store shaped like ``cube`` (its coordinates and attributes
+    written, the data chunked by all bands x ``chunk_rows`` rows) and its data array, for
+    writers that fill it block by block (tiled restoration). Write it inside
+    :func:`diffsci.core.fileio.atomic_dir` so a failed run leaves no store."""
+    import dask.array as dsa
+    import zarr
+
+    b, h, w = (cube.sizes[k] for k in ("band", "y", "x"))
+    rows = min(chunk_rows, h)
+    empty = cube.copy(data=dsa.zeros((b, h, w), chunks=(b, rows, w), dtype=np.float32))
+    ds = _dataset(empty)
+    name = next(iter(ds.data_vars))
+    ds[name].encoding.clear()
+    ds.to_zarr(path, mode="w", compute=False, zarr_format=2, consolidated=True)
+    return zarr.open_array(str(Path(path) / name), mode="r+")
 
 
 def _envi_header(cube: xr.DataArray, byte_order: int) -> str:

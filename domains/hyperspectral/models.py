@@ -40,7 +40,14 @@ from diffsci.core.schedules import karras
 from .operators import ComponentWeight
 from .subspace import Subspace, robust_subspace
 
-__all__ = ["build_prior", "coefficient_images", "sign_flip_edm_loss", "restore", "Restored"]
+__all__ = [
+    "build_prior",
+    "coefficient_images",
+    "sign_flip_edm_loss",
+    "restore",
+    "restore_tiled",
+    "Restored",
+]
 
 #: Floor of a component's signal RMS relative to its noise (a component under the noise is
 #: scaled as if its signal were this fraction of the noise).
@@ -170,3 +177,42 @@ def restore(
     z = chat.mean(0) * rms
     spread = chat.std(0) * rms if chat.shape[0] > 1 else np.zeros_like(z)
     return Restored(sub.cube(z).astype(np.float32), sub, spread, rms[:, 0, 0])
+
+
+def restore_tiled(
+    prior: nn.Module,
+    source: Any,
+    target: Any,
+    *,
+    sampling: Mapping[str, Any],
+    tile: int,
+    overlap: int,
+    good_band: np.ndarray | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    robust: bool = True,
+    progress: bool = False,
+) -> dict[str, int]:
+    """Restore a scene ``(B, H, W)`` tile by tile with :func:`diffsci.core.tiling.tiled_map`:
+    ``source`` is read lazily (dask, zarr, a memory map), each ``tile x tile`` window gets its
+    own subspace, noise levels and posterior (:func:`restore`), overlaps are blended, and the
+    result is written block by block into ``target`` (e.g. a zarr array chunked by rows), so
+    memory holds a few tiles, not the scene."""
+    from diffsci.core.tiling import tiled_map
+
+    def fn(x: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
+        out = [
+            restore(
+                prior,
+                xi,
+                sampling=sampling,
+                good_band=good_band,
+                generator=generator,
+                device=device,
+                robust=robust,
+            ).cube
+            for xi in x
+        ]
+        return np.stack(out).astype(np.float32)
+
+    return tiled_map(fn, source, target, tile=tile, overlap=overlap, progress=progress)

@@ -256,27 +256,72 @@ class HyperspectralTask(DomainTask):
             _check_cube(
                 card, cube["wavelength"].values, (cube.sizes["y"], cube.sizes["x"]), str(path)
             )
-            y = np.asarray(cube.values, np.float32) / f["scale"]
-            r = models.restore(
-                model,
-                y,
-                sampling=cfg["sampling"],
-                good_band=cube["good_band"].values,
-                generator=g,
-                device=rt.device,
-                robust=cfg["sampling"]["robust"],
-            )
-            out = cube.copy(data=r.cube * f["scale"])
-            out.attrs = {
-                **{k: v for k, v in cube.attrs.items() if isinstance(v, (str, int, float))},
-                "history": f"diffsci hyperspectral restoration of {path.name}",
-            }
             name = io.safe_name(path)
             name = name if name not in names else f"{name}_{len(names)}"
             names.append(name)
+            tile = cfg["sampling"]["tile"]
+            if tile is not None and max(cube.sizes["y"], cube.sizes["x"]) > tile:
+                _apply_tiled(cfg, model, cube, Path(out_dir) / f"{name}_restored.zarr", g, rt)
+                continue
+            out = _apply_whole(cfg, model, cube, g, rt)
+            out.attrs["history"] = f"diffsci hyperspectral restoration of {path.name}"
             io.write_netcdf(out, Path(out_dir) / f"{name}_restored.nc")
             if path.suffix.lower() not in (".mat", ".nc", ".nc4", ".h5", ".zarr"):
                 io.write_envi(out, Path(out_dir) / f"{name}_restored.hdr")
+
+
+def _apply_whole(cfg: Config, model: nn.Module, cube: xr.DataArray, g, rt: Runtime) -> xr.DataArray:
+    scale = cfg["files"]["scale"]
+    y = np.asarray(cube.values, np.float32) / scale
+    r = models.restore(
+        model,
+        y,
+        sampling=cfg["sampling"],
+        good_band=cube["good_band"].values,
+        generator=g,
+        device=rt.device,
+        robust=cfg["sampling"]["robust"],
+    )
+    out = cube.copy(data=r.cube * scale)
+    out.attrs = {k: v for k, v in cube.attrs.items() if isinstance(v, (str, int, float))}
+    return out
+
+
+def _apply_tiled(
+    cfg: Config, model: nn.Module, cube: xr.DataArray, out: Path, g, rt: Runtime
+) -> None:
+    """A scene larger than ``sampling.tile``: read lazily, restored tile by tile, written block
+    by block into a zarr store (atomically)."""
+    import dask.array as dsa
+
+    from diffsci.core.fileio import atomic_dir
+
+    s, scale = cfg["sampling"], cfg["files"]["scale"]
+    src = cube.data if isinstance(cube.data, dsa.Array) else dsa.from_array(cube.values)
+    src = src / scale if scale != 1.0 else src
+
+    class _Scaled:  # the target in the file's units
+        def __init__(self, arr):
+            self.arr, self.shape, self.chunks = arr, arr.shape, arr.chunks
+
+        def __setitem__(self, key, value):
+            self.arr[key] = np.asarray(value) * scale
+
+    with atomic_dir(out, create=False) as tmp:
+        target = io.create_zarr_like(cube, tmp, chunk_rows=int(s["tile"]))
+        models.restore_tiled(
+            model,
+            src,
+            _Scaled(target),
+            sampling=s,
+            tile=int(s["tile"]),
+            overlap=int(s["overlap"]),
+            good_band=cube["good_band"].values,
+            generator=g,
+            device=rt.device,
+            robust=s["robust"],
+            progress=rt.progress,
+        )
 
 
 def _check_cube(card: dict[str, Any], wl: np.ndarray, size: tuple[int, int], source: str) -> None:
