@@ -216,7 +216,8 @@ def read_expression(
     raw = use_raw and adata.raw is not None
     where = ".raw.X" if raw else ".X"
     x = adata.raw.X if raw else adata.X
-    require_finite(_stored(x), source=what, variable=where, max_abs=FLOAT32_SAFE_MAX)
+    var_names = (adata.raw.var_names if raw else adata.var_names).astype(str)
+    _check_values(x, what=what, where=where, cells=adata.obs_names.astype(str), genes=var_names)
     out = AnnData(
         X=x.astype(np.float32),
         obs=adata.obs.copy(),
@@ -242,6 +243,24 @@ def read_expression(
         norm = f"{found.split(' (')[0]} normalised to {target_sum:g} per cell, log1p"
     out.uns["expression"] = {"matrix": where, "normalisation": norm}
     return out
+
+
+def _check_values(x, *, what: str, where: str, cells, genes) -> None:
+    """Refuse NaN/inf and magnitudes that overflow float32 (core ``require_finite``, before
+    the float32 cast), naming the file, the matrix and the first bad cell and gene."""
+    csr = x.tocsr() if sp.issparse(x) else None
+    values = csr.data if csr is not None else np.asarray(x)
+    variable = f"{where} (stored values of the sparse matrix)" if csr is not None else where
+    try:
+        require_finite(values, source=what, variable=variable, max_abs=FLOAT32_SAFE_MAX)
+    except ValueError as e:
+        flat = values.ravel()
+        k = int(np.flatnonzero(~np.isfinite(flat) | (np.abs(flat) > FLOAT32_SAFE_MAX))[0])
+        if csr is not None:
+            row, col = int(np.searchsorted(csr.indptr, k, side="right") - 1), csr.indices[k]
+        else:
+            row, col = divmod(k, values.shape[1])
+        raise ValueError(f"{e}; the first is cell {cells[row]!r}, gene {genes[col]!r}") from None
 
 
 def _not_log_normalised(x) -> str | None:

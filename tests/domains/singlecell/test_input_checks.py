@@ -78,9 +78,13 @@ def test_log_normalised_and_scaled_data_still_pass():
     ("value", "match"),
     [(np.nan, r"has 1 NaN of \d+ values"), (1e30, r"has 1 of \d+ values of magnitude above")],
 )
-def test_bad_values_in_raw_name_the_file_and_matrix(tmp_path, value, match):
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_bad_values_in_raw_name_the_file_matrix_cell_and_gene(tmp_path, value, match, sparse):
     raw = np.log1p(_counts())
     raw[3, 4] = value
-    path = _h5ad(tmp_path / "bad.h5ad", raw)
-    with pytest.raises(ValueError, match=rf"bad\.h5ad: \.raw\.X {match}"):
+    path = _h5ad(tmp_path / "bad.h5ad", raw, sparse=sparse)
+    before = _sha(path)
+    with pytest.raises(ValueError, match=rf"bad\.h5ad: \.raw\.X .*{match}") as e:
         io.read_cells([path], counts="normalise")
+    assert str(e.value).endswith("the first is cell '3', gene 'G4'")
+    assert _sha(path) == before
