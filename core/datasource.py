@@ -184,15 +184,16 @@ def require_finite(
         <fix>"``, or the count of values above ``max_abs`` with the largest one.
     """
     arr = _as_numpy(values)
-    if arr.dtype.kind in "fc":
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # the details only on failure
         bad, counts = _nonfinite_counts(arr)
-        if counts:
-            raise ValueError(
-                f"{source}: {variable} has {', '.join(counts)} of {arr.size} values (first at "
-                f"index {_index(arr, bad)}); {fix or _FIX_NONFINITE}"
-            )
+        raise ValueError(
+            f"{source}: {variable} has {', '.join(counts)} of {arr.size} values (first at "
+            f"index {_index(arr, bad)}); {fix or _FIX_NONFINITE}"
+        )
     if max_abs is None or arr.size == 0 or arr.dtype.kind not in "fciu":
         return
+    if arr.dtype.kind != "c" and max(abs(float(arr.max())), abs(float(arr.min()))) <= max_abs:
+        return  # no copy of a large array when every value is in range
     mag = np.abs(arr)
     big = mag > max_abs
     if big.any():
