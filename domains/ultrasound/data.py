@@ -121,7 +121,16 @@ def _phantoms(
 
 def _haze_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     h = cfg["haze"]
-    return {k: h[k] for k in ("layer_depth", "reflection", "orders", "jitter", "diffuse")}
+    keys = (
+        "layer_depth",
+        "reflection",
+        "orders",
+        "jitter",
+        "diffuse",
+        "clutter_depth",
+        "clutter_correlation",
+    )
+    return {k: h[k] for k in keys}
 
 
 def _simulate(cfg, probe, scan, grid, phantoms, seed):

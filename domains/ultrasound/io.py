@@ -742,7 +742,13 @@ def write_picmus(
         g["sampling_frequency"] = np.float64(s.sampling_frequency)
         g["modulation_frequency"] = np.float64(fmod)
         g["center_frequency"] = np.float64(s.center_frequency)
-        g["initial_time"] = np.float64(_scalar(t_pic))
+        if np.ptp(t_pic) > 1e-3 / s.sampling_frequency:  # float32 files: a sample's 1/1000
+            raise ValueError(
+                f"{path}: PICMUS holds one initial_time for all transmits, but this acquisition "
+                f"starts recording at {t_pic.tolist()} s after each wave crosses the origin; "
+                "write it as zea instead"
+            )
+        g["initial_time"] = np.float64(np.mean(t_pic))
         g["sound_speed"] = np.float64(s.sound_speed)
         g["PRF"] = np.float64(1000.0)
     if scan_path is not None:

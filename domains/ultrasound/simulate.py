@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .io import Scan, plane_wave_t0_delays
@@ -123,10 +124,15 @@ def _scan(probe: LinearArray, t0: np.ndarray, focus: np.ndarray, angles: np.ndar
 
 
 def plane_wave_scan(probe: LinearArray, angles_deg: list[float] | np.ndarray) -> Scan:
-    """Steered plane waves at ``angles_deg``; zea conventions (first element fires at 0)."""
+    """Steered plane waves at ``angles_deg``; zea conventions (first element fires at 0), the
+    recording of every transmit starting when its wavefront crosses the array centre (so the
+    acquisition is also expressible in PICMUS's single ``initial_time`` of 0)."""
     ang = np.deg2rad(np.asarray(angles_deg, np.float64))
     t0 = plane_wave_t0_delays(probe.x, ang, probe.sound_speed)
-    return _scan(probe, t0, np.full(len(ang), np.inf), ang)
+    scan = _scan(probe, t0, np.full(len(ang), np.inf), ang)
+    # sampling starts when the wavefront crosses the array centre (PICMUS's time origin)
+    scan.initial_times = -(np.sin(ang)[:, None] * probe.x[None]).min(1) / probe.sound_speed
+    return scan
 
 
 def diverging_wave_scan(
@@ -398,6 +404,8 @@ def haze_rf(
     orders: int = 6,
     jitter: float = 0.25,
     diffuse: float = 0.5,
+    clutter_depth: float = 5e-3,
+    clutter_correlation: float = 0.25,
 ) -> Tensor:
     """Near-field reverberation clutter ``(B, n_tx, n_ax, n_el)`` from the shallow echoes.
 
@@ -410,42 +418,50 @@ def haze_rf(
     reflection
         Amplitude ratio between successive orders (``reflection^k``).
     jitter
-        Per-element, per-order random extra delay, in wavelengths: the multiple paths do not
-        share the array's geometry, so the clutter does not focus.
+        Peak extra delay of each order, in wavelengths, varying smoothly across the aperture
+        (a random low-order profile: the reverberating interfaces are not exactly flat).
     diffuse
-        Relative RMS of the diffuse band-limited clutter (same pulse spectrum, decaying with
-        depth) added to the reverberations.
+        Relative RMS of the diffuse clutter added to the reverberations: band-limited (the
+        pulse spectrum), correlated across elements over ``clutter_correlation`` of the
+        aperture (wavefronts that do not come from a point in the image, so they do not
+        focus), with an amplitude ``exp(-z / clutter_depth)`` at the depth ``z = c t / 2``
+        it appears at (near-field haze).
     """
     b, n_tx, n_ax, n_el = shallow.shape
-    fs, c = probe.sampling_frequency, probe.sound_speed
+    fs, c, dt = probe.sampling_frequency, probe.sound_speed, shallow.dtype
     out = torch.zeros_like(shallow)
-    t = torch.arange(n_ax, dtype=shallow.dtype) / fs
     spec = torch.fft.rfft(shallow, dim=2)
-    f = torch.fft.rfftfreq(n_ax, 1 / fs).to(shallow.dtype)
+    f = torch.fft.rfftfreq(n_ax, 1 / fs).to(dt)
+    u = torch.linspace(-1, 1, n_el, dtype=dt)
     for k in range(1, orders + 1):
-        dj = (
-            jitter
-            / probe.center_frequency
-            * torch.rand(b, 1, 1, n_el, generator=generator, dtype=shallow.dtype)
-        )
-        delay = k * 2 * layer_depth / c + dj  # (B, 1, 1, E)
+        coef = torch.rand(b, 3, generator=generator, dtype=dt) * 2 - 1  # smooth profile
+        prof = coef[:, :1] + coef[:, 1:2] * u + coef[:, 2:] * (2 * u**2 - 1)
+        dj = jitter / probe.center_frequency * prof / 3
+        delay = (k * 2 * layer_depth / c + dj)[:, None, None, :]  # (B, 1, 1, E)
         phase = torch.exp(-2j * math.pi * f[None, None, :, None] * delay)
         out = out + reflection**k * torch.fft.irfft(spec * phase, n=n_ax, dim=2)
-    noise = torch.randn(shallow.shape, generator=generator, dtype=shallow.dtype)
-    taps = torch.arange(-int(4 * _pulse_sigma(probe) * fs), int(4 * _pulse_sigma(probe) * fs) + 1)
-    kern = pulse(taps.to(shallow.dtype) / fs, probe)
-    nz = (
-        torch.nn.functional.conv1d(
-            noise.permute(0, 1, 3, 2).reshape(-1, 1, n_ax),
-            kern.flip(0)[None, None],
-            padding=len(taps) // 2,
-        )
-        .reshape(b, n_tx, n_el, n_ax)
-        .permute(0, 1, 3, 2)
-    )
-    nz = nz * torch.exp(-t / t[-1] * 2)[None, None, :, None]
+    nz = _diffuse_clutter(probe, shallow.shape, generator, dt, clutter_correlation)
+    z = torch.arange(n_ax, dtype=dt) / fs * c / 2
+    nz = nz * torch.exp(-z / clutter_depth)[None, None, :, None]
     rms = lambda v: v.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-20)  # noqa: E731
     return out / rms(out) + diffuse * nz / rms(nz)
+
+
+def _diffuse_clutter(probe, shape, generator, dt, correlation: float) -> Tensor:
+    """White noise filtered by the pulse along time and by a Gaussian along the elements."""
+    b, n_tx, n_ax, n_el = shape
+    fs = probe.sampling_frequency
+    noise = torch.randn(shape, generator=generator, dtype=dt)
+    half = int(4 * _pulse_sigma(probe) * fs)
+    kern = pulse(torch.arange(-half, half + 1).to(dt) / fs, probe)
+    v = noise.permute(0, 1, 3, 2).reshape(-1, 1, n_ax)
+    v = F.conv1d(v, kern.flip(0)[None, None], padding=half).reshape(b, n_tx, n_el, n_ax)
+    width = max(correlation * n_el, 1e-3)
+    e = torch.arange(n_el, dtype=dt) - (n_el - 1) / 2
+    g = torch.exp(-0.5 * (e / width) ** 2)
+    v = v.permute(0, 1, 3, 2).reshape(-1, 1, n_el)  # smooth across the elements
+    v = F.conv1d(F.pad(v, (n_el // 2, n_el - 1 - n_el // 2), mode="reflect"), g[None, None])
+    return v.reshape(b, n_tx, n_ax, n_el)
 
 
 def mix_haze(clean: Tensor, haze: Tensor, haze_weight: float) -> tuple[Tensor, Tensor]:
