@@ -54,6 +54,7 @@ def test_simulator_matches_pymust(angle):
     pymust = pytest.importorskip("pymust", reason="pymust (test extra) not installed")
     probe = S.LinearArray(n_el=32)
     scan = S.plane_wave_scan(probe, [angle])
+    scan.initial_times[:] = 0.0  # pymust records from the first firing
     xs, zs, rc = (
         np.array([0.5e-3, -2e-3, 1.5e-3]),
         np.array([8e-3, 12e-3, 16e-3]),

@@ -194,7 +194,6 @@ def test_users_files_train_and_evaluate(tmp_path):
 
 
 def test_files_of_another_probe_are_refused_naming_the_file(tmp_path):
-    cfg = _cfg()
     for n_el in (32, 16):
         probe = simulate.LinearArray(n_el=n_el)
         scan = simulate.plane_wave_scan(probe, [0.0])
