@@ -129,6 +129,8 @@ def _haze_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "diffuse",
         "clutter_depth",
         "clutter_correlation",
+        "clutter_frequency",
+        "clutter_bandwidth",
     )
     return {k: h[k] for k in keys}
 

@@ -50,7 +50,7 @@ class SamplingOptions:
     steps: int = 20
     sampler: str = "euler"
     sigma_min: float = 0.005
-    sigma_max: float = 10.0
+    sigma_max: float = 3.0
     noise_std: float = 0.01
     guidance: float = 1.0
     tile: int = 32

@@ -27,7 +27,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -406,6 +406,8 @@ def haze_rf(
     diffuse: float = 0.5,
     clutter_depth: float = 5e-3,
     clutter_correlation: float = 0.25,
+    clutter_frequency: float = 0.6,
+    clutter_bandwidth: float = 0.3,
 ) -> Tensor:
     """Near-field reverberation clutter ``(B, n_tx, n_ax, n_el)`` from the shallow echoes.
 
@@ -425,7 +427,10 @@ def haze_rf(
         pulse spectrum), correlated across elements over ``clutter_correlation`` of the
         aperture (wavefronts that do not come from a point in the image, so they do not
         focus), with an amplitude ``exp(-z / clutter_depth)`` at the depth ``z = c t / 2``
-        it appears at (near-field haze).
+        it appears at (near-field haze). Its spectrum is centred at ``clutter_frequency``
+        times the probe's centre frequency with fractional bandwidth ``clutter_bandwidth``:
+        the multiply reflected paths are longer, and frequency-dependent attenuation along
+        them shifts their spectrum down and narrows it (the haze is coarser than speckle).
     """
     b, n_tx, n_ax, n_el = shallow.shape
     fs, c, dt = probe.sampling_frequency, probe.sound_speed, shallow.dtype
@@ -440,7 +445,12 @@ def haze_rf(
         delay = (k * 2 * layer_depth / c + dj)[:, None, None, :]  # (B, 1, 1, E)
         phase = torch.exp(-2j * math.pi * f[None, None, :, None] * delay)
         out = out + reflection**k * torch.fft.irfft(spec * phase, n=n_ax, dim=2)
-    nz = _diffuse_clutter(probe, shallow.shape, generator, dt, clutter_correlation)
+    low = replace(
+        probe,
+        center_frequency=clutter_frequency * probe.center_frequency,
+        bandwidth=clutter_bandwidth,
+    )
+    nz = _diffuse_clutter(low, shallow.shape, generator, dt, clutter_correlation)
     z = torch.arange(n_ax, dtype=dt) / fs * c / 2
     nz = nz * torch.exp(-z / clutter_depth)[None, None, :, None]
     rms = lambda v: v.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-20)  # noqa: E731
