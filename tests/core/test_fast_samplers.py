@@ -260,7 +260,8 @@ def test_default_sigmas_follow_sigma_data_and_training_range() -> None:
     sig = default_sigmas(kd, 10)
     assert math.isclose(sig[0].item(), 8.0) and math.isclose(sig[-2].item(), 0.1)
     kd = KarrasDenoiser(net, sigma_data=0.5, train_sigma=LogNormalSigma(-1.2, 1.2))
-    assert math.isclose(default_sigmas(kd, 10)[0].item(), 5.0)  # exp(-1.2 + 3.6) > 5
+    top = min(DEFAULT_SIGMA_MAX_FACTOR * 0.5, math.exp(-1.2 + 3 * 1.2))  # log-normal's +3 sd
+    assert math.isclose(default_sigmas(kd, 10)[0].item(), top)
     with pytest.raises(ValueError, match="sigma_data"):
         default_sigmas(kd, 10, sigma_data=-1.0)
 
