@@ -33,7 +33,11 @@ from benchmarks._common import domain_parser, read_config, run_stages, write_res
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINT = "joint diffusion (tissue + haze priors)"
-BASELINES = ("Lee filter", "single-prior DPS (haze as Gaussian noise)")
+BASELINES = (
+    "Lee filter",
+    "Wiener split (training spectra)",
+    "single-prior DPS (haze as Gaussian noise)",
+)
 PSNR = "B-mode PSNR (dB, DR 60 dB)"
 
 

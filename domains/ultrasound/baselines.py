@@ -11,6 +11,8 @@
   sequence: the Casorati matrix (pixels x frames) of the beamformed IQ frames loses its
   ``rank`` largest singular components (the static part, where stationary reverberation
   haze lives), keeping the rest.
+- :func:`wiener_separation`: the linear (second-order) split of tissue and haze with the
+  training patches' power spectra: what a Gaussian prior of each would give.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-__all__ = ["no_processing", "lee_filter", "svd_clutter_filter", "RAYLEIGH_CV"]
+__all__ = [
+    "no_processing",
+    "lee_filter",
+    "svd_clutter_filter",
+    "patch_spectra",
+    "wiener_separation",
+    "RAYLEIGH_CV",
+]
 
 #: Coefficient of variation of a Rayleigh-distributed envelope: sqrt(4/pi - 1).
 RAYLEIGH_CV = math.sqrt(4 / math.pi - 1)
@@ -58,3 +67,37 @@ def svd_clutter_filter(frames: Tensor, rank: int = 1) -> Tensor:
     s[:rank] = 0
     out = (u * s.to(u.dtype)) @ vh
     return out.T.reshape(frames.shape)
+
+
+def patch_spectra(patches: Tensor) -> Tensor:
+    """Mean power spectrum ``E|FFT2(p)|^2`` of IQ patches ``(N, 2, p, p)`` (I, Q channels)."""
+    c = torch.complex(patches[:, 0].double(), patches[:, 1].double())
+    return (torch.fft.fft2(c).abs() ** 2).mean(0)
+
+
+def wiener_separation(
+    y: np.ndarray, p_tissue: Tensor, p_haze: Tensor, gamma: float, *, overlap: int | None = None
+) -> np.ndarray:
+    """Linear MMSE (Wiener) estimate of the tissue from ``y = x + gamma h`` per patch, for
+    stationary Gaussian tissue and haze with the power spectra ``p_tissue``, ``p_haze`` (from
+    the training patches, :func:`patch_spectra`): ``X = P_x / (P_x + gamma^2 P_h) Y``
+    (N. Wiener, "Extrapolation, Interpolation, and Smoothing of Stationary Time Series", 1949).
+    Frames ``(2, nz, nx)`` in model units are processed patch-wise with the core's overlap
+    blending (:func:`diffsci.core.tiling.tiled_map`); this is the second-order baseline the
+    two diffusion priors must beat."""
+    from diffsci.core.tiling import tiled_map
+
+    p = p_tissue.shape[-1]
+    gain = p_tissue / (p_tissue + gamma**2 * p_haze).clamp_min(1e-30)
+
+    def fn(tiles: np.ndarray, origins) -> np.ndarray:
+        c = torch.complex(
+            torch.from_numpy(tiles[:, 0]).double(), torch.from_numpy(tiles[:, 1]).double()
+        )
+        r = torch.fft.ifft2(torch.fft.fft2(c) * gain)
+        return np.stack([r.real.numpy(), r.imag.numpy()], 1)
+
+    src = np.asarray(y, np.float32)
+    out = np.zeros_like(src)
+    tiled_map(fn, src, out, tile=p, overlap=p // 2 if overlap is None else overlap, batch=32)
+    return out

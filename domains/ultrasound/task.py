@@ -41,6 +41,7 @@ LOWER_IS_BETTER = [
     "network evaluations per frame",
 ]
 JOINT = "joint diffusion (tissue + haze priors)"
+WIENER = "Wiener split (training spectra)"
 
 
 def _grid(meta: dict[str, Any]) -> ImageGrid:
@@ -190,6 +191,7 @@ class UltrasoundTask(DomainTask):
             }
         }
         env["Lee filter"] = baselines.lee_filter(y_iq.abs().numpy(), cfg["baselines"]["lee_size"])
+        env[WIENER] = _wiener(data_dir, y, opt, scale)
         if cfg["baselines"]["single_prior_dps"]:
             xd, inf2 = single_prior_dps(
                 model.tissue, y, opt, meta["haze_std_model_units"], seed=seed
@@ -324,6 +326,15 @@ class UltrasoundTask(DomainTask):
             plots.save_bmode_grid(
                 Path(out_dir) / f"{stem}_bmode.png", rows, grid.x, grid.z, dynamic_range=dr
             )
+
+
+def _wiener(data_dir: Path, y: torch.Tensor, opt: SamplingOptions, scale: float) -> np.ndarray:
+    """Envelopes of the Wiener split (spectra of the training patches), frames ``y``."""
+    tissue, haze, _ = data.read_train(Path(data_dir) / "train.h5")
+    px, ph = baselines.patch_spectra(tissue), baselines.patch_spectra(haze)
+    yn = (y / (1 - opt.haze_weight)).numpy()
+    x = np.stack([baselines.wiener_separation(f, px, ph, opt.gamma) for f in yn])
+    return models.channels_to_iq(torch.from_numpy(x), scale).abs().numpy()
 
 
 def _replace(opt: SamplingOptions, **kw: Any) -> SamplingOptions:

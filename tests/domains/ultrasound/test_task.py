@@ -187,6 +187,7 @@ def test_users_files_train_and_evaluate(tmp_path):
     assert set(m["tables"][title]) == {
         "no processing (hazy)",
         "Lee filter",
+        "Wiener split (training spectra)",
         "joint diffusion (tissue + haze priors)",
     }
     card = json.loads(paths.model.with_name("model_card.json").read_text())
