@@ -217,7 +217,12 @@ class UltrasoundTask(DomainTask):
         runs = {
             "joint diffusion, every frame from noise": (opt, False),
             "joint diffusion, SeqDiff warm start": (
-                _replace(opt, warm_sigma=s["warm_sigma"], warm_steps=s["warm_steps"]),
+                _replace(
+                    opt,
+                    warm_sigma=s["warm_sigma"],
+                    warm_steps=s["warm_steps"],
+                    warm_samples=s["warm_samples"],
+                ),
                 True,
             ),
         }
