@@ -205,6 +205,9 @@ def frame_metrics(
         out["CNR PICMUS/zea (dB)"] = cnr_db_picmus(a, b)
         out["CNR DehazingEcho2025 (linear, signed)"] = cnr_challenge(a, b)
         out["CNR |mu_s-mu_b|/sigma_b"] = cnr_textbook(a, b)
+        kc = ks_challenge(_bmode(hazy_env, dynamic_range)[masks["anechoic_in"]], a)
+        out["KS hazy vs dehazed (anechoic cyst)"] = kc["statistic"]
+        out["KS direction (anechoic cyst; +1 = dehazed darker)"] = kc["direction"]
         out["contrast ratio (dB, envelope)"] = contrast_ratio_db(
             env[masks["anechoic_in"]], env[masks["anechoic_out"]]
         )

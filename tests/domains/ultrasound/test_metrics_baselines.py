@@ -76,6 +76,9 @@ def test_roi_masks_and_frame_metrics():
     row = metrics.frame_metrics(dark, dark, env, m, 60.0)
     assert row["gCNR anechoic"] > 0.99 and row["KS vs clean (tissue)"] == 0.0
     assert row["B-mode PSNR (dB, DR 60 dB)"] == float("inf")
+    # the challenge's KS in the cyst: hazy (env) vs dehazed (dark): dehazed darker -> +1
+    assert row["KS hazy vs dehazed (anechoic cyst)"] > 0.9
+    assert row["KS direction (anechoic cyst; +1 = dehazed darker)"] == 1.0
     # no contrast: only the finite-sample histogram mismatch remains
     assert metrics.frame_metrics(env, dark, env, m, 60.0)["gCNR anechoic"] < 0.35
 
