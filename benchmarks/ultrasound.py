@@ -166,6 +166,16 @@ def main() -> None:
             "sequence": sequence,
             "benchmark_config_differs_from_default_in": differs,
             "stage_seconds": times,
+            "notes": [
+                "seconds are wall-clock on the machine below, one torch thread, while other "
+                "processes shared its cores: compare them within this file only",
+                "the dehazed frame is the IQ mean of sampling.samples joint posterior samples; "
+                "gCNR rewards speckle smoothing (the Lee filter exceeds the clean truth's gCNR "
+                "while its KS vs clean shows the speckle statistics destroyed), so read gCNR "
+                "with KS vs clean",
+                "network evaluations per frame count calls of the joint denoiser (both priors) "
+                "per tile position, all samples included",
+            ],
             "tables": tables,
             "summary": metrics["summary"],
         },
