@@ -40,13 +40,22 @@ UNOBSERVED_STD = 1e3
 
 
 def _fill(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``y`` with invalid entries replaced by their band's median of valid values."""
+    """``y`` with invalid entries filled: along the spectrum, linearly between the pixel's
+    nearest valid bands (reflectance spectra are smooth; a band lost everywhere has no other
+    source), and by the band's median where a pixel has no valid band at all."""
     out = np.array(y, dtype=np.float64)
-    for b in range(out.shape[0]):
-        v = valid[b]
-        med = float(np.median(out[b][v])) if v.any() else 0.0
-        out[b][~v] = med
-    return out
+    b = out.shape[0]
+    flat, ok = out.reshape(b, -1), valid.reshape(b, -1)
+    idx = np.arange(b)
+    for p in np.flatnonzero(~ok.all(0) & ok.any(0)):
+        v = ok[:, p]
+        flat[~v, p] = np.interp(idx[~v], idx[v], flat[v, p])
+    dead = ~ok.any(0)
+    if dead.any():
+        for i in range(b):
+            med = float(np.median(flat[i][ok[i]])) if ok[i].any() else 0.0
+            flat[i, dead] = med
+    return flat.reshape(out.shape)
 
 
 def estimate_sigma(y: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -248,7 +257,7 @@ def robust_subspace(
     base = valid.copy()
     fit = _fill(y, valid)
     for _ in range(iters if robust else 1):
-        basis_w = _whitened_basis(np.where(valid, y, fit), est, k)
+        basis_w = _whitened_basis(np.where(valid, y, fit), est, k)  # EM-style imputation
         basis, _ = np.linalg.qr(est[:, None] * basis_w)
         z, std = weighted_coefficients(y, basis, valid / est[:, None, None] ** 2)
         fit = np.einsum("bk,khw->bhw", basis, z)

@@ -132,3 +132,17 @@ def test_restore_serves_another_band_count_and_shape():
     r = models.restore(prior, y, sampling=s, generator=torch.Generator().manual_seed(0))
     assert r.cube.shape == x.shape and np.isfinite(r.cube).all()
     assert r.posterior_std.shape == (3, 20, 24) and (r.posterior_std > 0).any()
+
+
+def test_dropped_bands_and_dead_pixels_are_completed_not_fitted(scene):
+    """Band-missing completion: a dropped band (0 everywhere) is filled from the subspace of
+    the others; dead pixels (0 in every band) are left to the prior (huge coefficient std)."""
+    y, c = sim.add_noise(scene, "dropped", np.random.default_rng(3))
+    est = subspace.robust_subspace(y, 4).cube()
+    lost = c.dropped_bands
+    assert m.band_psnr(est, scene)[lost].min() > 20  # spectral interpolation, then the subspace
+    assert m.band_psnr(y, scene)[lost].max() < 15
+    y, c = sim.add_noise(scene, "deadpixels", np.random.default_rng(3))
+    sub = subspace.robust_subspace(y, 4)
+    assert (sub.coef_std[:, c.dead_pixels] > 100).all()
+    assert (sub.coef_std[:, ~c.dead_pixels] < 10).all()
