@@ -576,6 +576,46 @@ def _str_dtype():
     return h5py.string_dtype(encoding="utf-8")
 
 
+def _write_zea_body(f: Any, acq: Acquisition, layout: str, compression) -> None:
+    """Everything :func:`write_zea` puts into the open file ``f``."""
+    f.attrs["probe_name"] = acq.probe_name
+    f.attrs["us_machine"] = acq.us_machine
+    f.attrs["description"] = acq.description
+    if layout == "current":
+        f.attrs["zea_version"] = ZEA_FORMAT_VERSION
+        f.attrs["written_by"] = "diffsci"
+        _write_probe(f.create_group("probe"), acq, compression)
+        root = f.create_group("tracks/track_0")
+    else:
+        f.attrs["probe"] = acq.probe_name
+        root = f
+    data, scan = root.create_group("data"), root.create_group("scan")
+    if acq.raw_data is not None:
+        _put(
+            data,
+            "raw_data",
+            np.asarray(acq.raw_data, np.float32),
+            acq.attrs.get("raw_data"),
+            compression,
+        )
+    for key, p in acq.products.items():
+        _write_product(data, key, p, layout, compression)
+    for key, v in _scan_items(acq.scan).items():
+        if layout == "current" and key in _PROBE_KEYS:  # zea >= 0.1: under /probe
+            continue
+        _put(scan, key, v, acq.scan.attrs.get(key), compression)
+    if layout == "legacy" and acq.raw_data is not None:
+        n_frames, n_tx, n_ax, n_el, n_ch = acq.raw_data.shape
+        for k, v in dict(n_frames=n_frames, n_tx=n_tx, n_ax=n_ax, n_el=n_el, n_ch=n_ch).items():
+            _put(
+                scan,
+                k,
+                np.int64(v),
+                {"unit": "-", "description": f"The number of {k[2:]}."},
+                None,
+            )
+
+
 def write_zea(
     path: str | Path,
     acq: Acquisition,
@@ -604,42 +644,7 @@ def write_zea(
     if acq.raw_data is not None:
         _check_raw(np.asarray(acq.raw_data), acq.scan, Path(path), "raw_data (to write)")
     with atomic_path(path, suffix=".hdf5") as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["probe_name"] = acq.probe_name
-        f.attrs["us_machine"] = acq.us_machine
-        f.attrs["description"] = acq.description
-        if layout == "current":
-            f.attrs["zea_version"] = ZEA_FORMAT_VERSION
-            f.attrs["written_by"] = "diffsci"
-            _write_probe(f.create_group("probe"), acq, compression)
-            root = f.create_group("tracks/track_0")
-        else:
-            f.attrs["probe"] = acq.probe_name
-            root = f
-        data, scan = root.create_group("data"), root.create_group("scan")
-        if acq.raw_data is not None:
-            _put(
-                data,
-                "raw_data",
-                np.asarray(acq.raw_data, np.float32),
-                acq.attrs.get("raw_data"),
-                compression,
-            )
-        for key, p in acq.products.items():
-            _write_product(data, key, p, layout, compression)
-        for key, v in _scan_items(acq.scan).items():
-            if layout == "current" and key in _PROBE_KEYS:  # zea >= 0.1: under /probe
-                continue
-            _put(scan, key, v, acq.scan.attrs.get(key), compression)
-        if layout == "legacy" and acq.raw_data is not None:
-            n_frames, n_tx, n_ax, n_el, n_ch = acq.raw_data.shape
-            for k, v in dict(n_frames=n_frames, n_tx=n_tx, n_ax=n_ax, n_el=n_el, n_ch=n_ch).items():
-                _put(
-                    scan,
-                    k,
-                    np.int64(v),
-                    {"unit": "-", "description": f"The number of {k[2:]}."},
-                    None,
-                )
+        _write_zea_body(f, acq, layout, compression)
     return Path(path)
 
 
