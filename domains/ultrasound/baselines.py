@@ -30,6 +30,7 @@ __all__ = [
     "svd_clutter_filter",
     "patch_spectra",
     "wiener_separation",
+    "apply_tiled",
     "RAYLEIGH_CV",
 ]
 
@@ -101,3 +102,25 @@ def wiener_separation(
     out = np.zeros_like(src)
     tiled_map(fn, src, out, tile=p, overlap=p // 2 if overlap is None else overlap, batch=32)
     return out
+
+
+@torch.no_grad()
+def apply_tiled(net: torch.nn.Module, y: Tensor, tile: int, overlap: int) -> Tensor:
+    """A patch network ``net(y_tiles) -> x_tiles`` ``(n, 2, tile, tile)`` over frames
+    ``(T, 2, nz, nx)``, tiles blended by the core's :func:`~diffsci.core.tiling.tiled_map`."""
+    from diffsci.core.tiling import tiled_map
+
+    out = []
+    for frame in y:
+        src = frame.numpy().astype(np.float32)
+        tgt = np.zeros_like(src)
+        tiled_map(
+            lambda t, o: net(torch.from_numpy(t)).numpy(),
+            src,
+            tgt,
+            tile=tile,
+            overlap=overlap,
+            batch=32,
+        )
+        out.append(torch.from_numpy(tgt))
+    return torch.stack(out)

@@ -11,6 +11,9 @@ sum of each network's own EDM loss on its own data (tissue patches, haze patches
 networks share no parameter, so each gets exactly the gradient of its own loss (only the
 optional global gradient-norm clipping couples their step sizes; configs set ``grad_clip``
 to ``null`` to train them as if separately).
+
+:class:`SupervisedDehazer` is the supervised baseline of issue 20: the same UNet trained by
+regression on (hazy, clean) pairs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from torch import Tensor, nn
 from diffsci.core.denoisers import KarrasDenoiser, edm_loss
 from diffsci.core.networks import UNet
 
-__all__ = ["DehazePriors", "build_priors", "dehaze_loss", "iq_to_channels", "channels_to_iq"]
+__all__ = [
+    "DehazePriors",
+    "build_priors",
+    "dehaze_loss",
+    "iq_to_channels",
+    "channels_to_iq",
+    "SupervisedDehazer",
+    "supervised_loss",
+]
 
 
 def iq_to_channels(iq: Tensor, scale: float) -> Tensor:
@@ -87,3 +98,30 @@ def dehaze_loss(model: nn.Module, batch: Any, rng: Any) -> dict[str, Tensor]:
     lt = edm_loss(base.tissue, _flip(x, rng), rng)
     lh = edm_loss(base.haze, _flip(h, rng), rng)
     return {"loss": lt + lh, "loss_tissue": lt.detach(), "loss_haze": lh.detach()}
+
+
+class SupervisedDehazer(nn.Module):
+    """The supervised baseline: a core UNet regressing the tissue IQ from the hazy IQ
+    (trained on pairs ``y = (1 - w) x + w h`` made from the training patches), no diffusion."""
+
+    def __init__(self, model_cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.net = UNet(
+            2,
+            2,
+            2,
+            channels=tuple(model_cfg["channels"]),
+            attention_levels=tuple(model_cfg["attention_levels"]),
+            num_res_blocks=model_cfg["num_res_blocks"],
+        )
+
+    def forward(self, y: Tensor) -> Tensor:
+        return y + self.net(y, torch.zeros(y.shape[0], device=y.device))
+
+
+def supervised_loss(model: nn.Module, batch: Any, rng: Any) -> Tensor:
+    """Mean squared error of the tissue estimate, both inputs mirrored together."""
+    y, x = batch
+    flip = (rng.rand((y.shape[0],)) < 0.5).to(y.device).reshape(-1, 1, 1, 1)
+    y, x = torch.where(flip, y.flip(-1), y), torch.where(flip, x.flip(-1), x)
+    return ((model(y) - x) ** 2).mean()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ LOWER_IS_BETTER = [
 ]
 JOINT = "joint diffusion (tissue + haze priors)"
 WIENER = "Wiener split (training spectra)"
+SUPERVISED = "supervised UNet (hazy -> clean pairs)"
 
 
 def _grid(meta: dict[str, Any]) -> ImageGrid:
@@ -160,6 +162,50 @@ class UltrasoundTask(DomainTask):
         path = Path(data_dir) / "test_hazy.hdf5"
         _check_scan(io.read_zea(path).scan, card, str(path))
 
+    # ---------------------------------------------------------------- trained baselines
+    def baselines(self, cfg: Config, data_dir: Path, out_dir: Path, rt: Runtime) -> None:
+        """The supervised UNet on (hazy, clean) pairs of the training patches, applied to the
+        held-out frames; ``baselines/supervised.h5`` holds its envelopes and cost."""
+        steps = cfg["baselines"]["supervised_steps"]
+        if steps == 0:
+            return
+        from diffsci.core.training import TrainConfig, train
+
+        tissue, haze, scale = data.read_train(Path(data_dir) / "train.h5")
+        w = cfg["haze"]["weight"]
+        pairs = torch.utils.data.TensorDataset((1 - w) * tissue + w * haze, tissue)
+        t = cfg["train"]
+        tcfg = TrainConfig(
+            steps=steps,
+            batch_size=t["batch_size"],
+            lr=t["lr"],
+            ema_decay=None,
+            grad_clip=None,
+            seed=int(cfg["seed"]),
+            progress=rt.progress,
+            ckpt_dir=None,
+        )
+        torch.manual_seed(int(cfg["seed"]))
+        net = train(
+            models.SupervisedDehazer(cfg["model"]),
+            models.supervised_loss,
+            pairs,
+            tcfg,
+            device=rt.device,
+        ).model.eval()
+        meta = data.read_meta(Path(data_dir))
+        acq = io.read_zea(Path(data_dir) / "test_hazy.hdf5")
+        y = models.iq_to_channels(
+            data.beamform(acq, _grid(meta), cfg["acquisition"]["f_number"]), scale
+        )
+        t0 = time.perf_counter()
+        x = baselines.apply_tiled(net, y, cfg["sampling"]["tile"], cfg["sampling"]["overlap"])
+        sec = (time.perf_counter() - t0) / y.shape[0]
+        env = {SUPERVISED: models.channels_to_iq(x, scale).abs().numpy()}
+        _write_methods(
+            Path(out_dir) / "supervised.h5", env, {SUPERVISED: {"seconds per frame": sec}}
+        )
+
     # ---------------------------------------------------------------- inference
     def infer(
         self, cfg: Config, model: nn.Module, data_dir: Path, out_dir: Path, rt: Runtime
@@ -242,6 +288,9 @@ class UltrasoundTask(DomainTask):
         meta = data.read_meta(paths.data)
         grid, dr = _grid(meta), cfg["metrics"]["dynamic_range"]
         env, cost = _read_methods(paths.predictions / "methods.h5")
+        if (paths.baselines / "supervised.h5").is_file():
+            senv, scost = _read_methods(paths.baselines / "supervised.h5")
+            env, cost = {**env, **senv}, {**cost, **scost}
         tables: dict[str, Any] = {}
         figures: list[str] = []
         clean_path = paths.data / "test_clean.hdf5"

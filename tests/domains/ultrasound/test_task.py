@@ -17,7 +17,14 @@ import yaml
 from workflow_env import ENV
 
 from diffsci.core.modelcard import Incompatible
-from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train, validate_config
+from diffsci.core.stages import (
+    run_baselines,
+    run_evaluate,
+    run_infer,
+    run_prepare,
+    run_train,
+    validate_config,
+)
 from diffsci.core.task import TaskPaths, get_task
 from diffsci.domains.ultrasound import data, io, simulate
 
@@ -33,7 +40,7 @@ def _cfg(**over) -> dict:
 
 
 def _run(
-    cfg: dict, root: Path, stages=(run_prepare, run_train, run_infer, run_evaluate)
+    cfg: dict, root: Path, stages=(run_prepare, run_train, run_baselines, run_infer, run_evaluate)
 ) -> TaskPaths:
     task, paths = get_task("ultrasound"), TaskPaths(root)
     for fn in stages:
@@ -53,6 +60,7 @@ def test_tiny_chain_writes_zea_outputs_and_labelled_metrics(tiny_run):
     (title,) = [t for t in m["tables"] if t.startswith("Dehazing")]
     rows = m["tables"][title]
     assert {"clean (reference)", "no processing (hazy)", "Lee filter"} <= set(rows)
+    assert "supervised UNet (hazy -> clean pairs)" in rows  # the trained baseline
     joint = rows["joint diffusion (tissue + haze priors)"]
     for key in (
         "gCNR anechoic",
@@ -188,6 +196,7 @@ def test_users_files_train_and_evaluate(tmp_path):
         "no processing (hazy)",
         "Lee filter",
         "Wiener split (training spectra)",
+        "supervised UNet (hazy -> clean pairs)",
         "joint diffusion (tissue + haze priors)",
     }
     card = json.loads(paths.model.with_name("model_card.json").read_text())
