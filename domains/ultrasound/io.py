@@ -650,6 +650,9 @@ def write_zea(
 
 # ----------------------------------------------------------------------------- PICMUS
 _PICMUS = "US/US_DATASET0000"
+#: The L11-4v probe's centre frequency in PICMUS (5.208 MHz): its RF files store
+#: ``modulation_frequency`` 0 and no centre frequency, so the reader assumes this one.
+PICMUS_CENTER_FREQUENCY = 5.208e6
 
 
 def read_picmus(path: str | Path, scan_path: str | Path | None = None) -> Acquisition:
@@ -659,7 +662,8 @@ def read_picmus(path: str | Path, scan_path: str | Path | None = None) -> Acquis
     ``(3, n_el)`` and its times relative to the plane wave crossing the origin; this maps them
     onto zea's axes ``(1, n_tx, n_ax, n_el, n_ch)`` (``n_ch`` 1 when ``modulation_frequency``
     is 0, i.e. RF, else 2 = IQ) and zea's time reference (first element fires at 0):
-    ``initial_times = initial_time - min_e(x_e sin(theta)) / c``.
+    ``initial_times = initial_time - min_e(x_e sin(theta)) / c``. RF files without a
+    ``center_frequency`` get the L11-4v's (:data:`PICMUS_CENTER_FREQUENCY`).
     """
     path = Path(path)
     with open_hdf5(path, what="PICMUS HDF5 file") as f:
@@ -699,7 +703,7 @@ def read_picmus(path: str | Path, scan_path: str | Path | None = None) -> Acquis
     scan = Scan(
         probe_geometry=geom.T.copy(),
         sampling_frequency=fs,
-        center_frequency=fc if fc else 5.208e6,
+        center_frequency=fc if fc else PICMUS_CENTER_FREQUENCY,
         demodulation_frequency=fmod,
         initial_times=t_init - m / c,
         t0_delays=plane_wave_t0_delays(x_el, angles, c),
