@@ -13,6 +13,9 @@ et al., CVPR 2023), so the observers see the network at every level of the sampl
 :func:`calibration_batches` noises clean data to each ``sigma`` of the schedule the model will
 be sampled with (the forward process the sampler inverts) and :func:`quantize_int8` runs them
 all through one set of observers (histogram observers, per-channel weights).
+
+torch 2.13 warns that its quantized-tensor API will be removed in a later release (pytorch
+issue 184982); the replacement is torchao's pt2e flow, which this module should move to then.
 """
 
 from __future__ import annotations
