@@ -26,7 +26,17 @@ from diffsci.core.denoisers import KarrasDenoiser, VPDenoiser
 from diffsci.core.samplers import get_sampler, nfe
 from diffsci.core.schedules import ddpm_alphas_cumprod, karras
 
-SAMPLER_NAMES = ("euler", "heun", "ddim", "dpmpp_2m", "dpmpp_2m_sde")
+SAMPLER_NAMES = (
+    "euler",
+    "heun",
+    "ddim",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m",
+    "dpmpp_3m_sde",
+    "unipc",
+    "ipndm",
+)
 TARGET = 0.02
 
 
