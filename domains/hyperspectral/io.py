@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffsci.core.fileio import atomic_dir, atomic_path
+from diffsci.core.fileio import atomic_dir, atomic_path, refuse_pickle_codecs
 
 __all__ = [
     "CubeError",
@@ -324,6 +324,8 @@ def read_xarray(path: str | os.PathLike, variable: str | None = None) -> xr.Data
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such netCDF file or zarr store")
+    if path.suffix == ".zarr" or path.is_dir():
+        refuse_pickle_codecs(path)  # issue 25: a zarr v2 'pickle' codec would run code
     try:
         if path.suffix == ".zarr" or path.is_dir():
             ds = xr.open_zarr(path)

@@ -161,5 +161,9 @@ def test_a_zarr_store_with_pickled_chunks_is_refused_before_opening(tmp_path):
         refuse_pickle_codecs(store)
     with pytest.raises(ValueError, match="'pickle' codec"):
         open_xarray(store)
+    from diffsci.domains.hyperspectral.io import read_xarray
+
+    with pytest.raises(ValueError, match="'pickle' codec"):
+        read_xarray(store)
     assert not (tmp_path / "pwned").exists()
     refuse_pickle_codecs(tmp_path / "missing.zarr")  # nothing to check: the reader says so
