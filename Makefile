@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CONSTRAINTS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install install-test demo test test-heavy test-slurm lint bench clean
+.PHONY: install install-test demo test test-heavy test-slurm test-reliability lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: install-test
 
 test-heavy: install-test
 	$(BIN)/python -m pytest -m heavy -n $(PYTEST_WORKERS)
+
+## test-reliability: SIGKILL/SIGINT of training and of Snakemake runs, checked for bit-identical
+## recovery (tests/reliability; CI runs it after `make test`)
+test-reliability: install-test
+	$(BIN)/python -m pytest -m reliability -n $(PYTEST_WORKERS) --durations=10 tests/reliability
 
 ## test-slurm: the pipeline through a real local SLURM (needs root: installs slurm-wlm/munge,
 ## starts and stops the daemons itself; skipped with the reason printed otherwise)

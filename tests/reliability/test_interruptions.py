@@ -27,6 +27,8 @@ import yaml
 from diffsci.core.modelfile import load_model_file
 from tests.workflow_env import ENV, SNAKEMAKE
 
+pytestmark = pytest.mark.reliability
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "domains" / "pde" / "tiny.yaml"
 STEPS = 24
