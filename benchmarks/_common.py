@@ -82,7 +82,8 @@ def run_stages(
     reuse_model: bool = False,
     progress: bool = False,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Run a task's prepare, train, infer and evaluate stages in ``workdir``.
+    """Run a task's prepare, train, baselines (when it has its own), infer and evaluate stages
+    in ``workdir``.
 
     ``reuse_model`` skips train when ``model.pt`` exists and was trained with exactly this
     config (its provenance record says so; otherwise it retrains, so a result never pairs a
@@ -90,13 +91,21 @@ def run_stages(
     metrics mapping evaluate wrote and the seconds of each stage.
     """
     from diffsci.core.modelfile import load_model_file
-    from diffsci.core.stages import run_evaluate, run_infer, run_prepare, run_train
+    from diffsci.core.stages import (
+        has_baselines,
+        run_baselines,
+        run_evaluate,
+        run_infer,
+        run_prepare,
+        run_train,
+    )
     from diffsci.core.task import TaskPaths
 
     paths = TaskPaths(workdir)
     stages = [
         ("prepare", run_prepare),
         ("train", run_train),
+        *([("baselines", run_baselines)] if has_baselines(task) else []),
         ("infer", run_infer),
         ("evaluate", run_evaluate),
     ]

@@ -222,7 +222,8 @@ def _require_outputs(folder: Path, stage: str) -> None:
         )
 
 
-def _has_baselines(task: Task) -> bool:
+def has_baselines(task: Task) -> bool:
+    """Whether ``task`` has a baselines stage of its own (evaluate then requires its output)."""
     return getattr(type(task), "baselines", None) is not DomainTask.baselines
 
 
@@ -250,7 +251,7 @@ def run_evaluate(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) ->
     if not paths.data.is_dir():
         raise FileNotFoundError(f"{paths.data}: missing (run the prepare stage first)")
     _require_outputs(paths.predictions, "infer")
-    if _has_baselines(task) or paths.baselines.is_dir():
+    if has_baselines(task) or paths.baselines.is_dir():
         _require_outputs(paths.baselines, "baselines")
     with atomic_dir(paths.figures) as tmp:
         result = task.evaluate(cfg, paths, tmp)
