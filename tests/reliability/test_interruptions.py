@@ -229,7 +229,9 @@ def _interrupt_in_train(root: Path, kill) -> None:
 
 
 def test_snakemake_sigint_recovers_with_identical_outputs(reference, tmp_path):
-    _interrupt_in_train(tmp_path, lambda p: p.send_signal(signal.SIGINT))
+    # Ctrl-C in a terminal: SIGINT to the whole foreground process group (Snakemake and its
+    # train job), which checkpoints and exits 75 while Snakemake stops scheduling
+    _interrupt_in_train(tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))
     _finish(tmp_path, "--rerun-incomplete")  # as the local profile sets it
     assert _outputs(tmp_path) == reference
 
