@@ -5,7 +5,8 @@ For each domain prior trained by :mod:`benchmarks.fast_sampling_domains` (the wo
 default config; trained here if missing), :func:`diffsci.core.quantize.quantize_int8` makes an
 int8 copy calibrated on 16 training samples noised to each level of a 20-step default schedule.
 Latency: median of ``--reps`` forwards of one batch at sigma = sigma_data, fp32 and int8
-alternating in one run, one thread. Quality: the domain's own ``infer`` and ``evaluate`` run
+alternating in one run, one thread; the quartiles of the per-repeat fp32/int8 ratios show the
+spread (runs of 15 repeats differed by 20% between invocations on an idle machine). Quality: the domain's own ``infer`` and ``evaluate`` run
 with each model on the same prepared test data and seed; every PSNR in the metric tables is
 compared.
 
@@ -54,7 +55,15 @@ def latency(fp32: torch.nn.Module, int8: torch.nn.Module, x: torch.Tensor, reps:
             m(x, sigma)
             times[name].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"median_seconds": med, "speedup": med["fp32"] / med["int8"], "batch": list(x.shape)}
+    ratios = sorted(a / b for a, b in zip(times["fp32"], times["int8"], strict=True))
+    q = len(ratios) // 4
+    return {
+        "median_seconds": med,
+        "speedup": med["fp32"] / med["int8"],
+        "paired_ratio_quartiles": [ratios[q], ratios[len(ratios) // 2], ratios[-1 - q]],
+        "reps": reps,
+        "batch": list(x.shape),
+    }
 
 
 def _psnrs(tables: dict[str, Any]) -> dict[str, float]:
@@ -88,7 +97,7 @@ def quality(domain: str, model: torch.nn.Module, cfg: dict, work: Path, tag: str
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domains", nargs="+", default=list(DOMAINS))
-    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--reps", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "fast_sampling_domains"))
     a = p.parse_args(argv)
