@@ -203,3 +203,17 @@ def require_finite(
             f"which overflow float32 arithmetic (a standard deviation, the training loss); "
             f"{fix or _FIX_TOO_LARGE}"
         )
+
+
+def data_record(
+    cfg: Mapping[str, Any], data_dir: str | Path, *, digest: str | None = None
+) -> dict[str, Any]:
+    """The ``data`` part of a model card: where the data came from (``simulate`` or the
+    user's files per split) and the :func:`fingerprint` of the prepared ``data_dir``
+    (``digest`` when the caller has computed it already)."""
+    files = resolve_source(cfg)
+    return {
+        "source": "simulate" if files is None else "files",
+        "fingerprint": digest or fingerprint([Path(data_dir)]),
+        "files": {} if files is None else {s: list(map(str, f)) for s, f in files.items()},
+    }

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import yaml
 
-from .datasource import expand_paths, fingerprint, resolve_source
+from .datasource import data_record, expand_paths, fingerprint
 from .fileio import atomic_dir
 from .lock import stage_lock
 from .modelcard import Incompatible, card_path, new_card, read_card
@@ -156,10 +156,11 @@ def run_train(
     settings = {k: cfg[k] for k in task.training_config_keys if k in cfg}
     # the bytes trained on: a checkpoint of other data (same shapes, overwritten in data/, which
     # Snakemake does not see) is refused instead of being returned as the "retrained" model
-    settings["data_fingerprint"] = fingerprint([paths.data])
+    settings["data_fingerprint"] = digest = fingerprint([paths.data])
     result = train(model, loss, data, tcfg, device=_device(cfg), settings=settings)
     net = result.ema if result.ema is not None else result.model
-    card = _model_card(task, cfg, paths)
+    data_part = data_record(cfg, paths.data, digest=digest)
+    card = new_card(task.name, config=cfg, data=data_part, **task.model_card(cfg, paths.data))
     write_json_atomic(card_path(paths.model), card)
     save_model_file(
         paths.model,
@@ -170,21 +171,12 @@ def run_train(
     )
 
 
-def _model_card(task: Task, cfg: Mapping[str, Any], paths: TaskPaths) -> dict[str, Any]:
-    """The card of the model trained from ``paths.data``: the domain's part plus the data's
-    source and fingerprint."""
-    files = resolve_source(cfg)
-    data = {
-        "source": "simulate" if files is None else "files",
-        "fingerprint": fingerprint([paths.data]),
-        "files": {} if files is None else {s: list(map(str, f)) for s, f in files.items()},
-    }
-    return new_card(task.name, config=cfg, data=data, **task.model_card(cfg, paths.data))
-
-
-def load_model(task: Task, cfg: Mapping[str, Any], path: Path) -> torch.nn.Module:
-    """Build the task's model and load trained weights from ``model.pt``."""
-    weights = load_model_file(path).state_dict
+def load_model(
+    task: Task, cfg: Mapping[str, Any], path: Path, weights: Mapping[str, Any] | None = None
+) -> torch.nn.Module:
+    """Build the task's model and load trained weights from ``model.pt`` (or ``weights``
+    already read from it)."""
+    weights = load_model_file(path).state_dict if weights is None else weights
     model = task.build_model(cfg)
     try:
         model.load_state_dict(weights)
@@ -309,12 +301,13 @@ def run_apply(
     write the domain's native outputs and a provenance record into the folder ``output``."""
     task = get_task(domain)
     model = Path(model)
-    card = read_card(model, {"card": load_model_file(model).card})
+    saved = load_model_file(model)
+    card = read_card(model, {"card": saved.card})
     if card["domain"] != task.name:
         raise Incompatible(f"{model}: a {card['domain']!r} model, not {task.name!r}")
     cfg = copy.deepcopy(card["config"])
     validate_config(cfg, task.schema_path, source=f"{model} (its training config)")
-    net = load_model(task, cfg, model).to(_device({"device": device}))
+    net = load_model(task, cfg, model, saved.state_dict).to(_device({"device": device}))
     files = expand_paths(inputs, key="--input")
     rt = Runtime(_device({"device": device}), progress)
     with atomic_dir(Path(output)) as tmp:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from diffsci.core import Card, Config, DomainTask, EvalResult, Files, LossFn, Runtime, TaskPaths
-from diffsci.core.datasource import fingerprint, resolve_source
+from diffsci.core.datasource import data_record, resolve_source
 from diffsci.core.modelcard import Incompatible, new_card
 from diffsci.core.modelfile import save_model_file
 from diffsci.core.provenance import write_json_atomic
@@ -308,12 +308,7 @@ def _save_fno(task: PDETask, cfg: Config, data_dir: Path, net: nn.Module) -> Non
     its model card (also ``fno_card.json``): the card's config says ``network: fno``, so
     ``diffsci apply --model <workdir>/fno.pt`` builds and runs the FNO on new files (outputs
     ``fno_<file>.h5``)."""
-    files = resolve_source(cfg)
-    data = {
-        "source": "simulate" if files is None else "files",
-        "fingerprint": fingerprint([data_dir]),
-        "files": {} if files is None else {s: list(map(str, f)) for s, f in files.items()},
-    }
+    data = data_record(cfg, data_dir)
     part = task.model_card(cfg, data_dir)
     card = new_card(
         task.name,
