@@ -14,7 +14,10 @@ seeds) runs through the generic stages (prepare, train, infer, evaluate); then
 - scale (with ``--scale-size N``): an ``N x N x 200`` noisy scene written as ENVI, restored
   by the trained model tile by tile (``sampling.tile``, one posterior sample) into a zarr
   store in a child process, its peak RSS recorded; the bar (2048x2048x200 under 4 GB) counts
-  only at ``N >= 2048``.
+  only at ``N >= 2048``. The scene is a mosaic of independently simulated 512 x 512 blocks
+  written block by block (the simulator holds a whole scene in memory). The full-size run takes about half an hour on one core, so it is
+  measured on its own with ``--scale-only`` (``hyperspectral_scale.json``), which later full
+  runs without ``--scale-size`` report.
 
 Bars not measured are recorded as ``null`` with the reason (the self-supervised mode is not
 implemented). Synthetic cubes made by
@@ -188,15 +191,22 @@ def _tiny(task, work: Path, reuse: bool) -> dict[str, Any]:
 
 
 GEN_CHILD = """
-import sys, numpy as np
+import sys, dask, dask.array as da, numpy as np
 from diffsci.domains.hyperspectral import io, simulate
 size, bands, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 wl = np.linspace(400.0, 2500.0, bands)
-rng = np.random.default_rng(123)
-x = simulate.minmax_normalize(simulate.make_scene(wl, size, rng))
-y, _ = simulate.add_noise(x, "gaussian30", rng)
-del x
-io.write_envi(io.make_cube(y, wl), path)
+b = min(size, 512)
+
+@dask.delayed
+def block(i):
+    rng = np.random.default_rng(123 + i)
+    y, _ = simulate.add_noise(simulate.minmax_normalize(simulate.make_scene(wl, b, rng)), "gaussian30", rng)
+    return y.astype(np.float32)
+
+n = size // b
+rows = [[da.from_delayed(block(r * n + c), (bands, b, b), np.float32) for c in range(n)] for r in range(n)]
+with dask.config.set(scheduler="synchronous"):
+    io.write_envi(io.make_cube(da.block(rows), wl), path)
 """
 
 APPLY_CHILD = """
@@ -264,9 +274,12 @@ def _scale(work: Path, size: int, bands: int, tile: int) -> dict[str, Any]:
     }
 
 
+SCALE_KEY = "scale: 2048x2048x200 scene restored tile by tile under 4 GB"
+
+
 def _scale_bar(args, work: Path) -> dict[str, Any]:
     if not args.scale_size:
-        return {"met": None, "why": "not measured in this run (no --scale-size)"}
+        return _scale_from_file()
     res = _scale(work, args.scale_size, args.scale_bands, args.scale_tile)
     full = args.scale_size >= 2048 and args.scale_bands >= 200
     why = (
@@ -277,6 +290,21 @@ def _scale_bar(args, work: Path) -> dict[str, Any]:
     return {**res, "met": res["under 4 GB"] if full else None, "why": why}
 
 
+def _scale_from_file() -> dict[str, Any]:
+    """The scale bar as ``--scale-only`` last measured it (``hyperspectral_scale.json``): the
+    30-minute tiled run is measured on its own, not on every quality run."""
+    import json
+
+    from benchmarks._common import RESULTS
+
+    path = RESULTS / "hyperspectral_scale.json"
+    if not path.exists():
+        return {"met": None, "why": "not measured (no --scale-size, no hyperspectral_scale.json)"}
+    rec = json.loads(path.read_text())
+    entry = rec["results"]["bar details"][SCALE_KEY]
+    return {**entry, "measured by": rec["command"], "measured at": rec["git_commit"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = domain_parser("hyperspectral")
     p.add_argument("--skip-transfer", action="store_true")
@@ -284,9 +312,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale-size", type=int, help="measure tiled apply on a scene this size")
     p.add_argument("--scale-bands", type=int, default=200)
     p.add_argument("--scale-tile", type=int, default=64)
+    p.add_argument(
+        "--scale-only",
+        action="store_true",
+        help="only the scale run (needs --scale-size and a trained model in --workdir); "
+        "writes benchmarks/results/hyperspectral_scale.json, which the full run then reports",
+    )
     args = p.parse_args(argv)
     task, cfg = read_config(args, "hyperspectral")
     work = Path(args.workdir)
+    if args.scale_only:
+        if not args.scale_size or not (work / "model.pt").exists():
+            p.error(f"--scale-only needs --scale-size and a trained {work / 'model.pt'}")
+        entry = _scale_bar(args, work)
+        results = {"bars": {SCALE_KEY: entry["met"]}, "bar details": {SCALE_KEY: entry}}
+        write_result("hyperspectral_scale", results, config=cfg, seed=123)
+        return
     metrics, times = _run(task, cfg, work, args.reuse_model)
     results: dict[str, Any] = {"stage seconds": times, "tables": metrics["tables"]}
     bars: dict[str, Any] = {
@@ -306,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.skip_transfer
             else _transfer(task, cfg, work, args.reuse_model)
         ),
-        "scale: 2048x2048x200 scene restored tile by tile under 4 GB": _scale_bar(args, work),
+        SCALE_KEY: _scale_bar(args, work),
         "the tiny default pipeline beats the per-band filter": (
             {"met": None, "why": "not measured in this run (--skip-tiny)"}
             if args.skip_tiny

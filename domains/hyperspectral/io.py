@@ -553,8 +553,32 @@ def _envi_header(cube: xr.DataArray, byte_order: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fill_nan(arr: Any, value: np.float32) -> Any:
+    if isinstance(arr, np.ndarray):
+        return np.where(np.isnan(arr), value, arr)
+    import dask.array as dsa
+
+    return dsa.where(dsa.isnan(arr), value, arr)
+
+
+def _write_raw(arr: Any, path: Path, dtype: str) -> None:
+    """Raw BSQ bytes of ``arr``; a dask array is written chunk by chunk into a memory map,
+    so a scene larger than memory streams to disk."""
+    if isinstance(arr, np.ndarray):
+        arr.astype(dtype).tofile(path)
+        return
+    import dask.array as dsa
+
+    out = np.memmap(path, dtype=dtype, mode="w+", shape=arr.shape)
+    dsa.store(arr, out, lock=True)
+    out.flush()
+    del out
+
+
 def write_envi(cube: xr.DataArray, path: str | os.PathLike, *, byte_order: int = 0) -> Path:
     """Write ``cube`` as ENVI float32 BSQ: ``<name>.img`` then ``<name>.hdr``, each atomically.
+
+    A dask-backed cube is computed and written chunk by chunk (never whole in memory).
 
     The data file is complete before its header appears, so a reader never sees a header
     whose data is partial. NaN pixels are written as the ``data ignore value`` if the cube
@@ -563,11 +587,12 @@ def write_envi(cube: xr.DataArray, path: str | os.PathLike, *, byte_order: int =
     path = Path(path)
     hdr = path if path.suffix.lower() == ".hdr" else path.with_suffix(".hdr")
     data = hdr.with_suffix(".img")
-    arr = np.asarray(cube.values, dtype=np.float32)
+    arr = cube.data.astype(np.float32)
     if "data_ignore_value" in cube.attrs:
-        arr = np.where(np.isnan(arr), np.float32(cube.attrs["data_ignore_value"]), arr)
+        ignore = np.float32(cube.attrs["data_ignore_value"])
+        arr = _fill_nan(arr, ignore)
     with atomic_path(data, suffix=".img") as tmp:
-        arr.astype(">f4" if byte_order else "<f4").tofile(tmp)
+        _write_raw(arr, tmp, ">f4" if byte_order else "<f4")
     with atomic_path(hdr, suffix=".hdr") as tmp:
         tmp.write_text(_envi_header(cube, byte_order))
     return hdr

@@ -41,6 +41,21 @@ def test_envi_round_trip_keeps_wavelengths_bad_bands_and_map_info(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary left
 
 
+def test_envi_writes_a_dask_cube_chunk_by_chunk_with_the_same_bytes(tmp_path):
+    import dask.array as da
+
+    arr = _cube(h=9, w=7)
+    arr[3, 2, 1] = np.nan
+    attrs = {"data_ignore_value": -9999.0}
+    eager = io.write_envi(io.make_cube(arr, WL, attrs=attrs), tmp_path / "eager.hdr", byte_order=1)
+    lazy = io.make_cube(da.from_array(arr, chunks=(3, 4, 4)), WL, attrs=attrs)
+    hdr = io.write_envi(lazy, tmp_path / "lazy.hdr", byte_order=1)
+    assert _digest(hdr.with_suffix(".img")) == _digest(eager.with_suffix(".img"))
+    back = io.read_envi(hdr)
+    assert np.isnan(back.values[3, 2, 1])
+    np.testing.assert_array_equal(np.nan_to_num(back.values), np.nan_to_num(arr))
+
+
 def test_envi_written_by_spectral_bil_big_endian_micrometres(tmp_path):
     """A file written by SPy itself (another writer): BIL interleave, big-endian int16,
     wavelengths in micrometres, a data ignore value."""
