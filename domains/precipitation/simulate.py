@@ -33,12 +33,14 @@ __all__ = [
     "INPUT_UNITS",
     "PARAMS",
     "TEST_SEED_OFFSET",
+    "VALIDATION_STREAM",
     "gaussian_random_field",
     "orography",
     "precipitation_from_grf",
     "make_case",
     "make_dataset",
     "make_split",
+    "make_validation",
 ]
 
 INPUT_VARIABLES = ("tp", "tcwv", "t2m")
@@ -49,6 +51,10 @@ PARAMS = ("wet_fraction", "shape_s", "scale", "orographic_gain", "max_elevation"
 MAX_ELEVATION_M = 2000.0
 #: Offset of the held-out set's seed from the training set's (:func:`make_split`).
 TEST_SEED_OFFSET = 10_000
+#: Random stream of the validation cases (:func:`make_validation`): the training cases use
+#: stream 2 of ``seed`` and the held-out cases stream 2 of ``seed + TEST_SEED_OFFSET``, so
+#: validation cases are drawn apart from both and adding them changes neither.
+VALIDATION_STREAM = 3
 
 
 def gaussian_random_field(
@@ -129,6 +135,7 @@ def make_dataset(
     seed: int = 0,
     slope: float = 3.0,
     oro_seed: int | None = None,
+    stream: int = 2,
     **params: Any,
 ):
     """A CorrDiff-style :class:`xarray.Dataset` of ``n_times`` synthetic cases (in memory).
@@ -137,7 +144,8 @@ def make_dataset(
     ``invariant(invariant_variable, y, x)``; coordinates ``lat(y)``, ``lon(x)``, ``time``,
     units per variable in ``input_units``/``output_units``/``invariant_units`` and in the
     variables' CF attributes. The orography uses ``oro_seed`` (default ``seed``), so a train
-    and a test set of the same domain share it.
+    and a test set of the same domain share it. The cases are drawn from the random stream
+    ``(seed, stream)`` (:data:`VALIDATION_STREAM` for validation cases).
 
     Parameters
     ----------
@@ -152,7 +160,7 @@ def make_dataset(
         raise ValueError(f"size {(h, w)} must be divisible by factor={factor}")
     oro_rng = np.random.default_rng([oro_seed if oro_seed is not None else seed, 1])
     oro = orography((h, w), max_elevation=params.get("max_elevation", 2000.0), rng=oro_rng)
-    rng = np.random.default_rng([seed, 2])
+    rng = np.random.default_rng([seed, stream])
     ins, outs = [], []
     for _ in range(n_times):
         g = gaussian_random_field((h, w), slope=slope, rng=rng)
@@ -170,3 +178,11 @@ def make_split(n_train: int, n_test: int, size: int | tuple[int, int], *, seed: 
     train = make_dataset(n_train, size, seed=seed, **common)
     test = make_dataset(n_test, size, seed=seed + TEST_SEED_OFFSET, **common)
     return train, test
+
+
+def make_validation(n_val: int, size: int | tuple[int, int], *, seed: int = 0, **kw: Any):
+    """Validation cases of the domain of :func:`make_split` with the same ``seed``: the same
+    orography, cases drawn from the stream ``(seed, VALIDATION_STREAM)``, apart from the
+    training and the held-out cases (which are unchanged by it); ``kw`` as
+    :func:`make_dataset`'s. Recipe choices are made on these, never on the held-out cases."""
+    return make_dataset(n_val, size, seed=seed, oro_seed=seed, stream=VALIDATION_STREAM, **kw)

@@ -4,7 +4,8 @@ model (CorrDiff-style) and WassDiff's sliced-Wasserstein regulariser.
 - prepare: synthetic cases in CorrDiff's schema (:mod:`.simulate`), or the user's files
   (``source.kind: files``: netCDF-3/4, GRIB, zarr, in CorrDiff's schema or plain gridded
   variables named in the ``variables`` block; :func:`.io.read_user_dataset`): ``train.nc``
-  (netCDF), ``validation.nc`` (when given), held-out ``test.zarr`` (zarr, chunked),
+  (netCDF), ``validation.nc`` (``data.n_val`` simulated cases, or the user's validation
+  files), held-out ``test.zarr`` (zarr, chunked),
   ``stats.json`` (model-space statistics of the training set).
 - model card (:mod:`.card`): factor, variables, invariants, units, grid, tile, normalisation
   statistics and per-variable training ranges; infer and apply refuse data the model cannot
@@ -13,7 +14,8 @@ model (CorrDiff-style) and WassDiff's sliced-Wasserstein regulariser.
   (``<name>_downscaled.nc`` or ``.zarr``, CF attributes as infer's predictions).
 - train: the core's loop on :class:`.models.DownscalingModel` (regression UNet + residual
   denoiser trained together) with :func:`.losses.training_loss`.
-- infer: ensembles of every held-out case (:mod:`.downscale`: tiled, positional noise,
+- infer: ensembles of every held-out case (of the validation cases with
+  ``evaluate.split: validation``) (:mod:`.downscale`: tiled, positional noise,
   optional mass constraint), the regression mean, bilinear and bicubic baselines
   (:func:`.baselines.predict`); written as ``predictions.zarr`` and ``predictions.nc``
   (``precip(ensemble, time, y, x)``, CF; :func:`.io.predictions_dataset`).
@@ -62,6 +64,20 @@ def _check_factor(cfg: Config, found: Any, path: Path) -> None:
     )
 
 
+def _eval_path(cfg: Config, data_dir: Path) -> Path:
+    """The cases infer and evaluate score: the held-out ``test.zarr``, or ``validation.nc``
+    with ``evaluate.split: validation`` (where recipe choices are made)."""
+    if cfg.get("evaluate", {}).get("split", "test") == "test":
+        return Path(data_dir) / "test.zarr"
+    path = Path(data_dir) / "validation.nc"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: evaluate.split is 'validation' but the data have no validation split "
+            "(data.n_val > 0 for simulated data, source.validation for files)"
+        )
+    return path
+
+
 def _read_cases(cfg: Config, path: Path):
     ds = _open(cfg, path)
     return ds, *io.case_arrays(ds, cfg["data"]["input_variables"], str(path))
@@ -92,6 +108,16 @@ class PrecipitationTask(DomainTask):
         io.write_dataset(train, data_dir / "train.nc")
         chunks = {"time": 1, "y": d["size"], "x": d["size"]}
         io.write_dataset(test, data_dir / "test.zarr", chunks=chunks)
+        if d.get("n_val", 0) > 0:
+            val = simulate.make_validation(
+                d["n_val"],
+                d["size"],
+                seed=int(cfg["seed"]),
+                factor=d["factor"],
+                slope=d["slope"],
+                **params,
+            )
+            io.write_dataset(val, data_dir / "validation.nc")
         io.write_stats(io.compute_stats(train), data_dir / "stats.json")
 
     def model_card(self, cfg: Config, data_dir: Path) -> dict[str, Any]:
@@ -139,7 +165,7 @@ class PrecipitationTask(DomainTask):
         device, progress = rt.device, rt.progress
         from .downscale import downscale_arrays
 
-        path = Path(data_dir) / "test.zarr"
+        path = _eval_path(cfg, Path(data_dir))
         ds, inputs, inv = _read_cases(cfg, path)
         norm = _normaliser(cfg, Path(data_dir))
         factor = int(ds.attrs["downscaling_factor"])
@@ -169,8 +195,9 @@ class PrecipitationTask(DomainTask):
     def evaluate(self, cfg: Config, paths: TaskPaths, fig_dir: Path) -> EvalResult:
         from . import plots  # matplotlib only where figures are made
 
-        truth, tp_in, factor = io.read_truth(paths.data / "test.zarr")
-        _check_factor(cfg, factor, paths.data / "test.zarr")
+        cases = _eval_path(cfg, paths.data)
+        truth, tp_in, factor = io.read_truth(cases)
+        _check_factor(cfg, factor, cases)
         ens, base, seconds = io.read_predictions(paths.predictions / "predictions.zarr")
         e = cfg["evaluate"]
         rows = metrics.score_table(
