@@ -36,7 +36,9 @@ carried over with the command, commit and date of the run that measured it.
 Usage: ``python -m benchmarks.precipitation [--seeds 0 1 2] [--split test|validation]
 [--steps N] [--reuse-model] [--skip-scale]``. Writes ``benchmarks/results/precipitation.json``
 (rewritten after every seed, ``complete: false`` until the last); work files in
-``benchmarks/work/precipitation/seed<k>``.
+``benchmarks/work/precipitation/seed<k>``. With ``--reuse-model``, a model trained with a config
+that differs only in evaluation keys (``data.n_test``, ``data.n_val``, ``evaluate``,
+``sampling``) is reused (recorded per seed as ``model_reused``).
 """
 
 from __future__ import annotations
@@ -218,6 +220,49 @@ def _mass(cfg: dict, work: Path, ens_on: np.ndarray, ens_off: np.ndarray) -> dic
     return out
 
 
+def _training_part(cfg: dict) -> dict:
+    """The config without the keys that shape only the evaluation: which cases and how many
+    (``data.n_test``, ``data.n_val``, ``evaluate``), and how they are sampled (``sampling``)."""
+    c = copy.deepcopy(cfg)
+    for k in ("evaluate", "sampling"):
+        c.pop(k, None)
+    for k in ("n_test", "n_val"):
+        c.get("data", {}).pop(k, None)
+    return c
+
+
+def _stages(task, cfg: dict, workdir: Path, *, reuse_model: bool) -> tuple[dict, dict, bool]:
+    """:func:`run_stages`, except that with ``reuse_model`` a model trained with a config that
+    differs from ``cfg`` only in evaluation keys (:func:`_training_part`) is reused too (the
+    generic check asks for the whole config). Returns ``(metrics, stage seconds, reused)``."""
+    from diffsci.core.modelfile import load_model_file
+    from diffsci.core.stages import (
+        has_baselines,
+        run_baselines,
+        run_evaluate,
+        run_infer,
+        run_prepare,
+    )
+
+    paths = TaskPaths(workdir)
+    if reuse_model and paths.model.is_file():
+        trained = load_model_file(paths.model).provenance.get("config")
+        if trained is not None and trained != cfg:
+            if _training_part(trained) == _training_part(cfg):
+                times: dict[str, float] = {}
+                stages = [("prepare", run_prepare)]
+                stages += [("baselines", run_baselines)] if has_baselines(task) else []
+                stages += [("infer", run_infer), ("evaluate", run_evaluate)]
+                for name, fn in stages:
+                    t0 = time.perf_counter()
+                    fn(task, cfg, paths, progress=False)
+                    times[name] = round(time.perf_counter() - t0, 1)
+                    print(f"{workdir.name}: {name} {times[name]} s (model reused)", flush=True)
+                return json.loads(paths.metrics.read_text()), times, True
+    runs, times = run_stages(task, cfg, workdir, reuse_model=reuse_model)
+    return runs, times, "train" not in times
+
+
 def seed_record(cfg: dict, work: Path, runs: dict, times: dict, *, n_boot: int) -> dict:
     """Everything one seed contributes: tables, reductions with their bootstrap, mass errors."""
     from diffsci.domains.precipitation import io, metrics
@@ -331,12 +376,14 @@ def main() -> None:
         cfg_seed["seed"] = seed
         cfg_seed["evaluate"]["split"] = a.split
         wseed = work / f"seed{seed}"
-        runs, times = {}, {}
+        runs, times, reused = {}, {}, {}
         for run, w in (("sw_on", base["loss"]["sw_weight"]), ("sw_off", 0.0)):
             cfg = copy.deepcopy(cfg_seed)
             cfg["loss"]["sw_weight"] = w
             validate_config(cfg, task.schema_path, source=a.config)
-            runs[run], times[run] = run_stages(task, cfg, wseed / run, reuse_model=a.reuse_model)
+            runs[run], times[run], reused[run] = _stages(
+                task, cfg, wseed / run, reuse_model=a.reuse_model
+            )
             if run == "sw_on" and k == 0 and not a.skip_scale:
                 # the scale run needs only the regulariser-on model: its child processes run
                 # while the other models train (this thread only waits on them)
@@ -360,6 +407,7 @@ def main() -> None:
                 worker = threading.Thread(target=job)
                 worker.start()
         records.append(seed_record(cfg_seed, wseed, runs, times, n_boot=a.n_boot))
+        records[-1]["model_reused"] = reused
         done = k + 1 == len(a.seeds)
         if done and worker is not None:
             worker.join()
