@@ -43,6 +43,18 @@ def test_karras_endpoints_and_formula(n: int) -> None:
     np.testing.assert_allclose(sig[:-1].numpy(), ref, rtol=1e-12)
 
 
+def test_exponential_knee_takes_one_step_to_the_knee_then_log_linear() -> None:
+    sig = S.exponential(6, 0.1, 80.0, knee=3.0)
+    assert len(sig) == 7 and sig[-1].item() == 0.0
+    assert math.isclose(sig[0].item(), 80.0) and math.isclose(sig[1].item(), 3.0)
+    assert math.isclose(sig[-2].item(), 0.1, rel_tol=1e-12)
+    ratios = (sig[2:-1] / sig[1:-2]).tolist()  # log-linear below the knee
+    assert max(ratios) - min(ratios) < 1e-12
+    # a knee outside (sigma_min, sigma_max), or fewer than 3 steps: plain log-linear
+    torch.testing.assert_close(S.exponential(6, 0.1, 80.0, knee=100.0), S.exponential(6, 0.1, 80.0))
+    torch.testing.assert_close(S.exponential(2, 0.1, 80.0, knee=3.0), S.exponential(2, 0.1, 80.0))
+
+
 def test_exponential_is_log_linear() -> None:
     sig = S.exponential(20, 0.01, 50.0)
     assert math.isclose(sig[0].item(), 50.0, rel_tol=1e-12)
