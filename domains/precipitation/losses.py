@@ -78,8 +78,13 @@ def sw_regulariser(
     patch: int = 1,
     p: float = 2,
     rng=None,
+    points: str = "pixels",
 ) -> Tensor:
-    """Mean over images of ``SW_p`` between the point sets of ``x0_hat`` and ``target``.
+    """Mean over images of ``SW_p`` between the point sets of ``x0_hat`` and ``target``
+    (``points="pixels"``), or ``SW_p`` between the batch's images as points of
+    ``R^(C H W)`` (``points="images"``: WassDiff's code, where the batch of denoised images and
+    the batch of targets are the two point sets, compared over ``n_projections`` random
+    directions).
 
     Parameters
     ----------
@@ -99,6 +104,16 @@ def sw_regulariser(
             f"x0_hat and target must be (B, C, H, W) of equal shape, got "
             f"{tuple(x0_hat.shape)} and {tuple(target.shape)}"
         )
+    if points == "images":
+        a, b = x0_hat.flatten(1), target.flatten(1)
+        d = a.shape[1]
+        if hasattr(rng, "randn") and not isinstance(rng, torch.Generator):
+            proj = rng.randn((n_projections, d), device=a.device, dtype=a.dtype)
+        else:
+            proj = torch.randn(n_projections, d, generator=rng, dtype=a.dtype).to(a.device)
+        return sliced_wasserstein(a, b, p=p, projections=proj)
+    if points != "pixels":
+        raise ValueError(f"points must be 'pixels' or 'images', got {points!r}")
     if patch < 1 or x0_hat.shape[-1] % patch or x0_hat.shape[-2] % patch:
         raise ValueError(f"patch={patch} must be >= 1 and divide the image size")
     d = x0_hat.shape[1] * patch * patch
@@ -126,6 +141,7 @@ def downscaling_loss(
     sw_sigma_max: float = 1.0,
     sw_p: float = 2,
     sw_floor: float | None = None,
+    sw_points: str = "pixels",
 ) -> dict[str, Any]:
     """One batch: ``{"loss", "regression_mse", "edm", "sw"}`` (the core loop logs the extras).
 
@@ -140,6 +156,9 @@ def downscaling_loss(
         Standardised target ``(B, 1, H, W)`` and conditioning ``(B, C, H, W)``.
     rng
         The loop's :class:`~diffsci.core.rng.ShardedRNG`.
+    sw_points
+        ``"pixels"`` (per image, its pixel values or patches) or ``"images"`` (WassDiff's
+        code: the batch's images as points); :func:`sw_regulariser`.
     sw_floor
         If given, the denoised estimate is clamped from below at this model-space value (the
         dry level, 0 mm/h) before the regulariser compares it with the target: decoding maps
@@ -161,7 +180,13 @@ def downscaling_loss(
             if sw_floor is not None:
                 x0_hat = x0_hat.clamp_min(sw_floor)
             sw = sw_regulariser(
-                x0_hat, target[keep], n_projections=sw_projections, patch=sw_patch, p=sw_p, rng=rng
+                x0_hat,
+                target[keep],
+                n_projections=sw_projections,
+                patch=sw_patch,
+                p=sw_p,
+                rng=rng,
+                points=sw_points,
             )
     total = reg + edm + sw_weight * sw
     return {"loss": total, "regression_mse": reg.detach(), "edm": edm.detach(), "sw": sw.detach()}

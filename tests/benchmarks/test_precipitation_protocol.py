@@ -14,8 +14,9 @@ def _seed(p_red, e_red, p_ci=(0.1, 0.5), e_ci=(0.1, 0.5), crps=0.6, ss=1.0, psd=
         "crps_ratio": crps,
         "spread_skill": ss,
         "psd_dex": psd,
-        "p99.9_error": {"reduction": p_red, "ci95_reduction": list(p_ci)},
-        "emd": {"reduction": e_red, "ci95_reduction": list(e_ci)},
+        # the difference on - off of a metric of off = 1: -reduction
+        "p99.9_error": {"reduction": p_red, "ci95_difference_on_minus_off": [-p_ci[1], -p_ci[0]]},
+        "emd": {"reduction": e_red, "ci95_difference_on_minus_off": [-e_ci[1], -e_ci[0]]},
     }
 
 
@@ -33,7 +34,8 @@ def test_two_of_three_seeds_with_intervals_above_zero_pass():
 def test_median_alone_is_not_enough():
     # median 0.3 but only one seed >= 20%: a median-only bar would pass
     seeds = [_seed(0.5, 0.3), _seed(0.3, 0.3), _seed(0.1, 0.3)]
-    seeds[1]["p99.9_error"]["ci95_reduction"] = [-0.1, 0.6]  # this seed's gain is not resolved
+    # this seed's gain is not resolved: its difference interval straddles zero
+    seeds[1]["p99.9_error"]["ci95_difference_on_minus_off"] = [-0.6, 0.1]
     assert not quality_bars(seeds, OK_CI)["p99.9_error_ge_20pct_lower_with_sw"]
     assert quality_bars(seeds, OK_CI)["emd_ge_20pct_lower_with_sw"]
 
@@ -123,3 +125,5 @@ def test_only_evaluation_keys_are_ignored_when_reusing_a_model():
     ):
         assert _training_part(changed) != _training_part(cfg)
     assert cfg["data"]["n_test"] == 32  # the caller's config is not modified
+    off = {**cfg, "loss": {"sw_weight": 0.0, "sw_p": 1}}
+    assert _training_part(off) == _training_part({**cfg, "loss": {"sw_weight": 0, "sw_p": 2}})

@@ -148,3 +148,22 @@ def test_sw_floor_clamps_the_denoised_estimate_before_the_comparison():
         ]
     )
     assert float(out["sw"]) == pytest.approx(ref, rel=1e-5)
+
+
+def test_image_points_compare_the_batch_as_wassdiff_does():
+    """``points="images"``: the batch's images are the points; a batch and the same images in
+    another order are at distance 0 (per-image pairing would not be), and the term is
+    differentiable."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 1, 4, 4, generator=g)
+    perm = a[torch.tensor([3, 0, 4, 1, 2])]
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert float(sw_regulariser(a, perm, points="images", p=1, rng=gen())) < 1e-6
+    assert float(sw_regulariser(a, perm, points="pixels", p=1)) > 0.05
+    b = (a + 0.5).requires_grad_()
+    v = sw_regulariser(b, a, points="images", p=1, n_projections=64, rng=gen())
+    assert float(v) > 0
+    v.backward()
+    assert b.grad is not None and torch.isfinite(b.grad).all()
+    with pytest.raises(ValueError, match="points must be"):
+        sw_regulariser(a, a, points="batch")
