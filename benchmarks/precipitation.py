@@ -177,8 +177,8 @@ def paired_reduction(on: float, off: float, draws_on: np.ndarray, draws_off: np.
 def quality_bars(seeds: list[dict], median_ci: dict[str, list[float]]) -> dict[str, bool]:
     """The quality bars over per-seed records (see the module doc). ``seeds``: one dict per
     seed with ``crps_ratio``, ``spread_skill``, ``psd_dex`` and, for ``p99.9_error`` and
-    ``emd``, ``{"reduction", "ci95_difference_on_minus_off"}``; ``median_ci``: the bootstrap interval of the
-    median reduction of each of the two."""
+    ``emd``, ``{"reduction", "ci95_difference_on_minus_off"}``; ``median_ci``: the bootstrap
+    interval of the median reduction of each of the two."""
     need = math.ceil(2 * len(seeds) / 3)
     bars: dict[str, bool] = {}
     for key, name in (("p99.9_error", "p99.9_error"), ("emd", "emd")):
