@@ -13,12 +13,15 @@ sampler steps (RED-Diff's optimisation and warm starts):
 - :func:`red_diff`: RED-Diff (Mardani et al. 2023), variational, no VJP through the network.
 - :func:`start_from`: SDEdit/CCDF warm start: noise an estimate to ``sigma_start`` and
   continue the reverse process from there.
+- :func:`ddrm_denoise`: DDRM's update for ``y = x + n`` with per-entry noise std (Kawar et al.
+  2022), the loop DDS2M runs its untrained network in.
 - :class:`JointPosterior`: two priors (signal + structured noise, ``y = A x + gamma h + n``)
   sampled jointly by one solver over the stacked state.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +41,7 @@ __all__ = [
     "ProximalDataStep",
     "red_diff",
     "start_from",
+    "ddrm_denoise",
     "JointPosterior",
     "x0_variance",
     "Reconstruction",
@@ -245,6 +249,57 @@ def start_from(
     return get_sampler(sampler)(
         denoiser, x, sched, cond=cond, generator=generator, callback=callback, **options
     )
+
+
+@torch.no_grad()
+def ddrm_denoise(
+    denoiser: Denoiser,
+    y: Tensor,
+    noise_std: Tensor | float,
+    sigmas: Tensor,
+    *,
+    eta: float = 0.85,
+    eta_b: float = 1.0,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict], Any] | None = None,
+) -> Tensor:
+    """DDRM for denoising, ``y = x + n``, ``n ~ N(0, diag(s^2))``, in sigma (VE) form.
+
+    Kawar et al., "Denoising Diffusion Restoration Models", NeurIPS 2022, Eq. 7-8 with
+    ``H = I`` (every singular value 1): from ``x = y + sqrt(sigma_0^2 - s^2) z`` (entries
+    with ``s >= sigma_0`` start at ``y``), each step takes ``x0 = D(x, sigma_i)`` and, per
+    entry,
+
+    - where ``sigma_{i+1} >= s`` (noisier than the data): ``x = eta_b y + (1 - eta_b) x0 +
+      sqrt(sigma_{i+1}^2 - eta_b^2 s^2) z``;
+    - where ``sigma_{i+1} < s``: ``x = x0 + sqrt(1 - eta^2) sigma_{i+1} (y - x0) / s +
+      eta sigma_{i+1} z``.
+
+    The last step (``sigma = 0``) returns ``x0``. DDRM is not an exact posterior sampler: for
+    a Gaussian prior its output is pulled towards ``y`` relative to the posterior mean (the
+    tests check the moments these rules give). DDS2M (Miao et al., ICCV 2023) uses this loop
+    with ``eta_b = 1`` and an untrained denoiser. ``noise_std`` broadcasts against ``y``; an
+    entry with zero noise returns ``y``.
+    """
+    y = _check_y(y)
+    s = torch.as_tensor(noise_std, dtype=y.dtype, device=y.device).expand_as(y)
+    sig = check_sigmas(sigmas).tolist()
+    gdev = generator.device if generator is not None else y.device
+
+    def randn() -> Tensor:
+        return torch.randn(y.shape, generator=generator, device=gdev, dtype=y.dtype).to(y.device)
+
+    x = y + (sig[0] ** 2 - s**2).clamp_min(0).sqrt() * randn()
+    for i, (cur, nxt) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
+        x0 = denoiser(x, x.new_full((x.shape[0],), cur), cond)
+        z = randn()
+        above = eta_b * y + (1 - eta_b) * x0 + (nxt**2 - eta_b**2 * s**2).clamp_min(0).sqrt() * z
+        below = x0 + math.sqrt(1 - eta**2) * nxt * (y - x0) / s + eta * nxt * z
+        x = torch.where(s <= nxt, above, below)
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": cur, "denoised": x0})
+    return x
 
 
 class _Stacked(nn.Module):

@@ -176,6 +176,35 @@ def _check_envi_size(hdr: Path, data: Path, meta: Mapping[str, Any]) -> None:
         )
 
 
+class _EnviWindows:
+    """The ENVI data as a ``(bands, lines, samples)`` array-like whose every read maps the
+    file (SPy's ``open_memmap``, any interleave), copies the window and unmaps it.
+
+    A memory map held for the whole read keeps every page read so far resident in the
+    process (counted in its RSS), so a tiled pass over a scene larger than memory would end
+    holding the whole file; here only the windows being used are.
+    """
+
+    ndim = 3
+
+    def __init__(self, hdr: Path, data: Path) -> None:
+        self.hdr, self.data = hdr, data
+        mm = self._open()
+        self.shape, self.dtype = tuple(mm.shape), mm.dtype
+        del mm
+
+    def _open(self) -> np.ndarray:
+        import spectral.io.envi as envi
+
+        return envi.open(str(self.hdr), str(self.data)).open_memmap(interleave="bsq")
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        mm = self._open()
+        out = np.array(mm[key])
+        del mm
+        return out
+
+
 def read_envi(path: str | os.PathLike, *, chunk_rows: int = _CHUNK_ROWS) -> xr.DataArray:
     """Read an ENVI image (header + data) lazily as a cube.
 
@@ -210,10 +239,9 @@ def read_envi(path: str | os.PathLike, *, chunk_rows: int = _CHUNK_ROWS) -> xr.D
         if key not in meta:
             raise CubeError(f"{hdr}: ENVI header lacks the required key {key!r}")
     _check_envi_size(hdr, data, meta)
-    img = envi.open(str(hdr), str(data))
-    mm = img.open_memmap(interleave="bsq", writable=False)  # (bands, lines, samples)
+    src = _EnviWindows(hdr, data)
     bands = int(meta["bands"])
-    arr = dsa.from_array(mm, chunks=(bands, min(chunk_rows, mm.shape[1]), mm.shape[2]))
+    arr = dsa.from_array(src, chunks=(bands, min(chunk_rows, src.shape[1]), src.shape[2]))
     arr = arr.astype(np.float32)
     ignore = meta.get("data ignore value")
     if ignore is not None:

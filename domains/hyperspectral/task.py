@@ -35,12 +35,13 @@ from diffsci.core.datasource import resolve_source
 from diffsci.core.fileio import atomic_path
 from diffsci.core.modelcard import Incompatible, warn_outside
 
-from . import baselines, io, metrics, models, simulate
+from . import baselines, io, metrics, models, selfsup, simulate
 
 __all__ = ["HyperspectralTask"]
 
 ABLATION = "subspace fit, no prior"
 OURS = "diffusion (subspace prior)"
+SELF_SUPERVISED = "self-supervised (DDS2M-like, no training data)"
 
 
 def _wavelengths(cfg: Config) -> np.ndarray:
@@ -353,6 +354,13 @@ def _restore_all(model, y, s, sigma, g, rt) -> tuple[dict[str, np.ndarray], dict
     secs[OURS] = time.perf_counter() - t0
     out[OURS] = np.clip(r.cube, 0, 1)
     out[ABLATION] = np.clip(r.subspace.cube(), 0, 1)
+    if s["self_supervised"]:
+        t0 = time.perf_counter()
+        ss = selfsup.restore_self_supervised(
+            y, sigma=sigma, seed=int(g.initial_seed()), robust=s["robust"], device=rt.device
+        )
+        secs[SELF_SUPERVISED] = time.perf_counter() - t0
+        out[SELF_SUPERVISED] = np.clip(ss.cube, 0, 1)
     for name, fn in baselines.BASELINES.items():
         t0 = time.perf_counter()
         out[name] = fn(y, sigma)

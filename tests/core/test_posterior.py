@@ -610,3 +610,45 @@ def test_pigdm_mask_moments_and_ks_large_n():
     law_mean = POST_MEAN - T @ POST_MEAN
     law_std = (SMAX**2 * T @ T.T).diag().sqrt()
     assert min(_ks_pvalues(x, law_mean, law_std, range(D))) > ALPHA / D
+
+
+class _StdGauss(torch.nn.Module):
+    """Exact denoiser of the prior N(0, I): ``x / (1 + sigma^2)``."""
+
+    def forward(self, x, sigma, cond=None):
+        return x / (1 + sigma.reshape(-1, *([1] * (x.dim() - 1))) ** 2)
+
+
+def _ddrm_moments(s: float, sig: list[float], eta: float, eta_b: float) -> tuple[float, float]:
+    """DDRM's output ``m y + e``, ``e ~ N(0, v)``, for the prior N(0, 1) (exact denoiser
+    ``x / (1 + sigma^2)``), by the paper's update rules applied to the moments."""
+    m, v = 1.0, max(sig[0] ** 2 - s**2, 0.0)
+    for cur, nxt in zip(sig[:-1], sig[1:], strict=True):
+        m0, v0 = m / (1 + cur**2), v / (1 + cur**2) ** 2
+        if s <= nxt:
+            m, v = eta_b + (1 - eta_b) * m0, (1 - eta_b) ** 2 * v0 + nxt**2 - eta_b**2 * s**2
+        else:
+            c = math.sqrt(1 - eta**2) * nxt / s
+            m, v = m0 + c * (1 - m0), (1 - c) ** 2 * v0 + eta**2 * nxt**2
+    return m, v
+
+
+@pytest.mark.parametrize(("eta", "eta_b"), [(0.85, 1.0), (0.5, 0.7)])
+def test_ddrm_denoise_matches_the_update_rules_on_a_gaussian_prior(eta, eta_b):
+    from diffsci.core.posterior import ddrm_denoise
+
+    g = torch.Generator().manual_seed(0)
+    n, s = 20000, torch.tensor([0.5, 2.0], dtype=torch.float64)
+    x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    y = x + s * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    sig = karras(30, 0.002, 20.0)
+    out = ddrm_denoise(_StdGauss(), y, s, sig, eta=eta, eta_b=eta_b, generator=g)
+    for j in range(2):
+        m, v = _ddrm_moments(s[j].item(), sig.tolist(), eta, eta_b)
+        slope = float(torch.linalg.lstsq(y[:, j : j + 1], out[:, j : j + 1]).solution)
+        resid = out[:, j] - slope * y[:, j]
+        assert abs(slope - m) < 0.02, (j, slope, m)
+        assert abs(float(resid.var()) / v - 1) < 0.05, (j, float(resid.var()), v)
+    # a noise-free entry returns the data
+    out0 = ddrm_denoise(_StdGauss(), y[:5], torch.tensor([0.0, 2.0]), karras(10, 0.01, 20.0))
+    torch.testing.assert_close(out0[:, 0], y[:5, 0])
