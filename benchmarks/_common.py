@@ -74,6 +74,13 @@ def write_result(name: str, results: dict[str, Any], *, config: dict[str, Any], 
     return path
 
 
+def _training_part(task, cfg: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The sections of ``cfg`` that decide the trained weights."""
+    if cfg is None:
+        return None
+    return {k: cfg.get(k) for k in (*task.training_config_keys, "train")}
+
+
 def run_stages(
     task,
     cfg: dict[str, Any],
@@ -86,8 +93,9 @@ def run_stages(
     in ``workdir``.
 
     ``reuse_model`` skips train when ``model.pt`` exists and was trained with exactly this
-    config (its provenance record says so; otherwise it retrains, so a result never pairs a
-    config with another config's model). prepare is seeded, so it is always rerun. Returns the
+    config's training sections (the task's ``training_config_keys`` and ``train``, as its
+    provenance record says; otherwise it retrains, so a result never pairs a config with
+    another config's model; sampling and evaluation settings may differ). prepare is seeded, so it is always rerun. Returns the
     metrics mapping evaluate wrote and the seconds of each stage.
     """
     from diffsci.core.modelfile import load_model_file
@@ -110,7 +118,9 @@ def run_stages(
         ("evaluate", run_evaluate),
     ]
     if reuse_model and paths.model.is_file():
-        if load_model_file(paths.model).provenance.get("config") == cfg:
+        if _training_part(task, load_model_file(paths.model).provenance.get("config")) == (
+            _training_part(task, cfg)
+        ):
             stages.pop(1)
         else:
             # a fresh start: the checkpoint belongs to the other config (the train stage would
