@@ -146,3 +146,33 @@ def test_dropped_bands_and_dead_pixels_are_completed_not_fitted(scene):
     sub = subspace.robust_subspace(y, 4)
     assert (sub.coef_std[:, c.dead_pixels] > 100).all()
     assert (sub.coef_std[:, ~c.dead_pixels] < 10).all()
+
+
+def test_super_resolve_keeps_the_block_means_of_the_low_resolution_subspace(scene):
+    """With a negligible prior weight the proximal data step makes the fine coefficients'
+    block means equal the low-resolution coefficients: the operator is block averaging
+    (factor 2) after the per-pixel whitening."""
+    torch.manual_seed(0)
+    prior = models.build_prior(
+        {
+            "components": 4,
+            "channels": [8, 16],
+            "attention_levels": [False, False],
+            "num_res_blocks": 1,
+            "sigma_data": 1.0,
+        }
+    )
+    lr = scene[:, :32, :32].reshape(31, 16, 2, 16, 2).mean((2, 4))
+    lr = lr + np.random.default_rng(0).normal(0, 0.02, lr.shape)
+    s = {"steps": 3, "sigma_min": 0.01, "sigma_max": 5.0, "sampler": "euler", "lam": 1e-8}
+    r = models.super_resolve(
+        prior, lr, 2, sampling={**s, "samples": 1}, generator=torch.Generator().manual_seed(0)
+    )
+    assert r.cube.shape == (31, 32, 32) and np.isfinite(r.cube).all()
+    block = r.cube.reshape(31, 16, 2, 16, 2).mean((2, 4))
+    np.testing.assert_allclose(block, r.subspace.cube(), atol=2e-3)
+    assert np.abs(r.cube - np.repeat(np.repeat(block, 2, 1), 2, 2)).max() > 1e-3  # not flat
+    with pytest.raises(ValueError, match="positive integer"):
+        models.super_resolve(prior, lr, 0, sampling={**s, "samples": 1})
+    with pytest.raises(ValueError, match="multiple of 2"):
+        models.super_resolve(prior, lr[:, :15, :15], 3, sampling={**s, "samples": 1})
