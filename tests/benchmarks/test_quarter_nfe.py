@@ -1,0 +1,14 @@
+"""The 1/4-NFE sampling settings of benchmarks/quarter_nfe.py."""
+
+from __future__ import annotations
+
+from benchmarks.quarter_nfe import quarter
+from diffsci.core.samplers import DEFAULT_SAMPLER
+
+
+def test_quarter_divides_the_steps_and_takes_the_default_solver():
+    s = {"steps": 20, "sampler": "euler", "samples": 4, "lam": 1.0}
+    q = quarter(s)
+    assert q == {"steps": 5, "sampler": DEFAULT_SAMPLER, "samples": 4, "lam": 1.0}
+    assert s["steps"] == 20  # the input is not modified
+    assert quarter({"steps": 7, "sampler": "heun"})["steps"] == 2  # at least 2 steps
