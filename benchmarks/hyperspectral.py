@@ -327,6 +327,26 @@ def _scale_from_file() -> dict[str, Any]:
     return {**entry, "measured by": rec["command"], "measured at": rec["git_commit"]}
 
 
+def merge_scale() -> None:
+    """Put the scale entry of ``hyperspectral_scale.json`` into ``hyperspectral.json`` (its
+    command and commit recorded in the entry), so the main result shows every bar."""
+    import json
+    import os
+
+    from benchmarks._common import RESULTS
+
+    path = RESULTS / "hyperspectral.json"
+    if not path.exists():
+        return
+    rec = json.loads(path.read_text())
+    entry = _scale_from_file()
+    rec["results"]["bar details"][SCALE_KEY] = entry
+    rec["results"]["bars"][SCALE_KEY] = entry["met"]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = domain_parser("hyperspectral")
     p.add_argument("--skip-transfer", action="store_true")
@@ -349,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         entry = _scale_bar(args, work)
         results = {"bars": {SCALE_KEY: entry["met"]}, "bar details": {SCALE_KEY: entry}}
         write_result("hyperspectral_scale", results, config=cfg, seed=123)
+        merge_scale()
         return
     metrics, times = _run(task, cfg, work, args.reuse_model)
     results: dict[str, Any] = {"stage seconds": times, "tables": metrics["tables"]}
