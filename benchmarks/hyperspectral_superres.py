@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         seconds += time.perf_counter() - t0
         for name, est in (("bicubic (per band)", bic), ("diffusion (subspace prior)", sr.cube)):
-            rows[name].append(metrics.score(np.clip(est, 0, 1), x))
+            row = metrics.score(np.clip(est, 0, 1), x)
+            # ERGAS' h/l is the ratio of the pixel sizes (Wald 2002): 1/2 for x2
+            row[f"ERGAS (h/l=1/{FACTOR})"] = metrics.ergas(np.clip(est, 0, 1), x, ratio=1 / FACTOR)
+            rows[name].append(row)
         print(path.stem, {k: round(v[-1]["MPSNR"], 2) for k, v in rows.items()}, flush=True)
     table = {k: metrics.mean_scores(v) for k, v in rows.items()}
     ours, bic = table["diffusion (subspace prior)"], table["bicubic (per band)"]
