@@ -327,6 +327,17 @@ def _scale_from_file() -> dict[str, Any]:
     return {**entry, "measured by": rec["command"], "measured at": rec["git_commit"]}
 
 
+def trained_model(work: Path) -> tuple[Any, dict[str, Any]]:
+    """The benchmark's trained prior in ``work`` and the config of its model card."""
+    import json
+
+    from diffsci.core.stages import load_model
+    from diffsci.core.task import get_task
+
+    cfg = json.loads((work / "model_card.json").read_text())["config"]
+    return load_model(get_task("hyperspectral"), cfg, work / "model.pt"), cfg
+
+
 def merge_scale() -> None:
     """Put the scale entry of ``hyperspectral_scale.json`` into ``hyperspectral.json`` (its
     command and commit recorded in the entry), so the main result shows every bar."""

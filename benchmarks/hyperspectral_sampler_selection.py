@@ -14,7 +14,6 @@ benchmarks.hyperspectral_sampler_selection`` (writes
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import write_result
-from diffsci.core.stages import load_model
-from diffsci.core.task import get_task
+from benchmarks.hyperspectral import trained_model
 from diffsci.domains.hyperspectral import metrics, simulate
 from diffsci.domains.hyperspectral.models import restore
 
@@ -43,8 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(a.workdir)
-    cfg = json.loads((work / "model_card.json").read_text())["config"]
-    model = load_model(get_task("hyperspectral"), cfg, work / "model.pt")
+    model, cfg = trained_model(work)
     seed = int(cfg["seed"])
     wl = np.linspace(cfg["data"]["wavelength_min"], cfg["data"]["wavelength_max"], 31)
     clean = simulate.make_scenes(a.cubes, 64, wl, seed=seed + 20_000)

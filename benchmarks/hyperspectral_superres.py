@@ -15,7 +15,6 @@ benchmarks.hyperspectral_superres`` (writes ``results/hyperspectral_superres.jso
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,7 @@ import xarray as xr
 from scipy.ndimage import zoom
 
 from benchmarks._common import write_result
-from diffsci.core.stages import load_model
-from diffsci.core.task import get_task
+from benchmarks.hyperspectral import trained_model
 from diffsci.domains.hyperspectral import metrics
 from diffsci.domains.hyperspectral.models import super_resolve
 
@@ -42,9 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(a.workdir)
-    card = json.loads((work / "model_card.json").read_text())
-    cfg = card["config"]
-    model = load_model(get_task("hyperspectral"), cfg, work / "model.pt")
+    model, cfg = trained_model(work)
     rng = np.random.default_rng(a.seed)
     rows: dict[str, list[dict[str, float]]] = {
         "bicubic (per band)": [],

@@ -153,25 +153,43 @@ def restore(
     ``sampling``: ``samples``, ``steps``, ``sigma_min``, ``sigma_max``, ``sampler``, ``lam``
     (the config's ``sampling`` section).
     """
-    k = prior.net.in_channels if hasattr(prior.net, "in_channels") else None
-    k = int(k or sampling["components"])
+    k = _prior_k(prior, sampling)
     sub = robust_subspace(noisy, k, sigma=sigma, good_band=good_band, robust=robust)
     c, s, rms = _standardise(sub)
     weight = 1.0 / np.maximum(s, 1e-6)
     y = torch.from_numpy(c * weight).float()[None]
     w = torch.from_numpy(weight).float()[None]
-    levels = 2 ** (len(prior.net.config["channels"]) - 1) if hasattr(prior.net, "config") else 8
+    levels = _levels(prior)
     y, (h, wd) = _pad(y, levels)
     w, _ = _pad(w, levels)
+    chat = _sample(
+        prior, ComponentWeight(w.to(device)), y, tuple(y.shape), sampling, generator, device
+    )
+    return _restored(sub, chat[:, :, :h, :wd], rms)
+
+
+def _prior_k(prior: nn.Module, sampling: Mapping[str, Any]) -> int:
+    k = getattr(prior.net, "in_channels", None) if hasattr(prior, "net") else None
+    return int(k or sampling["components"])
+
+
+def _levels(prior: nn.Module) -> int:
+    """Spatial sizes the prior's UNet serves are multiples of this."""
+    return 2 ** (len(prior.net.config["channels"]) - 1) if hasattr(prior.net, "config") else 8
+
+
+def _sample(prior, physics, y: Tensor, shape, sampling, generator, device) -> np.ndarray:
+    """Posterior samples ``(n, k, H, W)`` of the standardised coefficients given ``y``: the
+    proximal data step with unit noise, the ``sampling`` section's sampler and schedule."""
     sigmas = karras(
         int(sampling["steps"]), sigma_min=sampling["sigma_min"], sigma_max=sampling["sigma_max"]
     )
     rec = reconstruct(
         prior.to(device),
-        ComponentWeight(w.to(device)),
+        physics,
         y.to(device),
         sigmas=sigmas,
-        shape=tuple(y.shape),
+        shape=shape,
         method="prox",
         noise_std=1.0,
         lam=float(sampling["lam"]),
@@ -179,15 +197,14 @@ def restore(
         n_samples=int(sampling["samples"]),
         generator=generator,
     )
-    chat = rec.samples[:, 0, :, :h, :wd].double().cpu().numpy()
+    return rec.samples[:, 0].double().cpu().numpy()
+
+
+def _restored(sub: Subspace, chat: np.ndarray, rms: np.ndarray) -> Restored:
+    """The cube of the mean coefficients (scale restored) and their posterior spread."""
     z = chat.mean(0) * rms
     spread = chat.std(0) * rms if chat.shape[0] > 1 else np.zeros_like(z)
     return Restored(sub.cube(z).astype(np.float32), sub, spread, rms[:, 0, 0])
-
-
-def _prior_k(prior: nn.Module, sampling: Mapping[str, Any]) -> int:
-    k = getattr(prior.net, "in_channels", None) if hasattr(prior, "net") else None
-    return int(k or sampling["components"])
 
 
 def super_resolve(
@@ -218,33 +235,15 @@ def super_resolve(
     weight = torch.from_numpy(1.0 / np.maximum(s, 1e-6)).float()[None]
     y = torch.from_numpy(c).float()[None] * weight
     h, w = c.shape[-2] * factor, c.shape[-1] * factor
-    levels = 2 ** (len(prior.net.config["channels"]) - 1) if hasattr(prior.net, "config") else 8
+    levels = _levels(prior)
     if h % levels or w % levels:
         raise ValueError(
             f"the fine grid {h}x{w} must be a multiple of {levels} for this prior; crop the "
             "low-resolution cube so that factor x its size is"
         )
     physics = ComponentWeight(weight.to(device)) @ BlockMean(int(factor))
-    sigmas = karras(
-        int(sampling["steps"]), sigma_min=sampling["sigma_min"], sigma_max=sampling["sigma_max"]
-    )
-    rec = reconstruct(
-        prior.to(device),
-        physics,
-        y.to(device),
-        sigmas=sigmas,
-        shape=(1, k, h, w),
-        method="prox",
-        noise_std=1.0,
-        lam=float(sampling["lam"]),
-        sampler=sampling["sampler"],
-        n_samples=int(sampling["samples"]),
-        generator=generator,
-    )
-    chat = rec.samples[:, 0].double().cpu().numpy()
-    z = chat.mean(0) * rms
-    spread = chat.std(0) * rms if chat.shape[0] > 1 else np.zeros_like(z)
-    return Restored(sub.cube(z).astype(np.float32), sub, spread, rms[:, 0, 0])
+    chat = _sample(prior, physics, y, (1, k, h, w), sampling, generator, device)
+    return _restored(sub, chat, rms)
 
 
 def restore_tiled(

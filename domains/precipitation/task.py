@@ -95,28 +95,14 @@ class PrecipitationTask(DomainTask):
         if files is not None:
             return _prepare_files(cfg, files, Path(data_dir))
         d, data_dir = cfg["data"], Path(data_dir)
-        params = {k: d[k] for k in simulate.PARAMS}
-        train, test = simulate.make_split(
-            d["n_train"],
-            d["n_test"],
-            d["size"],
-            seed=int(cfg["seed"]),
-            factor=d["factor"],
-            slope=d["slope"],
-            **params,
-        )
+        sim = {k: d[k] for k in simulate.PARAMS}
+        sim.update(seed=int(cfg["seed"]), factor=d["factor"], slope=d["slope"])
+        train, test = simulate.make_split(d["n_train"], d["n_test"], d["size"], **sim)
         io.write_dataset(train, data_dir / "train.nc")
         chunks = {"time": 1, "y": d["size"], "x": d["size"]}
         io.write_dataset(test, data_dir / "test.zarr", chunks=chunks)
         if d.get("n_val", 0) > 0:
-            val = simulate.make_validation(
-                d["n_val"],
-                d["size"],
-                seed=int(cfg["seed"]),
-                factor=d["factor"],
-                slope=d["slope"],
-                **params,
-            )
+            val = simulate.make_validation(d["n_val"], d["size"], **sim)
             io.write_dataset(val, data_dir / "validation.nc")
         io.write_stats(io.compute_stats(train), data_dir / "stats.json")
 

@@ -106,18 +106,23 @@ def test_coefficient_images_have_unit_rms(scene):
     assert c[0].mean() > 0  # sign fixed
 
 
-def test_restore_serves_another_band_count_and_shape():
-    """A prior built for k components restores a 100-band, 20x24 cube (band axis never seen)."""
+def _small_prior(k: int):
+    """An untrained prior of ``k`` components (seeded): shapes and data terms, not quality."""
     torch.manual_seed(0)
-    prior = models.build_prior(
+    return models.build_prior(
         {
-            "components": 3,
+            "components": k,
             "channels": [8, 16],
             "attention_levels": [False, False],
             "num_res_blocks": 1,
             "sigma_data": 1.0,
         }
     )
+
+
+def test_restore_serves_another_band_count_and_shape():
+    """A prior built for k components restores a 100-band, 20x24 cube (band axis never seen)."""
+    prior = _small_prior(3)
     wl = np.linspace(400, 2500, 100)
     x = sim.make_scenes(1, 24, wl, seed=0)[0][:, :20]
     y, _ = sim.add_noise(x, "gaussian30", np.random.default_rng(0))
@@ -152,16 +157,7 @@ def test_super_resolve_keeps_the_block_means_of_the_low_resolution_subspace(scen
     """With a negligible prior weight the proximal data step makes the fine coefficients'
     block means equal the low-resolution coefficients: the operator is block averaging
     (factor 2) after the per-pixel whitening."""
-    torch.manual_seed(0)
-    prior = models.build_prior(
-        {
-            "components": 4,
-            "channels": [8, 16],
-            "attention_levels": [False, False],
-            "num_res_blocks": 1,
-            "sigma_data": 1.0,
-        }
-    )
+    prior = _small_prior(4)
     lr = scene[:, :32, :32].reshape(31, 16, 2, 16, 2).mean((2, 4))
     lr = lr + np.random.default_rng(0).normal(0, 0.02, lr.shape)
     s = {"steps": 3, "sigma_min": 0.01, "sigma_max": 5.0, "sampler": "euler", "lam": 1e-8}
