@@ -56,7 +56,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import RESULTS, domain_parser, read_config, run_stages, write_result
+from benchmarks._common import (
+    RESULTS,
+    domain_parser,
+    read_config,
+    run_stages,
+    same_training,
+    write_result,
+)
 from diffsci.core.stages import validate_config
 from diffsci.core.task import TaskPaths
 from diffsci.core.training import training_log
@@ -242,32 +249,15 @@ def _training_part(cfg: dict) -> dict:
 def _stages(task, cfg: dict, workdir: Path, *, reuse_model: bool) -> tuple[dict, dict, bool]:
     """:func:`run_stages`, except that with ``reuse_model`` a model trained with a config that
     differs from ``cfg`` only in evaluation keys (:func:`_training_part`) is reused too (the
-    generic check asks for the whole config). Returns ``(metrics, stage seconds, reused)``."""
-    from diffsci.core.modelfile import load_model_file
-    from diffsci.core.stages import (
-        has_baselines,
-        run_baselines,
-        run_evaluate,
-        run_infer,
-        run_prepare,
-    )
+    generic check compares the task's training sections). Returns ``(metrics, stage seconds,
+    reused)``."""
 
-    paths = TaskPaths(workdir)
-    if reuse_model and paths.model.is_file():
-        trained = load_model_file(paths.model).provenance.get("config")
-        if trained is not None and trained != cfg:
-            if _training_part(trained) == _training_part(cfg):
-                times: dict[str, float] = {}
-                stages = [("prepare", run_prepare)]
-                stages += [("baselines", run_baselines)] if has_baselines(task) else []
-                stages += [("infer", run_infer), ("evaluate", run_evaluate)]
-                for name, fn in stages:
-                    t0 = time.perf_counter()
-                    fn(task, cfg, paths, progress=False)
-                    times[name] = round(time.perf_counter() - t0, 1)
-                    print(f"{workdir.name}: {name} {times[name]} s (model reused)", flush=True)
-                return json.loads(paths.metrics.read_text()), times, True
-    runs, times = run_stages(task, cfg, workdir, reuse_model=reuse_model)
+    def same(trained: dict | None, now: dict) -> bool:
+        if trained is None:
+            return False
+        return _training_part(trained) == _training_part(now) or same_training(task, trained, now)
+
+    runs, times = run_stages(task, cfg, workdir, reuse_model=reuse_model, same=same)
     return runs, times, "train" not in times
 
 
