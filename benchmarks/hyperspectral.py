@@ -38,16 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import domain_parser, read_config, run_stages, write_result
+from diffsci.domains.hyperspectral.baselines import BASELINES, PRIOR_RANK
 from diffsci.domains.hyperspectral.task import SELF_SUPERVISED
 
 OURS = "diffusion (subspace prior)"
 PER_BAND = "per-band Gaussian (SURE)"
-CLASSICAL = (
-    PER_BAND,
-    "SVD truncation (Gavish-Donoho rank)",
-    "subspace + TV (FastHyDe-like)",
-    "robust subspace + TV (LRTV-like)",
-)
+CLASSICAL = (*BASELINES, PRIOR_RANK)
 
 
 def _table(metrics: dict[str, Any], case: str) -> dict[str, dict[str, float]]:

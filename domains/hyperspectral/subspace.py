@@ -13,6 +13,15 @@ He et al., LRTV, IEEE TGRS 2016).
   the diagonal detail cancels column-constant stripes, and masked pixels are left out.
 - :func:`invalid_mask`: values that carry no information: NaN, bands marked bad, dead columns
   (a column that is exactly 0 in a band, QRNN3D's deadline) and dead pixels (0 in every band).
+- :func:`fill_levels`: in floating-point data, a value that recurs exactly in many of a band's
+  pixels is a fill, clip or dropout level, not a measurement (sensor saturation, zero
+  dropouts, salt-and-pepper impulse, which QRNN3D's protocol sets to exactly 0 and 1): a
+  measurement with continuous noise never repeats. A level whose pixels the other bands
+  (a plain fit without any level) predict to be dark (bright) is clipping (a censored
+  pixel, saturation) and stays in the fit with the outlier test; any other level
+  (impulse, fill values) is masked. This matters most where impulse covers most of a band: its robust
+  noise estimate is then inflated by the impulse itself, so the residual test below cannot
+  find it, and the band's basis row is fitted to the impulse.
 - :func:`robust_subspace`: an iteratively reweighted fit in the noise-whitened space: SVD of
   the whitened, filled cube gives the basis; per-pixel least squares on the valid bands gives
   ``z``; residuals beyond ``outlier`` standard deviations are masked (impulse), and columns
@@ -32,7 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import median_filter
 
-__all__ = ["Subspace", "estimate_sigma", "invalid_mask", "robust_subspace", "weighted_coefficients"]
+__all__ = [
+    "Subspace",
+    "estimate_sigma",
+    "fill_levels",
+    "invalid_mask",
+    "robust_subspace",
+    "weighted_coefficients",
+]
 
 _MAD = 0.6745
 #: std of pixels no band observes (dead pixels): effectively "unknown" to the data term
@@ -128,6 +144,64 @@ def invalid_mask(y: np.ndarray, good_band: np.ndarray | None = None) -> np.ndarr
     if good_band is not None:
         bad |= ~np.asarray(good_band, bool)[:, None, None]
     return bad
+
+
+def fill_levels(
+    y: np.ndarray, valid: np.ndarray, *, min_fraction: float = 0.005, ratio: float = 20.0
+) -> np.ndarray:
+    """Boolean ``(B, H, W)``: valid entries at a band's fill/clip levels (module docstring).
+
+    A level is a value held exactly by at least ``min_fraction`` of the band's valid pixels
+    (and at least 3), and by ``ratio`` times as many pixels as each of its neighbouring
+    distinct values: an isolated spike of the band's histogram. Continuous (noisy float)
+    data have no ties at all, and quantised data (digital numbers stored as float) have
+    neighbouring levels of comparable counts, so both keep all their values.
+    """
+    y = np.asarray(y)
+    out = np.zeros(y.shape, dtype=bool)
+    if not np.issubdtype(y.dtype, np.floating):
+        return out  # integer data: ties are the rule, and saturation is flagged upstream
+    for b in range(y.shape[0]):
+        vals = y[b][valid[b]]
+        if vals.size < 3:
+            continue
+        uniq, counts = np.unique(vals, return_counts=True)
+        padded = np.concatenate([[0], counts, [0]])
+        neighbours = np.maximum(padded[:-2], padded[2:])
+        spike = (counts >= max(3.0, min_fraction * vals.size)) & (counts >= ratio * neighbours)
+        if spike.any():
+            out[b] = valid[b] & np.isin(y[b], uniq[spike])
+    return out
+
+
+def _impulse_levels(
+    y: np.ndarray, base: np.ndarray, k: int, good_band: np.ndarray | None, *, z: float = 4.0
+) -> np.ndarray:
+    """The entries at fill levels that are impulse or fill values, not clipping.
+
+    A clip level (a censored dark or bright pixel, saturation) holds pixels that the other
+    bands, through a plain fit made without any level, predict dark (or bright): the mean
+    percentile rank of its ``n`` pixels among the band's predictions lies more than ``z``
+    standard errors (``sqrt(1/12 n)``, a uniform rank's) below 1/2 (above, for a level above
+    the band's median). Impulse hits pixels at random, so its mean rank is 1/2 within the
+    error. Clip levels stay in the fit, with the outlier test: masking every censored value
+    would bias the band towards its unclipped pixels.
+    """
+    spikes = fill_levels(y, base)
+    if not spikes.any():
+        return spikes
+    fit = robust_subspace(np.where(spikes, np.nan, y), k, good_band=good_band, robust=False).cube()
+    out = spikes.copy()
+    for b in np.flatnonzero(spikes.any(axis=(1, 2))):
+        pred = np.sort(fit[b][base[b]])
+        mid = float(np.median(y[b][base[b]]))
+        for level in np.unique(y[b][spikes[b]]):
+            at = spikes[b] & (y[b] == level)
+            rank = float(np.mean(np.searchsorted(pred, fit[b][at]))) / max(pred.size, 1)
+            shift = z * np.sqrt(1.0 / (12.0 * at.sum()))
+            if (level <= mid and rank < 0.5 - shift) or (level >= mid and rank > 0.5 + shift):
+                out[b] &= ~at
+    return out
 
 
 @dataclass
@@ -245,19 +319,22 @@ def robust_subspace(
     robust
         ``False``: one plain (Gaussian) fit, no outlier masking or destriping.
     """
-    y = np.asarray(y, dtype=np.float64)
+    y = np.asarray(y)
     if not 1 <= k <= y.shape[0]:
         raise ValueError(f"subspace dimension k={k} must be in [1, bands={y.shape[0]}]")
-    valid = ~invalid_mask(y, good_band)
-    if not valid.any():
+    base = ~invalid_mask(y, good_band)
+    if not base.any():
         raise ValueError("the cube has no valid value (all NaN, zero or bad bands)")
+    if robust:
+        base &= ~_impulse_levels(y, base, k, good_band)
+    valid = base.copy()
+    y = np.asarray(y, dtype=np.float64)
     est = estimate_sigma(y, valid) if sigma is None else np.asarray(sigma, np.float64)
     floor = max(float(np.nanmedian(est)) * 1e-2, 1e-6)
     est = np.where(
         np.isfinite(est), np.maximum(est, floor), np.nanmax(est) if np.isfinite(est).any() else 1.0
     )
     stripes = np.zeros((y.shape[0], y.shape[2]))
-    base = valid.copy()
     fit = _fill(y, valid)
     for _ in range(iters if robust else 1):
         basis_w = _whitened_basis(np.where(valid, y, fit), est, k)  # EM-style imputation

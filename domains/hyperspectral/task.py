@@ -365,6 +365,10 @@ def _restore_all(model, y, s, sigma, g, rt) -> tuple[dict[str, np.ndarray], dict
         t0 = time.perf_counter()
         out[name] = fn(y, sigma)
         secs[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    k = min(r.subspace.basis.shape[1], y.shape[0])
+    out[baselines.PRIOR_RANK] = baselines.robust_subspace_tv(y, sigma, k=k)
+    secs[baselines.PRIOR_RANK] = time.perf_counter() - t0
     return {k: v.astype(np.float32) for k, v in out.items()}, secs
 
 
@@ -426,7 +430,7 @@ def _summary(tables: dict[str, dict[str, dict[str, float]]], cfg: Config) -> dic
         "components": cfg["model"]["components"],
         "known_sigma": cfg["sampling"]["known_sigma"],
     }
-    classical = list(baselines.BASELINES)
+    classical = [*baselines.BASELINES, baselines.PRIOR_RANK]
     for title, rows in tables.items():
         case = title.split(":")[0]
         best = max(classical, key=lambda m: rows[m]["MPSNR"])
