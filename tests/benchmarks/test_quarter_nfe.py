@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks.quarter_nfe import quarter
+import pytest
+
+from benchmarks.quarter_nfe import nfe, quarter
 from diffsci.core.samplers import DEFAULT_SAMPLER
 
 
@@ -11,4 +13,8 @@ def test_quarter_divides_the_steps_and_takes_the_default_solver():
     q = quarter(s)
     assert q == {"steps": 5, "sampler": DEFAULT_SAMPLER, "samples": 4, "lam": 1.0}
     assert s["steps"] == 20  # the input is not modified
-    assert quarter({"steps": 7, "sampler": "heun"})["steps"] == 2  # at least 2 steps
+    assert quarter({"steps": 50, "sampler": "ddim"})["steps"] == 12  # at most a quarter
+    q = quarter(s, by="samples")
+    assert q["samples"] == 1 and q["steps"] == 20 and nfe(q) * 4 == nfe(s)
+    with pytest.raises(ValueError, match="less than one"):
+        quarter({"steps": 3, "sampler": "euler"})
