@@ -48,6 +48,7 @@ SELF_SUPERVISED_DEFAULTS: dict[str, Any] = {
     "sigma_min": 0.01,
     "eta": 0.5,
     "channels": (32, 64, 64),
+    "runs": 1,
 }
 
 
@@ -166,10 +167,12 @@ def restore_self_supervised(
 
     ``settings`` override :data:`SELF_SUPERVISED_DEFAULTS` (``components``, ``steps`` of the
     log-linear schedule from ``sigma_max`` to ``sigma_min`` in noise units, ``iters`` Adam
-    steps of ``lr`` per step, ``ema``, DDRM's ``eta``, the generator's ``channels``).
-    Returns a :class:`.models.Restored` (no posterior spread: one run).
+    steps of ``lr`` per step, ``ema``, DDRM's ``eta``, the generator's ``channels``, and
+    ``runs``: independent runs (network initialisation and DDRM noise from ``seed + r``)
+    whose coefficients are averaged, as the trained prior averages posterior samples).
+    Returns a :class:`.models.Restored` (its spread: the runs' std; zero for one run).
     """
-    from .models import Restored, _pad
+    from .models import Restored
 
     cfg = {**SELF_SUPERVISED_DEFAULTS, **(settings or {})}
     unknown = set(cfg) - set(SELF_SUPERVISED_DEFAULTS)
@@ -177,8 +180,18 @@ def restore_self_supervised(
         raise ValueError(f"unknown self-supervised settings {sorted(unknown)}")
     k = int(cfg["components"])
     sub = robust_subspace(noisy, k, sigma=sigma, good_band=good_band, robust=robust)
+    runs = [_one_run(sub, cfg, seed + r, device) for r in range(int(cfg["runs"]))]
+    coef = np.mean(runs, axis=0)
+    spread = np.std(runs, axis=0) if len(runs) > 1 else np.zeros_like(coef)
+    return Restored(sub.cube(coef).astype(np.float32), sub, spread, np.ones(k))
+
+
+def _one_run(sub, cfg: Mapping[str, Any], seed: int, device) -> np.ndarray:
+    """One DDRM run with a freshly initialised network: the coefficient images ``(k, H, W)``."""
+    from .models import _pad
+
     den = DeepImagePriorDenoiser(
-        k,
+        sub.coef.shape[0],
         channels=cfg["channels"],
         iters=int(cfg["iters"]),
         lr=float(cfg["lr"]),
@@ -190,5 +203,4 @@ def restore_self_supervised(
     sig = exponential(int(cfg["steps"]), float(cfg["sigma_min"]), float(cfg["sigma_max"]))
     g = torch.Generator().manual_seed(seed)
     out = ddrm_denoise(den.to(device), z.to(device), s.to(device), sig, eta=cfg["eta"], generator=g)
-    coef = out[0, :, :h, :w].double().cpu().numpy()
-    return Restored(sub.cube(coef).astype(np.float32), sub, np.zeros_like(coef), np.ones(k))
+    return out[0, :, :h, :w].double().cpu().numpy()

@@ -46,3 +46,14 @@ def test_self_supervised_restoration_beats_the_noisy_cube_without_training_data(
     np.testing.assert_array_equal(again.cube, r.cube)
     with pytest.raises(ValueError, match="unknown self-supervised settings"):
         restore_self_supervised(y, settings={"step": 3})
+
+
+def test_runs_average_independent_runs_and_report_their_spread():
+    rng = np.random.default_rng(5)
+    x = simulate.minmax_normalize(simulate.make_scene(WL, 16, rng))
+    y, _ = simulate.add_noise(x, "gaussian50", rng)
+    settings = {"channels": (8, 16), "steps": 10}
+    one = [restore_self_supervised(y, settings=settings, seed=s) for s in (3, 4)]
+    two = restore_self_supervised(y, settings={**settings, "runs": 2}, seed=3)
+    np.testing.assert_allclose(two.cube, (one[0].cube + one[1].cube) / 2, rtol=1e-5, atol=1e-6)
+    assert (two.posterior_std > 0).mean() > 0.9 and not one[0].posterior_std.any()
