@@ -40,7 +40,7 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from .stages import run_apply
+    from .stages import parse_overrides, run_apply
 
     run_apply(
         args.domain,
@@ -49,6 +49,7 @@ def _apply(args: argparse.Namespace) -> int:
         output=args.output,
         device=args.device,
         progress=not args.quiet,
+        sampling=parse_overrides(args.set),
     )
     return 0
 
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input", required=True, nargs="+", help="input files (paths or globs)")
     a.add_argument("--output", required=True, help="output folder (written atomically)")
     a.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
+    a.add_argument(
+        "--set",
+        action="append",
+        metavar="sampling.NAME=VALUE",
+        help="change a sampling setting for this run (repeatable; e.g. sampling.samples=16, "
+        "sampling.tile=256); the domain's schema checks it",
+    )
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=_apply)
     c = sub.add_parser(

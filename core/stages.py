@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,25 @@ def run_report(task: Task, cfg: dict[str, Any], paths: TaskPaths, **_: Any) -> N
         _table_csv(tmp / "summary.csv", summary, first="quantity")
 
 
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["sampling.samples=16", ...]`` -> ``{"samples": 16}``: apply-time changes of the
+    ``sampling`` section (values read as YAML scalars). The other sections describe how the
+    model was trained and what it serves, so they cannot change at apply time."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"--set {item!r}: expected sampling.<name>=<value>")
+        if section != "sampling":
+            raise ValueError(
+                f"--set {item!r}: only sampling.* can change at apply time; {section!r} is "
+                "part of how the model was trained (retrain with a new config instead)"
+            )
+        out[name] = yaml.safe_load(value)
+    return out
+
+
 def run_apply(
     domain: str,
     *,
@@ -296,9 +315,12 @@ def run_apply(
     output: str | Path,
     device: str = "auto",
     progress: bool = True,
+    sampling: Mapping[str, Any] | None = None,
 ) -> None:
     """Apply the trained model ``model`` (its weights, card and training config) to ``inputs``;
-    write the domain's native outputs and a provenance record into the folder ``output``."""
+    write the domain's native outputs and a provenance record into the folder ``output``.
+    ``sampling`` overrides entries of the config's ``sampling`` section (validated by the
+    domain's schema, recorded in the provenance)."""
     task = get_task(domain)
     model = Path(model)
     saved = load_model_file(model)
@@ -307,6 +329,9 @@ def run_apply(
         raise Incompatible(f"{model}: a {card['domain']!r} model, not {task.name!r}")
     cfg = copy.deepcopy(card["config"])
     validate_config(cfg, task.schema_path, source=f"{model} (its training config)")
+    if sampling:
+        cfg["sampling"] = {**cfg.get("sampling", {}), **sampling}
+        validate_config(cfg, task.schema_path, source="--set (sampling overrides)")
     net = load_model(task, cfg, model, saved.state_dict).to(_device({"device": device}))
     files = expand_paths(inputs, key="--input")
     rt = Runtime(_device({"device": device}), progress)
@@ -318,6 +343,7 @@ def run_apply(
             "model_data_fingerprint": card["data"].get("fingerprint"),
             "inputs": list(map(str, files)),
             "inputs_fingerprint": fingerprint(files),
+            "sampling_overrides": dict(sampling or {}),
         }
         write_json_atomic(tmp / "provenance.json", record)
 

@@ -260,15 +260,30 @@ class HyperspectralTask(DomainTask):
             name = io.safe_name(path)
             name = name if name not in names else f"{name}_{len(names)}"
             names.append(name)
-            tile = cfg["sampling"]["tile"]
-            if tile is not None and max(cube.sizes["y"], cube.sizes["x"]) > tile:
+            tile, factor = cfg["sampling"]["tile"], int(cfg["sampling"]["super_resolution"])
+            tiled = tile is not None and max(cube.sizes["y"], cube.sizes["x"]) > tile
+            if tiled and factor > 1:
+                raise ValueError(
+                    f"{path}: sampling.super_resolution={factor} runs on whole scenes, and this "
+                    f"one is larger than sampling.tile={tile}: crop it or set sampling.tile=null"
+                )
+            if tiled:
                 _apply_tiled(cfg, model, cube, Path(out_dir) / f"{name}_restored.zarr", g, rt)
                 continue
-            out = _apply_whole(cfg, model, cube, g, rt)
-            out.attrs["history"] = f"diffsci hyperspectral restoration of {path.name}"
-            io.write_netcdf(out, Path(out_dir) / f"{name}_restored.nc")
+            if factor > 1:
+                out, stem = (
+                    _apply_super_resolution(cfg, model, cube, factor, g, rt),
+                    f"{name}_x{factor}",
+                )
+                out.attrs["history"] = (
+                    f"diffsci hyperspectral x{factor} super-resolution of {path.name}"
+                )
+            else:
+                out, stem = _apply_whole(cfg, model, cube, g, rt), f"{name}_restored"
+                out.attrs["history"] = f"diffsci hyperspectral restoration of {path.name}"
+            io.write_netcdf(out, Path(out_dir) / f"{stem}.nc")
             if path.suffix.lower() not in (".mat", ".nc", ".nc4", ".h5", ".zarr"):
-                io.write_envi(out, Path(out_dir) / f"{name}_restored.hdr")
+                io.write_envi(out, Path(out_dir) / f"{stem}.hdr")
 
 
 def _apply_whole(cfg: Config, model: nn.Module, cube: xr.DataArray, g, rt: Runtime) -> xr.DataArray:
@@ -286,6 +301,50 @@ def _apply_whole(cfg: Config, model: nn.Module, cube: xr.DataArray, g, rt: Runti
     out = cube.copy(data=r.cube * scale)
     out.attrs = {k: v for k, v in cube.attrs.items() if isinstance(v, (str, int, float))}
     return out
+
+
+def finer_map_info(map_info: str, factor: int) -> str:
+    """ENVI ``map info`` for pixels ``factor`` times smaller over the same ground.
+
+    ``{projection, ref x, ref y, easting, northing, x size, y size, ...}`` (ENVI header
+    format): the tie point's pixel coordinates are 1-based pixel corners, so ``ref -> (ref -
+    1) factor + 1``; the pixel sizes are divided by ``factor``; the rest is kept.
+    """
+    body = map_info.strip().removeprefix("{").removesuffix("}")
+    fields = [f.strip() for f in body.split(",")]
+    if len(fields) < 7:
+        raise ValueError(f"map info {map_info!r} is not an ENVI map info: fewer than 7 fields")
+    try:
+        ref = [(float(v) - 1) * factor + 1 for v in fields[1:3]]
+        size = [float(v) / factor for v in fields[5:7]]
+    except ValueError as e:
+        raise ValueError(f"map info {map_info!r} is not an ENVI map info: {e}") from e
+    fields[1:3] = [f"{v:g}" for v in ref]
+    fields[5:7] = [f"{v:.10g}" for v in size]
+    return "{" + ", ".join(fields) + "}"
+
+
+def _apply_super_resolution(
+    cfg: Config, model: nn.Module, cube: xr.DataArray, factor: int, g, rt: Runtime
+) -> xr.DataArray:
+    """The cube ``factor`` times finer: :func:`.models.super_resolve`, in the file's units."""
+    scale = cfg["files"]["scale"]
+    r = models.super_resolve(
+        model,
+        np.asarray(cube.values, np.float32) / scale,
+        factor,
+        sampling=cfg["sampling"],
+        good_band=cube["good_band"].values,
+        generator=g,
+        device=rt.device,
+        robust=cfg["sampling"]["robust"],
+    )
+    attrs = {k: v for k, v in cube.attrs.items() if isinstance(v, (str, int, float))}
+    if "map_info" in attrs:
+        attrs["map_info"] = finer_map_info(str(attrs["map_info"]), factor)
+    return io.make_cube(
+        r.cube * scale, cube["wavelength"].values, good_band=cube["good_band"].values, attrs=attrs
+    )
 
 
 def _apply_tiled(

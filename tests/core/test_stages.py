@@ -52,3 +52,15 @@ def test_a_key_given_twice_in_a_config_is_refused_naming_both_lines(tmp_path):
         ValueError, match=r"c.yaml: not valid YAML: key 'steps' given twice .lines 3 and 5"
     ):
         load_config(cfg, get_task("pde"))
+
+
+def test_parse_overrides_reads_yaml_scalars_and_refuses_training_sections():
+    from diffsci.core.stages import parse_overrides
+
+    got = parse_overrides(["sampling.samples=16", "sampling.tile=null", "sampling.sampler=unipc"])
+    assert got == {"samples": 16, "tile": None, "sampler": "unipc"}
+    assert parse_overrides(None) == {}
+    with pytest.raises(ValueError, match="only sampling"):
+        parse_overrides(["model.channels=[8, 16]"])
+    with pytest.raises(ValueError, match="expected sampling.<name>=<value>"):
+        parse_overrides(["sampling.samples"])

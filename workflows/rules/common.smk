@@ -7,6 +7,7 @@
 # Checkpoints live in results/{domain}/checkpoints (a param, not an output), so a failed or
 # preempted train job never loses them and a retry resumes.
 import os
+import shlex
 import signal
 
 import yaml
@@ -244,14 +245,21 @@ rule report:
         "--workdir {params.workdir} --quiet > {log} 2>&1"
 
 
-# A trained model applied to new files (checked against its model card):
+# A trained model applied to new files (checked against its model card), optionally with
+# sampling settings changed for this run:
 #   snakemake results/pde/applied --config pde_apply='[my/file1.h5, my/file2.h5]'
+#   snakemake results/hyperspectral/applied --config hyperspectral_apply='[a.hdr]' \
+#       hyperspectral_apply_set='[sampling.super_resolution=2]'
 rule apply:
     input:
         model="results/{domain}/model.pt",
         files=lambda wc: config.get(f"{wc.domain}_apply", []),
     output:
         directory("results/{domain}/applied"),
+    params:
+        sets=lambda wc: " ".join(
+            f"--set {shlex.quote(str(s))}" for s in config.get(f"{wc.domain}_apply_set", [])
+        ),
     log:
         "logs/{domain}/apply.log",
     conda:
@@ -261,7 +269,7 @@ rule apply:
         runtime=lambda wc, attempt: 60 * attempt,
     shell:
         "diffsci apply --domain {wildcards.domain} --model {input.model} "
-        "--input {input.files:q} --output {output} --quiet > {log} 2>&1"
+        "--input {input.files:q} --output {output} {params.sets} --quiet > {log} 2>&1"
 
 
 # A domain's own rules (`rules.smk` in its package), when it has any.

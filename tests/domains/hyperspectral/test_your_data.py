@@ -7,6 +7,7 @@ key, a non-zero exit, nothing half-written, the input unchanged."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -89,9 +90,10 @@ def test_pipeline_on_the_users_files(trained, user_files):
     assert card["serves"]["trained_wavelength_nm"] == pytest.approx([420.0, 980.0], abs=1e-3)
 
 
-def _apply(model: Path, inputs: list[Path], out: Path) -> subprocess.CompletedProcess:
+def _apply(model: Path, inputs: list[Path], out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "diffsci"), "apply", "--domain", "hyperspectral", "--model", str(model)]
     cmd += ["--input", *map(str, inputs), "--output", str(out), "--device", "cpu", "--quiet"]
+    cmd += list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
 
 
@@ -119,6 +121,46 @@ def test_apply_to_a_noisy_envi_scene(trained, tmp_path):
     envi_back = io.read_cube(tmp_path / "out" / "scene_restored.hdr")
     assert "UTM" in envi_back.attrs["map_info"]
     assert hashlib.sha256((tmp_path / "scene.img").read_bytes()).hexdigest() == before
+
+
+def test_apply_super_resolution_with_a_sampling_override(trained, tmp_path):
+    """``--set sampling.super_resolution=2``: the same prior, a cube twice as fine whose block
+    means restore the low-resolution scene; the georeference follows the pixel size; the
+    provenance records the override. Other sections and unknown keys are refused."""
+    from diffsci.domains.hyperspectral.metrics import mpsnr
+
+    x = sim.make_scenes(1, 16, WL, seed=12)[0]
+    y, _ = sim.add_noise(x, "gaussian30", np.random.default_rng(2))
+    src = _spy_envi(
+        tmp_path / "low.hdr",
+        np.clip(y, 0, 3),
+        WL,
+        map_info="{UTM, 1, 1, 500, 900, 30, 30, 33, North}",
+    )
+    out = tmp_path / "out"
+    r = _apply(trained / "model.pt", [src], out, "--set", "sampling.super_resolution=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    fine = io.read_cube(out / "low_x2.hdr")
+    assert fine.shape == (12, 32, 32) and np.isfinite(fine.values).all()
+    means = fine.values.reshape(12, 16, 2, 16, 2).mean(axis=(2, 4)) / 10000
+    assert mpsnr(means, x) > mpsnr(np.clip(y, 0, 3), x) + 3
+    assert fine.attrs["map_info"].replace(" ", "") == "{UTM,1,1,500,900,15,15,33,North}"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["apply"]["sampling_overrides"] == {"super_resolution": 2}
+    bad = _apply(trained / "model.pt", [src], tmp_path / "no1", "--set", "train.steps=5")
+    assert bad.returncode == 2 and "only sampling.*" in bad.stderr
+    bad = _apply(trained / "model.pt", [src], tmp_path / "no2", "--set", "sampling.nosuch=1")
+    assert bad.returncode == 2 and "nosuch" in bad.stderr
+    assert not (tmp_path / "no1").exists() and not (tmp_path / "no2").exists()
+
+
+def test_finer_map_info_keeps_the_ground_and_halves_the_pixel():
+    from diffsci.domains.hyperspectral.task import finer_map_info
+
+    got = finer_map_info("{UTM, 1.5, 2, 500, 900, 30, 20, 33, North, WGS-84}", 2)
+    assert got == "{UTM, 2, 3, 500, 900, 15, 10, 33, North, WGS-84}"
+    with pytest.raises(ValueError, match="not an ENVI map info"):
+        finer_map_info("{UTM}", 2)
 
 
 def test_apply_refuses_a_cube_with_too_few_bands(trained, tmp_path):
