@@ -18,3 +18,33 @@ def test_quarter_divides_the_steps_and_takes_the_default_solver():
     assert q["samples"] == 1 and q["steps"] == 20 and nfe(q) * 4 == nfe(s)
     with pytest.raises(ValueError, match="less than one"):
         quarter({"steps": 3, "sampler": "euler"})
+
+
+def test_ultrasound_bars_read_the_dehazing_and_sequence_tables():
+    from benchmarks.quarter_nfe import ultrasound_bars
+    from benchmarks.ultrasound import JOINT, PSNR
+
+    def row(psnr, gcnr=0.9, ks=0.05, nfe=None):
+        r = {PSNR: psnr, "gCNR anechoic": gcnr, "KS vs clean (tissue)": ks}
+        return r if nfe is None else {**r, "network evaluations per frame": nfe}
+
+    tables = {
+        "Dehazing: held-out frames": {
+            "clean (reference)": row(99.0, gcnr=0.94, ks=0.0),
+            "no processing (hazy)": row(18.0, gcnr=0.83, ks=0.2),
+            JOINT: row(21.5, gcnr=0.93, ks=0.04),
+            "supervised UNet (hazy -> clean pairs)": row(21.0),
+        },
+        "Sequence: moving phantom": {
+            "joint diffusion, every frame from noise": row(20.0, nfe=240.0),
+            "joint diffusion, SeqDiff warm start": row(19.8, nfe=20.0),
+        },
+    }
+    got = ultrasound_bars({"tables": tables})
+    assert got["psnr_ge_hazy_plus_3dB"]["met"] and not got["psnr_ge_best_baseline_plus_1dB"]["met"]
+    assert (
+        got["gcnr_dehazed_ge_0.95_clean"]["met"]
+        and got["ks_dehazed_vs_clean_tissue_le_0.10"]["met"]
+    )
+    assert got["sequence_10x_fewer_nfe_at_equal_psnr"]["met"]  # 12x fewer, -0.2 dB
+    assert got["sequence_10x_fewer_nfe_at_equal_psnr"]["nfe_ratio"] == 12.0
