@@ -21,6 +21,7 @@ import argparse
 import itertools
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -93,15 +94,52 @@ def candidate_sigmas(
     return karras(n, lo, hi, rho=rho)
 
 
-def score(name: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
+def validation_problem(
+    name: str, n: int, repeats: int, seed: int
+) -> tuple[GaussianMixture, ExactDenoiser, list[EnergyDistance], float, int]:
+    """Mixture ``name``, its exact denoiser, ``repeats`` reference samples of size ``n`` (energy
+    distances to them), its ``sigma_data`` and dimension."""
     dim, k, ms, cs, mseed = VALIDATION[name]
     gm = _mixture(dim, k, ms, cs, mseed)
     sd = math.sqrt(ms**2 + cs**2)
-    den = ExactDenoiser(gm, sd)
     refs = [
         EnergyDistance(gm.sample(n, generator=torch.Generator().manual_seed(seed + 100 + r)))
         for r in range(repeats)
     ]
+    return gm, ExactDenoiser(gm, sd), refs, sd, dim
+
+
+def mean_distance(
+    den: ExactDenoiser,
+    refs: list[EnergyDistance],
+    sig: torch.Tensor,
+    sd: float,
+    dim: int,
+    seed: int,
+    run: Callable[..., torch.Tensor] = SAMPLERS["unipc"],
+) -> float:
+    """Energy distance of ``run(den, x0, sig)``'s samples to the references, averaged over
+    them (start ``x0``: unit noise of seed ``seed + r`` times the marginal std at ``sig[0]``)."""
+    tot = 0.0
+    for r, ref in enumerate(refs):
+        g = torch.Generator().manual_seed(seed + r)
+        z = torch.randn(len(ref.ref), dim, generator=g, dtype=torch.float64)
+        tot += ref(run(den, z * math.hypot(float(sig[0]), sd), sig))
+    return tot / len(refs)
+
+
+def geometric_means(per: dict[str, Any], labels: list[str]) -> dict[str, float]:
+    """Each label's geometric mean energy distance over the mixtures and ``NFES``."""
+    out = {}
+    for lab in labels:
+        keys = [f"{lab},nfe={nfe}" for nfe in NFES]
+        logs = [math.log(per[v]["energy_distance"][k]) for v in VALIDATION for k in keys]
+        out[lab] = math.exp(sum(logs) / len(logs))
+    return out
+
+
+def score(name: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
+    gm, den, refs, sd, dim = validation_problem(name, n, repeats, seed)
     null = (
         sum(
             refs[r](gm.sample(n, generator=torch.Generator().manual_seed(seed + 500 + r)))
@@ -112,13 +150,8 @@ def score(name: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {"sigma_data": sd, "null": null, "energy_distance": {}}
     for (rho, mf, knee), nfe in itertools.product(candidates(), NFES):
         sig = candidate_sigmas(nfe, sd, rho, mf, knee)
-        tot = 0.0
-        for r in range(repeats):
-            g = torch.Generator().manual_seed(seed + r)
-            z = torch.randn(n, dim, generator=g, dtype=torch.float64)
-            tot += refs[r](SAMPLERS["unipc"](den, z * math.hypot(float(sig[0]), sd), sig))
         key = f"{label(rho, mf, knee)},nfe={nfe}"
-        out["energy_distance"][key] = tot / repeats
+        out["energy_distance"][key] = mean_distance(den, refs, sig, sd, dim, seed)
     return out
 
 
@@ -131,11 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     per = {name: score(name, a.n, a.repeats, a.seed) for name in VALIDATION}
-    geo: dict[str, float] = {}
-    for cand in candidates():
-        keys = [f"{label(*cand)},nfe={nfe}" for nfe in NFES]
-        logs = [math.log(per[v]["energy_distance"][k]) for v in VALIDATION for k in keys]
-        geo[label(*cand)] = math.exp(sum(logs) / len(logs))
+    geo = geometric_means(per, [label(*cand) for cand in candidates()])
     best = min(geo, key=geo.get)
     current = label(DEFAULT_RHO, DEFAULT_SIGMA_MAX_FACTOR, DEFAULT_KNEE_FACTOR)
     for k, v in sorted(geo.items(), key=lambda kv: kv[1]):

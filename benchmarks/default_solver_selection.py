@@ -16,6 +16,7 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.default_solver_selection`` (writes
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import time
@@ -24,16 +25,21 @@ from typing import Any
 import torch
 
 from benchmarks._common import write_result
-from benchmarks.default_schedule_selection import VALIDATION, _mixture, candidate_sigmas, label
-from benchmarks.fast_sampling import ExactDenoiser
-from benchmarks.sampler_convergence import EnergyDistance
+from benchmarks.default_schedule_selection import (
+    NFES,
+    VALIDATION,
+    candidate_sigmas,
+    geometric_means,
+    label,
+    mean_distance,
+    validation_problem,
+)
 from diffsci.core.samplers import sample_unipc
 
 ORDERS = (2, 3)
 VARIANTS = ("bh1", "bh2")
 # (rho, sigma_max / sigma_data, knee): the default and default_schedule_selection's runners-up
 SHAPES = ((math.inf, 20.0, None), (math.inf, 40.0, None), (15.0, 20.0, None))
-NFES = (5, 10)
 
 
 def solver_label(order: int, variant: str, shape: tuple[float, float, float | None]) -> str:
@@ -41,26 +47,13 @@ def solver_label(order: int, variant: str, shape: tuple[float, float, float | No
 
 
 def score(name: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
-    dim, k, ms, cs, mseed = VALIDATION[name]
-    gm = _mixture(dim, k, ms, cs, mseed)
-    sd = math.sqrt(ms**2 + cs**2)
-    den = ExactDenoiser(gm, sd)
-    refs = [
-        EnergyDistance(gm.sample(n, generator=torch.Generator().manual_seed(seed + 100 + r)))
-        for r in range(repeats)
-    ]
+    _, den, refs, sd, dim = validation_problem(name, n, repeats, seed)
     out: dict[str, Any] = {"sigma_data": sd, "energy_distance": {}}
     for order, variant, shape, nfe in itertools.product(ORDERS, VARIANTS, SHAPES, NFES):
         sig = candidate_sigmas(nfe, sd, *shape)
-        tot = 0.0
-        for r in range(repeats):
-            g = torch.Generator().manual_seed(seed + r)
-            z = torch.randn(n, dim, generator=g, dtype=torch.float64)
-            x = sample_unipc(
-                den, z * math.hypot(float(sig[0]), sd), sig, order=order, variant=variant
-            )
-            tot += refs[r](x)
-        out["energy_distance"][f"{solver_label(order, variant, shape)},nfe={nfe}"] = tot / repeats
+        run = functools.partial(sample_unipc, order=order, variant=variant)
+        key = f"{solver_label(order, variant, shape)},nfe={nfe}"
+        out["energy_distance"][key] = mean_distance(den, refs, sig, sd, dim, seed, run)
     return out
 
 
@@ -73,11 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     per = {name: score(name, a.n, a.repeats, a.seed) for name in VALIDATION}
-    geo: dict[str, float] = {}
-    for order, variant, shape in itertools.product(ORDERS, VARIANTS, SHAPES):
-        keys = [f"{solver_label(order, variant, shape)},nfe={nfe}" for nfe in NFES]
-        logs = [math.log(per[v]["energy_distance"][k]) for v in VALIDATION for k in keys]
-        geo[solver_label(order, variant, shape)] = math.exp(sum(logs) / len(logs))
+    labels = [solver_label(*c) for c in itertools.product(ORDERS, VARIANTS, SHAPES)]
+    geo = geometric_means(per, labels)
     for k, v in sorted(geo.items(), key=lambda kv: kv[1]):
         print(f"{k:36s} geometric-mean energy distance {v:.5f}", flush=True)
     best = min(geo, key=geo.get)

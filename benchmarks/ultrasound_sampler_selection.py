@@ -94,6 +94,25 @@ def validation_frames(
     return models.iq_to_channels(y_iq, scale), y_iq.abs().numpy(), clean, data._rois(phantoms)
 
 
+def trained_bar_model(
+    config: str | Path, workdir: str | Path
+) -> tuple[dict[str, Any], Any, dict[str, Any], Any]:
+    """The bar run's config, trained priors, data meta and image grid, refused unless the
+    priors were trained with the config's training sections on the config's grid."""
+    task = get_task("ultrasound")
+    cfg = load_config(config, task)
+    work = Path(workdir)
+    trained = load_model_file(work / "model.pt").provenance.get("config")
+    if not same_training(task, trained, cfg):
+        raise SystemExit(f"{work / 'model.pt'} was not trained with {config}'s training sections")
+    model = load_model(task, cfg, work / "model.pt")
+    meta = data.read_meta(work / "data")
+    grid, ref = _grid(meta), data.setup(cfg)[2]
+    if not (np.allclose(grid.x, ref.x) and np.allclose(grid.z, ref.z)):
+        raise SystemExit("the config's grid differs from the trained run's")
+    return cfg, model, meta, grid
+
+
 def pick(rows: list[dict[str, Any]], clean_gcnr: float) -> dict[str, Any] | None:
     """The pick rule: KS <= 0.10 and gCNR >= 0.95 x clean, then the largest mean PSNR;
     within 0.05 dB of it, the fewest network evaluations per frame.
@@ -124,19 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frames", type=int, default=6)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    task = get_task("ultrasound")
-    cfg = load_config(a.config, task)
-    work = Path(a.workdir)
-    trained = load_model_file(work / "model.pt").provenance.get("config")
-    if not same_training(task, trained, cfg):
-        raise SystemExit(f"{work / 'model.pt'} was not trained with {a.config}'s training sections")
-    model = load_model(task, cfg, work / "model.pt")
-    meta = data.read_meta(work / "data")
-    grid, dr = _grid(meta), cfg["metrics"]["dynamic_range"]
-    if not np.allclose(grid.x, data.setup(cfg)[2].x) or not np.allclose(
-        grid.z, data.setup(cfg)[2].z
-    ):
-        raise SystemExit("the config's grid differs from the trained run's")
+    cfg, model, meta, grid = trained_bar_model(a.config, a.workdir)
+    dr = cfg["metrics"]["dynamic_range"]
     seed = int(cfg["seed"])
     t0 = time.perf_counter()
     y, hazy, clean, rois = validation_frames(cfg, a.frames, seed + VALIDATION_SEED, meta["scale"])
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         config={
             "config": str(a.config),
-            "model": str(work / "model.pt"),
+            "model": str(Path(a.workdir) / "model.pt"),
             "frames": a.frames,
             "sampling (fixed)": {
                 k: v for k, v in cfg["sampling"].items() if k not in ("sampler", "steps", "samples")

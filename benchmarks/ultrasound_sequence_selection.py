@@ -50,15 +50,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks._common import same_training, write_result
-from benchmarks.ultrasound_sampler_selection import CONFIG, GCNR, HAZY, KS, PSNR, WORK
-from diffsci.core.modelfile import load_model_file
-from diffsci.core.stages import load_config, load_model
-from diffsci.core.task import get_task
+from benchmarks._common import write_result
+from benchmarks.ultrasound_sampler_selection import (
+    CONFIG,
+    GCNR,
+    HAZY,
+    KS,
+    PSNR,
+    WORK,
+    trained_bar_model,
+)
 from diffsci.domains.ultrasound import data, io, models
 from diffsci.domains.ultrasound.dehaze import SamplingOptions, dehaze_frames
 from diffsci.domains.ultrasound.simulate import moving_phantoms
-from diffsci.domains.ultrasound.task import _clean_env, _grid, _table
+from diffsci.domains.ultrasound.task import _clean_env, _table
 
 #: offset of the validation sequence's seed from ``cfg["seed"]`` (unused by prepare and by
 #: the sampler selection's ``seed + 30_000``)
@@ -134,18 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default=str(WORK))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    task = get_task("ultrasound")
-    cfg = load_config(a.config, task)
-    work = Path(a.workdir)
-    trained = load_model_file(work / "model.pt").provenance.get("config")
-    if not same_training(task, trained, cfg):
-        raise SystemExit(f"{work / 'model.pt'} was not trained with {a.config}'s training sections")
-    model = load_model(task, cfg, work / "model.pt")
-    meta = data.read_meta(work / "data")
-    grid, dr = _grid(meta), cfg["metrics"]["dynamic_range"]
-    ref_grid = data.setup(cfg)[2]
-    if not (np.allclose(grid.x, ref_grid.x) and np.allclose(grid.z, ref_grid.z)):
-        raise SystemExit("the config's grid differs from the trained run's")
+    cfg, model, meta, grid = trained_bar_model(a.config, a.workdir)
+    dr = cfg["metrics"]["dynamic_range"]
     seed = int(cfg["seed"])
     t0 = time.perf_counter()
     y, hazy, clean, rois = validation_sequence(cfg, seed + VALIDATION_SEED, meta["scale"])
@@ -226,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         config={
             "config": str(a.config),
-            "model": str(work / "model.pt"),
+            "model": str(Path(a.workdir) / "model.pt"),
             "sampling": cfg["sampling"],
             "sequence frames": cfg["sequence"]["frames"],
             "grid": {

@@ -286,20 +286,23 @@ class HyperspectralTask(DomainTask):
                 io.write_envi(out, Path(out_dir) / f"{stem}.hdr")
 
 
+def _restore_options(cfg: Config, cube: xr.DataArray, g, rt: Runtime) -> dict[str, Any]:
+    """The keyword arguments :func:`.models.restore` and :func:`.models.super_resolve` share."""
+    s = cfg["sampling"]
+    good = cube["good_band"].values
+    return dict(sampling=s, good_band=good, generator=g, device=rt.device, robust=s["robust"])
+
+
+def _plain_attrs(cube: xr.DataArray) -> dict[str, Any]:
+    return {k: v for k, v in cube.attrs.items() if isinstance(v, (str, int, float))}
+
+
 def _apply_whole(cfg: Config, model: nn.Module, cube: xr.DataArray, g, rt: Runtime) -> xr.DataArray:
     scale = cfg["files"]["scale"]
     y = np.asarray(cube.values, np.float32) / scale
-    r = models.restore(
-        model,
-        y,
-        sampling=cfg["sampling"],
-        good_band=cube["good_band"].values,
-        generator=g,
-        device=rt.device,
-        robust=cfg["sampling"]["robust"],
-    )
+    r = models.restore(model, y, **_restore_options(cfg, cube, g, rt))
     out = cube.copy(data=r.cube * scale)
-    out.attrs = {k: v for k, v in cube.attrs.items() if isinstance(v, (str, int, float))}
+    out.attrs = _plain_attrs(cube)
     return out
 
 
@@ -329,17 +332,9 @@ def _apply_super_resolution(
 ) -> xr.DataArray:
     """The cube ``factor`` times finer: :func:`.models.super_resolve`, in the file's units."""
     scale = cfg["files"]["scale"]
-    r = models.super_resolve(
-        model,
-        np.asarray(cube.values, np.float32) / scale,
-        factor,
-        sampling=cfg["sampling"],
-        good_band=cube["good_band"].values,
-        generator=g,
-        device=rt.device,
-        robust=cfg["sampling"]["robust"],
-    )
-    attrs = {k: v for k, v in cube.attrs.items() if isinstance(v, (str, int, float))}
+    y = np.asarray(cube.values, np.float32) / scale
+    r = models.super_resolve(model, y, factor, **_restore_options(cfg, cube, g, rt))
+    attrs = _plain_attrs(cube)
     if "map_info" in attrs:
         attrs["map_info"] = finer_map_info(str(attrs["map_info"]), factor)
     return io.make_cube(
