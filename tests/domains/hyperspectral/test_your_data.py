@@ -151,7 +151,11 @@ def test_apply_super_resolution_with_a_sampling_override(trained, tmp_path):
     assert bad.returncode == 2 and "only sampling.*" in bad.stderr
     bad = _apply(trained / "model.pt", [src], tmp_path / "no2", "--set", "sampling.nosuch=1")
     assert bad.returncode == 2 and "nosuch" in bad.stderr
-    assert not (tmp_path / "no1").exists() and not (tmp_path / "no2").exists()
+    wide = _spy_envi(tmp_path / "wide.hdr", np.clip(np.tile(y, (1, 2, 2)), 0, 3), WL)
+    tiled = ("--set", "sampling.super_resolution=2", "--set", "sampling.tile=16")
+    bad = _apply(trained / "model.pt", [wide], tmp_path / "no3", *tiled)
+    assert bad.returncode == 2 and "whole scenes" in bad.stderr
+    assert not any((tmp_path / n).exists() for n in ("no1", "no2", "no3"))
 
 
 def test_finer_map_info_keeps_the_ground_and_halves_the_pixel():
