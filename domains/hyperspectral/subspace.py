@@ -19,9 +19,9 @@ He et al., LRTV, IEEE TGRS 2016).
   measurement with continuous noise never repeats. A level whose pixels the other bands
   (a plain fit without any level) predict to be dark (bright) is clipping (a censored
   pixel, saturation) and stays in the fit with the outlier test; any other level
-  (impulse, fill values) is masked. This matters most where impulse covers most of a band: its robust
-  noise estimate is then inflated by the impulse itself, so the residual test below cannot
-  find it, and the band's basis row is fitted to the impulse.
+  (impulse, fill values) is masked. This matters most where impulse covers most of a band:
+  its robust noise estimate is then inflated by the impulse itself, so the residual test
+  below cannot find it, and the band's basis row is fitted to the impulse.
 - :func:`robust_subspace`: an iteratively reweighted fit in the noise-whitened space: SVD of
   the whitened, filled cube gives the basis; per-pixel least squares on the valid bands gives
   ``z``; residuals beyond ``outlier`` standard deviations are masked (impulse), and columns
