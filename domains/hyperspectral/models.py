@@ -15,8 +15,8 @@ model trained on 31-band cubes serves 100+-band cubes.
   orientation carry no information).
 - :func:`restore`: the noisy cube's robust subspace (:mod:`.subspace`: per-band noise levels
   estimated or given, impulse masked, stripes removed, dead columns/pixels/bands masked),
-  its coefficients standardised by their noise-corrected RMS, then posterior sampling
-  through :func:`diffsci.core.posterior.reconstruct` with the data term
+  its coefficients standardised by their de-biased signal RMS (:func:`spiked_signal_energy`),
+  then posterior sampling through :func:`diffsci.core.posterior.reconstruct` with the data term
   ``y = w c + n``, ``w = 1/std`` per pixel and component (:class:`.operators.ComponentWeight`,
   unit noise; ``std`` from the weighted least squares) and the proximal data step
   (DiffPIR-like; Zhu et al., CVPR 2023), averaged over ``samples`` posterior samples, mapped
@@ -51,6 +51,7 @@ __all__ = [
     "sign_flip_edm_loss",
     "restore",
     "restore_tiled",
+    "spiked_signal_energy",
     "super_resolve",
     "Restored",
 ]
@@ -122,8 +123,38 @@ def _pad(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     return x, (h, w)
 
 
+def spiked_signal_energy(eigenvalue: np.ndarray, gamma: float) -> np.ndarray:
+    """Signal energy along an estimated principal axis, in units of the noise variance.
+
+    The noisy energy ``eigenvalue`` (``lambda``, noise variance 1) along a sample principal axis
+    overstates the signal twice: the axis is chosen to maximise the noisy energy (``lambda`` of
+    a pure-noise axis is about ``(1 + sqrt(gamma))^2``, not 1), and the sample axis is tilted
+    away from the population one. In the spiked covariance model with aspect ratio
+    ``gamma = bands / pixels``, a population spike ``l`` above the bulk edge maps to
+    ``lambda = l + gamma l / (l - 1)`` and the squared cosine between the axes is
+    ``c^2 = (1 - gamma / (l - 1)^2) / (1 + gamma / (l - 1))`` (Baik & Silverstein 2006; Paul
+    2007; Donoho, Gavish & Johnstone, Ann. Stat. 2018, "Optimal shrinkage of eigenvalues in the
+    spiked covariance model"). Returned: ``(l - 1) c^2``, the signal energy the sample axis
+    carries; 0 for ``lambda`` at or under the edge ``(1 + sqrt(gamma))^2``.
+    """
+    lam = np.asarray(eigenvalue, np.float64)
+    above = lam > (1.0 + np.sqrt(gamma)) ** 2
+    a = lam + 1.0 - gamma
+    ell = np.where(above, (a + np.sqrt(np.maximum(a * a - 4.0 * lam, 0.0))) / 2.0, 1.0)
+    spike = np.maximum(ell - 1.0, 1e-12)
+    cos2 = np.where(above, (1.0 - gamma / spike**2) / (1.0 + gamma / spike), 0.0)
+    return np.where(above, spike * np.clip(cos2, 0.0, 1.0), 0.0)
+
+
 def _standardise(sub: Subspace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coefficients divided by their signal RMS (noise variance subtracted), and their std."""
+    """Coefficients divided by their signal RMS, and their std.
+
+    The signal RMS of each component is its noisy energy de-biased for the fitted axis
+    (:func:`spiked_signal_energy`), so that weak components, whose axes are partly fitted to
+    the noise, are not scaled as if they carried signal (the prior was trained on unit-RMS
+    clean components). On validation cubes at sigma 50 the plain ``energy - noise`` put the 4th
+    component's RMS at 0.35 noise units where the clean cube carries 0.14.
+    """
     z, std = sub.coef, sub.coef_std
     observed = std < 1e2
     noise2 = np.array(
@@ -132,7 +163,9 @@ def _standardise(sub: Subspace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     energy = np.array(
         [np.mean(zi[o] ** 2) if o.any() else 0.0 for zi, o in zip(z, observed, strict=True)]
     )
-    rms = np.sqrt(np.maximum(energy - noise2, (_SIGNAL_FLOOR**2) * noise2))
+    gamma = sub.basis.shape[0] / max(int(observed.reshape(len(z), -1).sum(1).min()), 1)
+    signal = spiked_signal_energy(energy / np.maximum(noise2, 1e-30), gamma)
+    rms = np.sqrt(np.maximum(signal, _SIGNAL_FLOOR**2) * noise2)
     rms = np.maximum(rms, 1e-8)[:, None, None]
     return z / rms, std / rms, rms
 

@@ -162,6 +162,31 @@ def _small_prior(k: int):
     )
 
 
+@pytest.mark.parametrize("signal", [0.0, 0.02, 0.3, 4.0])
+def test_spiked_signal_energy_debiases_the_sample_axis(signal):
+    """One spike of known energy (noise units) in white noise, 31 x 4096 as a 64x64x31 cube: the
+    de-biased energy matches the signal energy the sample axis really carries, where the plain
+    ``lambda - 1`` overstates weak components (what the prior's scaling suffered from)."""
+    rng = np.random.default_rng(3)
+    b, n = 31, 4096
+    v = rng.normal(size=b)
+    v /= np.linalg.norm(v)
+    amp = rng.normal(size=n) * np.sqrt(signal)
+    x = v[:, None] * amp[None]
+    est, naive, truth = [], [], []
+    for _ in range(20):
+        y = x + rng.normal(size=(b, n))
+        u = np.linalg.svd(y, full_matrices=False)[0][:, 0]
+        lam = float(np.mean((u @ y) ** 2))
+        est.append(models.spiked_signal_energy(np.array([lam]), b / n)[0])
+        naive.append(lam - 1.0)
+        truth.append(float(np.mean((u @ x) ** 2)))
+    err, naive_err = abs(np.mean(est) - np.mean(truth)), abs(np.mean(naive) - np.mean(truth))
+    assert err < 0.03 + 0.05 * np.mean(truth)
+    if signal <= 0.3:  # the plain estimate keeps the selection excess (0.18 for pure noise)
+        assert err < naive_err / 2 and naive_err > 0.05
+
+
 def test_restore_serves_another_band_count_and_shape():
     """A prior built for k components restores a 100-band, 20x24 cube (band axis never seen)."""
     prior = _small_prior(3)
