@@ -48,3 +48,22 @@ def test_ultrasound_bars_read_the_dehazing_and_sequence_tables():
     )
     assert got["sequence_10x_fewer_nfe_at_equal_psnr"]["met"]  # 12x fewer, -0.2 dB
     assert got["sequence_10x_fewer_nfe_at_equal_psnr"]["nfe_ratio"] == 12.0
+
+
+def test_a_partial_rerun_keeps_the_other_domains_stamped_with_their_commit():
+    from benchmarks.quarter_nfe import kept_entries
+
+    previous = {
+        "git_commit": "abc",
+        "date": "2026-12-07",
+        "results": {
+            "hyperspectral": {"met at 1/4 NFE": {"x": False}},
+            "medical": {"met at 1/4 NFE": {"y": True}},
+            "ultrasound": {"met at 1/4 NFE": {"z": True}, "measured at": {"commit": "old"}},
+        },
+    }
+    kept = kept_entries(previous, ["hyperspectral"])
+    assert set(kept) == {"medical", "ultrasound"}
+    assert kept["medical"]["measured at"] == {"commit": "abc", "date": "2026-12-07"}
+    assert kept["ultrasound"]["measured at"] == {"commit": "old"}  # an older stamp stays
+    assert kept_entries(None, ["hyperspectral"]) == {}
