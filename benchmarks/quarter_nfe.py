@@ -15,7 +15,9 @@ steps x 8 samples -> UniPC 12 steps x 8 samples), ultrasound (Euler 15 steps x 1
 (recorded in the result with the reason).
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.quarter_nfe [--domains ...]`` after the domains'
-own benchmarks (writes ``results/quarter_nfe.json``).
+own benchmarks (writes ``results/quarter_nfe.json``; ``--domains hyperspectral --keep-others``
+reruns one domain after its benchmark changed and keeps the others' entries, stamped with the
+commit and date they were measured at).
 """
 
 from __future__ import annotations
