@@ -78,11 +78,21 @@ def write_result(name: str, results: dict[str, Any], *, config: dict[str, Any], 
 
 def same_training(task, trained: dict[str, Any] | None, cfg: dict[str, Any]) -> bool:
     """Whether a model trained with config ``trained`` is the one ``cfg`` would train: the
-    same task ``training_config_keys`` and ``train`` sections."""
+    same task ``training_config_keys`` and ``train`` sections, the checkpoint and log intervals
+    aside (they do not shape the weights: a resumed run is bit-identical)."""
     if trained is None:
         return False
     keys = (*task.training_config_keys, "train")
-    return {k: trained.get(k) for k in keys} == {k: cfg.get(k) for k in keys}
+
+    def shaping(c: dict[str, Any]) -> dict[str, Any]:
+        out = {k: c.get(k) for k in keys}
+        if isinstance(out["train"], dict):
+            out["train"] = {
+                k: v for k, v in out["train"].items() if k not in ("ckpt_every", "log_every")
+            }
+        return out
+
+    return shaping(trained) == shaping(cfg)
 
 
 def run_stages(

@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> None:
     for n_train, steps in recipes:
         cfg = copy.deepcopy(base)
         cfg["data"]["n_train"], cfg["train"]["steps"] = n_train, steps
-        cfg["train"]["ckpt_every"] = steps
         t0 = time.perf_counter()
         model = trained(task, cfg, Path(a.workdir_root) / f"n{n_train}_s{steps}")
         row = {"n_train": n_train, "steps": steps, **score(model, dict(cfg["sampling"]), cubes)}

@@ -46,10 +46,9 @@ from benchmarks.ultrasound_sampler_selection import (
 from diffsci.core.modelfile import load_model_file
 from diffsci.core.stages import load_config, load_model, run_prepare, run_train
 from diffsci.core.task import TaskPaths, get_task
-from diffsci.core.training import TrainConfig, train
 from diffsci.domains.ultrasound import baselines, data, models
 from diffsci.domains.ultrasound.dehaze import SamplingOptions, dehaze_frames
-from diffsci.domains.ultrasound.task import _grid, _table
+from diffsci.domains.ultrasound.task import _grid, _table, train_supervised
 
 #: (training frames, steps of the priors and of the supervised UNet)
 RECIPES = ((16, 2400), (64, 6000))
@@ -63,58 +62,23 @@ def _recipe_config(base: dict[str, Any], n_train: int, steps: int) -> dict[str, 
     return cfg
 
 
-def _same(task, trained: dict[str, Any] | None, cfg: dict[str, Any]) -> bool:
-    """:func:`same_training`, ignoring the checkpoint and log intervals (they do not shape the
-    weights)."""
-    if trained is None:
-        return False
-
-    def strip(c: dict[str, Any]) -> dict[str, Any]:
-        c = copy.deepcopy(c)
-        for key in ("ckpt_every", "log_every"):
-            c.get("train", {}).pop(key, None)
-        return c
-
-    return same_training(task, strip(trained), strip(cfg))
-
-
 def _priors(task, cfg: dict[str, Any], work: Path):
     paths = TaskPaths(work)
     paths.root.mkdir(parents=True, exist_ok=True)
     trained = (
         load_model_file(paths.model).provenance.get("config") if paths.model.is_file() else None
     )
-    if not _same(task, trained, cfg):
+    if not same_training(task, trained, cfg):
         run_prepare(task, cfg, paths)
         run_train(task, cfg, paths)
     return load_model(task, cfg, paths.model), paths
-
-
-def _supervised(cfg: dict[str, Any], data_dir: Path) -> torch.nn.Module:
-    """The supervised UNet as ``UltrasoundTask.baselines`` trains it."""
-    tissue, haze, _ = data.read_train(data_dir / "train.h5")
-    w, t, seed = cfg["haze"]["weight"], cfg["train"], int(cfg["seed"])
-    pairs = torch.utils.data.TensorDataset((1 - w) * tissue + w * haze, tissue)
-    tcfg = TrainConfig(
-        steps=cfg["baselines"]["supervised_steps"],
-        batch_size=t["batch_size"],
-        lr=t["lr"],
-        ema_decay=None,
-        grad_clip=None,
-        seed=seed,
-        progress=False,
-        ckpt_dir=None,
-    )
-    torch.manual_seed(seed)
-    net = models.SupervisedDehazer(cfg["model"])
-    return train(net, models.supervised_loss, pairs, tcfg).model.eval()
 
 
 def score_recipe(task, cfg: dict[str, Any], work: Path, frames: int) -> dict[str, Any]:
     """Train (or reuse) one recipe's priors and supervised UNet; score both on validation."""
     t0 = time.perf_counter()
     model, paths = _priors(task, cfg, work)
-    net = _supervised(cfg, paths.data)
+    net = train_supervised(cfg, paths.data)
     meta = data.read_meta(paths.data)
     seed = int(cfg["seed"])
     y, hazy, clean, rois = validation_frames(cfg, frames, seed + VALIDATION_SEED, meta["scale"])

@@ -97,6 +97,31 @@ def _products(iq: torch.Tensor, grid: ImageGrid, dr: float) -> dict[str, io.Prod
     }
 
 
+def train_supervised(
+    cfg: Config, data_dir: Path, *, device: torch.device | str = "cpu", progress: bool = False
+) -> nn.Module:
+    """The supervised baseline: :class:`.models.SupervisedDehazer` trained on the (hazy, clean)
+    pairs of the training patches for ``baselines.supervised_steps`` steps (eval mode)."""
+    from diffsci.core.training import TrainConfig, train
+
+    tissue, haze, _ = data.read_train(Path(data_dir) / "train.h5")
+    w, t, seed = cfg["haze"]["weight"], cfg["train"], int(cfg["seed"])
+    pairs = torch.utils.data.TensorDataset((1 - w) * tissue + w * haze, tissue)
+    tcfg = TrainConfig(
+        steps=cfg["baselines"]["supervised_steps"],
+        batch_size=t["batch_size"],
+        lr=t["lr"],
+        ema_decay=None,
+        grad_clip=None,
+        seed=seed,
+        progress=progress,
+        ckpt_dir=None,
+    )
+    torch.manual_seed(seed)
+    net = models.SupervisedDehazer(cfg["model"])
+    return train(net, models.supervised_loss, pairs, tcfg, device=device).model.eval()
+
+
 class UltrasoundTask(DomainTask):
     """Dehazing plane-wave ultrasound with two diffusion priors."""
 
@@ -166,34 +191,11 @@ class UltrasoundTask(DomainTask):
     def baselines(self, cfg: Config, data_dir: Path, out_dir: Path, rt: Runtime) -> None:
         """The supervised UNet on (hazy, clean) pairs of the training patches, applied to the
         held-out frames; ``baselines/supervised.h5`` holds its envelopes and cost."""
-        steps = cfg["baselines"]["supervised_steps"]
-        if steps == 0:
+        if cfg["baselines"]["supervised_steps"] == 0:
             return
-        from diffsci.core.training import TrainConfig, train
-
-        tissue, haze, scale = data.read_train(Path(data_dir) / "train.h5")
-        w = cfg["haze"]["weight"]
-        pairs = torch.utils.data.TensorDataset((1 - w) * tissue + w * haze, tissue)
-        t = cfg["train"]
-        tcfg = TrainConfig(
-            steps=steps,
-            batch_size=t["batch_size"],
-            lr=t["lr"],
-            ema_decay=None,
-            grad_clip=None,
-            seed=int(cfg["seed"]),
-            progress=rt.progress,
-            ckpt_dir=None,
-        )
-        torch.manual_seed(int(cfg["seed"]))
-        net = train(
-            models.SupervisedDehazer(cfg["model"]),
-            models.supervised_loss,
-            pairs,
-            tcfg,
-            device=rt.device,
-        ).model.eval()
+        net = train_supervised(cfg, data_dir, device=rt.device, progress=rt.progress)
         meta = data.read_meta(Path(data_dir))
+        scale = meta["scale"]
         acq = io.read_zea(Path(data_dir) / "test_hazy.hdf5")
         y = models.iq_to_channels(
             data.beamform(acq, _grid(meta), cfg["acquisition"]["f_number"]), scale
