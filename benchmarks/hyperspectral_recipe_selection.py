@@ -5,9 +5,10 @@ for 600 steps with its loss still falling; the sigma-50 and mixture bars ask for
 gave. The simulator makes training scenes for free, so the budget is chosen here, on validation
 cubes only.
 
-What: for each recipe ``(n_train, steps)`` the benchmark config (everything else unchanged) is
-prepared and trained in ``--workdir-root/n<scenes>_s<steps>`` (reused when that folder's model was
-trained with the recipe), then restores validation cubes (``make_scenes`` with seed 20000, never
+What: for each recipe ``(n_train, steps)``, optionally with other UNet level widths
+(``--recipes 768:6000:32-64-128``), the benchmark config (everything else unchanged) is
+prepared and trained in ``--workdir-root/n<scenes>_s<steps>[_c<widths>]`` (reused when that
+folder's model was trained with the recipe), then restores validation cubes (``make_scenes`` with seed 20000, never
 the held-out seed 10000; noise from the QRNN3D generators with seed 5) at sigma 50 and under the
 mixture. The LRTV-like baseline at the prior's rank is scored on the same cubes. Pick rule: the
 largest sigma-50 MPSNR (the budget is bounded by the CPU time a bar run can afford).
@@ -102,40 +103,63 @@ def trained(task, cfg: dict[str, Any], work: Path):
     return load_model(task, cfg, paths.model)
 
 
+def parse_recipe(text: str) -> tuple[int, int, tuple[int, ...] | None]:
+    """``"scenes:steps"`` or ``"scenes:steps:c1-c2-..."`` (the UNet's level widths)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"recipe {text!r}: expected scenes:steps or scenes:steps:c1-c2-...")
+    widths = tuple(int(c) for c in parts[2].split("-")) if len(parts) == 3 else None
+    return int(parts[0]), int(parts[1]), widths
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(HERE / "configs" / "hyperspectral.yaml"))
     p.add_argument("--workdir-root", default=str(HERE / "work" / "hyperspectral_recipes"))
     p.add_argument("--cubes", type=int, default=8)
     p.add_argument(
-        "--recipes", nargs="+", help="scenes:steps pairs (default: the three of RECIPES)"
+        "--result",
+        default="hyperspectral_recipe_selection",
+        help="name of the JSON under benchmarks/results (another comparison, another name)",
+    )
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        help="scenes:steps pairs, optionally :c1-c2-... UNet widths (default: the three of "
+        "RECIPES with the config's widths)",
     )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     task = get_task("hyperspectral")
     base = yaml.safe_load(Path(a.config).read_text())
     validate_config(base, task.schema_path, source=a.config)
-    recipes = [tuple(map(int, r.split(":"))) for r in a.recipes] if a.recipes else RECIPES
+    recipes = [parse_recipe(r) for r in a.recipes] if a.recipes else [(*r, None) for r in RECIPES]
     cubes = validation_cubes(base, a.cubes)
     rows = []
-    for n_train, steps in recipes:
+    for n_train, steps, widths in recipes:
         cfg = copy.deepcopy(base)
         cfg["data"]["n_train"], cfg["train"]["steps"] = n_train, steps
+        name = f"n{n_train}_s{steps}"
+        if widths is not None:
+            cfg["model"]["channels"] = list(widths)
+            cfg["model"]["attention_levels"] = [False] * len(widths)
+            name += "_c" + "-".join(map(str, widths))
         t0 = time.perf_counter()
-        model = trained(task, cfg, Path(a.workdir_root) / f"n{n_train}_s{steps}")
-        row = {"n_train": n_train, "steps": steps, **score(model, dict(cfg["sampling"]), cubes)}
+        model = trained(task, cfg, Path(a.workdir_root) / name)
+        row = {"n_train": n_train, "steps": steps, "channels": cfg["model"]["channels"]}
+        row.update(score(model, dict(cfg["sampling"]), cubes))
         row["seconds"] = round(time.perf_counter() - t0, 1)
         print(row, flush=True)
         rows.append(row)
     best = max(rows, key=lambda r: r["gaussian50"]["MPSNR"])
     write_result(
-        "hyperspectral_recipe_selection",
+        a.result,
         {
             "rule": "the largest sigma-50 MPSNR on the validation cubes",
             "validation": {"cubes": a.cubes, "seed": VALIDATION_SEED, "noise seed": NOISE_SEED},
             "candidates": rows,
             "LRTV-like at the prior's rank": baseline(cubes, int(base["model"]["components"])),
-            "best": {"n_train": best["n_train"], "steps": best["steps"]},
+            "best": {k: best[k] for k in ("n_train", "steps", "channels")},
         },
         config={"config": str(a.config), "recipes": [list(r) for r in recipes]},
         seed=int(base["seed"]),
