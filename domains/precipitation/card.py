@@ -115,6 +115,7 @@ def sigma(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "min": float(s["sigma_min"]),
         "max": float(s["sigma_max"]),
+        "schedule": s.get("schedule", "karras"),
         "data": float(m["sigma_data"]),
         "train_log_mean": float(m["train_sigma_mean"]),
         "train_log_std": float(m["train_sigma_std"]),

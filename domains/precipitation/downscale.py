@@ -60,7 +60,7 @@ def enforce_mass(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarra
 
 class DownscaleOptions(dict):
     """Sampling options (a plain dict): ``members, steps, sampler, sigma_min, sigma_max,
-    tile, overlap, batch, mass_consistency, seed``."""
+    schedule, tile, overlap, batch, mass_consistency, seed``."""
 
     DEFAULTS: Mapping[str, Any] = {
         "members": 13,
@@ -68,6 +68,7 @@ class DownscaleOptions(dict):
         "sampler": "heun",
         "sigma_min": 0.002,
         "sigma_max": 80.0,
+        "schedule": "karras",
         "tile": None,
         "overlap": 16,
         "batch": 4,
@@ -119,6 +120,7 @@ def _tile_fn(
             sampler=opt["sampler"],
             sigma_min=opt["sigma_min"],
             sigma_max=opt["sigma_max"],
+            schedule=opt["schedule"],
             noise=torch.from_numpy(noise),
         )
         phys = norm.decode_target(ens[:, :, 0]).cpu().numpy()  # (M, n, th, tw)

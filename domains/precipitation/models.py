@@ -12,6 +12,7 @@ regression mean is an extra conditioning channel and the diffusion model generat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from typing import Any
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from diffsci.core.denoisers import KarrasDenoiser
 from diffsci.core.networks import UNet
 from diffsci.core.samplers import get_sampler
-from diffsci.core.schedules import LogNormalSigma, karras
+from diffsci.core.schedules import LogNormalSigma, default_sigmas, karras
 
 __all__ = [
     "forward_transform",
@@ -254,6 +255,7 @@ def sample_ensemble(
     sampler: str = "heun",
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
+    schedule: str = "karras",
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callable | None = None,
@@ -270,6 +272,13 @@ def sample_ensemble(
     sampler
         A core sampler; the deterministic ones (euler, heun, dpmpp_2m, ddim with eta 0) make
         each member a function of its initial noise only, which tiled inference relies on.
+    schedule
+        ``"karras"``: EDM's schedule (rho 7) from ``sigma_max`` to ``sigma_min``;
+        ``"default"``: the core's few-step schedule,
+        :func:`~diffsci.core.schedules.default_sigmas` (log-linear over the denoiser's
+        ``sigma_data`` and training range; the start is drawn with the noisy marginal's
+        scale ``sqrt(sigma_max^2 + sigma_data^2)``, as :func:`~diffsci.core.samplers.sample`
+        does).
 
     Returns
     -------
@@ -278,7 +287,14 @@ def sample_ensemble(
     """
     b, _, h, w = cond.shape
     mean, full = model.condition(cond)
-    sigmas = karras(steps, sigma_min, sigma_max).to(cond.device)
+    if schedule == "karras":
+        sigmas, scale = karras(steps, sigma_min, sigma_max), None
+    elif schedule == "default":
+        sigmas = default_sigmas(model.denoiser, steps)
+        scale = math.hypot(float(sigmas[0]), model.denoiser.sigma_data)
+    else:
+        raise ValueError(f"schedule must be 'karras' or 'default', got {schedule!r}")
+    sigmas = sigmas.to(cond.device)
     if noise is None:
         noise = torch.randn(
             (members, b, 1, h, w),
@@ -288,7 +304,7 @@ def sample_ensemble(
     noise = noise.to(cond.device, cond.dtype)
     if noise.shape != (members, b, 1, h, w):
         raise ValueError(f"noise must have shape {(members, b, 1, h, w)}, got {tuple(noise.shape)}")
-    x = noise.flatten(0, 1) * float(sigmas[0])
+    x = noise.flatten(0, 1) * (float(sigmas[0]) if scale is None else scale)
     fn = get_sampler(sampler)
     full_rep = full.repeat(members, 1, 1, 1)
     out = fn(model, x, sigmas, cond=full_rep, generator=generator, callback=callback)

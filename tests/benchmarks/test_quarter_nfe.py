@@ -14,6 +14,9 @@ def test_quarter_divides_the_steps_and_takes_the_default_solver():
     assert q == {"steps": 5, "sampler": DEFAULT_SAMPLER, "samples": 4, "lam": 1.0}
     assert s["steps"] == 20  # the input is not modified
     assert quarter({"steps": 50, "sampler": "ddim"})["steps"] == 12  # at most a quarter
+    # Heun spends two evaluations per step but the last: 10 steps are 19, a quarter is 4
+    heun = {"steps": 10, "sampler": "heun", "members": 13}
+    assert quarter(heun)["steps"] == 4 and nfe(heun) == 19 * 13
     q = quarter(s, by="samples")
     assert q["samples"] == 1 and q["steps"] == 20 and nfe(q) * 4 == nfe(s)
     with pytest.raises(ValueError, match="less than one"):

@@ -90,3 +90,32 @@ def test_regression_baseline_shape():
             np.zeros((1, 2, 16, 16)),
             None,
         )
+
+
+def test_sample_ensemble_can_run_on_the_cores_few_step_schedule():
+    from diffsci.core.schedules import default_sigmas, karras
+
+    torch.manual_seed(0)
+    m = DownscalingModel(3, residual=True, channels=[8, 16], attention_levels=[False, False])
+    c = torch.randn(1, 3, 16, 16)
+    noise = torch.randn(2, 1, 1, 16, 16)
+    seen: dict[str, list[float]] = {"karras": [], "default": []}
+    for schedule, levels in seen.items():
+        sample_ensemble(
+            m,
+            c,
+            members=2,
+            steps=4,
+            sampler="unipc",
+            sigma_max=20.0,
+            schedule=schedule,
+            noise=noise,
+            callback=lambda info, levels=levels: levels.append(float(info["sigma"])),
+        )
+    # the default follows the model's sigma_data (0.5) and training range, not sigma_min/max
+    expect = default_sigmas(m.denoiser, 4)
+    np.testing.assert_allclose(seen["default"], expect[:-1].tolist(), rtol=1e-6)
+    np.testing.assert_allclose(seen["karras"], karras(4, 0.002, 20.0)[:-1].tolist(), rtol=1e-6)
+    assert seen["default"][0] < 20.0 and seen["default"][-1] > 0.002
+    with pytest.raises(ValueError, match="schedule"):
+        sample_ensemble(m, c, members=2, steps=2, schedule="cosine", noise=noise)
