@@ -270,7 +270,7 @@ def sample_ensemble(
         Initial standard-normal noise ``(members, B, 1, H, W)`` (e.g. positional noise for
         tiled inference); drawn from ``generator`` if None.
     sampler
-        A core sampler; the deterministic ones (euler, heun, dpmpp_2m, ddim with eta 0) make
+        A core sampler; the deterministic ones (euler, heun, dpmpp_2m, unipc, ddim with eta 0) make
         each member a function of its initial noise only, which tiled inference relies on.
     schedule
         ``"karras"``: EDM's schedule (rho 7) from ``sigma_max`` to ``sigma_min``;
