@@ -16,6 +16,7 @@ Lower-order final steps: the step to ``sigma = 0`` is always first order (``x = 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -602,6 +603,7 @@ def sample(
     callback: Callback = None,
     progress: bool = False,
     optimize: bool = False,
+    schedule_cache: str | os.PathLike | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw an initial state from ``generator`` and run sampler ``sampler`` over ``sigmas``.
@@ -615,24 +617,33 @@ def sample(
     ``sigma_max`` a few ``sigma_data`` up is no longer much larger than the data's scale).
     ``optimize=True`` (without sigmas) replaces that schedule by
     :func:`~diffsci.core.schedule_opt.optimize_sigmas` for this denoiser, sampler and NFE
-    (an optimisation of a few hundred short runs the first time, cached per denoiser).
+    (an optimisation of a few hundred short runs the first time, cached per denoiser, and on
+    disk in ``schedule_cache`` per network weights when given).
     ``progress=True`` shows a progress bar (chained with any ``callback``).
     """
     sd = None
     if sigmas is None:
         n = DEFAULT_STEPS if steps is None else steps
         sampler = DEFAULT_SAMPLER if sampler is None else sampler
+        if schedule_cache is not None and not optimize:
+            raise ValueError("schedule_cache keeps optimised schedules: pass optimize=True too")
         if optimize:
             from .schedule_opt import optimize_sigmas
 
             sig = optimize_sigmas(
-                denoiser, n, tuple(shape[1:]), sampler=sampler, dtype=dtype, device=device
+                denoiser,
+                n,
+                tuple(shape[1:]),
+                sampler=sampler,
+                dtype=dtype,
+                device=device,
+                cache_dir=schedule_cache,
             )
         else:
             sig = default_sigmas(denoiser, n)
         sd = denoiser_sigma_info(denoiser)["sigma_data"]
-    elif steps is not None or optimize:
-        raise ValueError("give either sigmas or steps/optimize, not both")
+    elif steps is not None or optimize or schedule_cache is not None:
+        raise ValueError("give either sigmas or steps/optimize/schedule_cache, not both")
     else:
         sampler = "dpmpp_2m" if sampler is None else sampler
         sig = check_sigmas(sigmas)

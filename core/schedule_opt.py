@@ -6,13 +6,18 @@ reference solution of the probability-flow ODE from the same starting points (th
 error the schedule leaves, which the local truncation errors of its steps add up to). The
 free parameters are the log-sigma gaps below ``sigma_max`` (their total, i.e. the last
 non-zero level, included); the step to 0 stays ``x = D(x)``. Nelder-Mead from the default
-Karras schedule; results are cached per denoiser object.
+Karras schedule; results are cached per denoiser object and, with ``cache_dir``, on disk per
+network weights (a JSON file named by a hash of the weights and the request), so a trained
+model pays for its schedule once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import weakref
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,9 +25,10 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
+from .fileio import atomic_path
 from .schedules import default_sigmas, denoiser_sigma_info, karras
 
-__all__ = ["optimize_sigmas", "schedule_from_params", "clear_cache"]
+__all__ = ["optimize_sigmas", "schedule_from_params", "clear_cache", "weights_digest"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -68,6 +74,7 @@ def optimize_sigmas(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     use_cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> Tensor:
     """An ``n``-step schedule for ``sampler`` on ``denoiser``, optimised for ODE accuracy.
 
@@ -90,6 +97,11 @@ def optimize_sigmas(
         tenth of the start schedule's last level).
     max_evals
         Objective evaluations of Nelder-Mead (default ``60 n``), ``n`` NFE each.
+    cache_dir
+        Also keep the result on disk there, named by a hash of the denoiser's weights
+        (``torch.nn.Module`` state) and of this request, and reuse it when the same weights
+        ask again (in another process). Unconditional requests of ``nn.Module`` denoisers
+        only; others are optimised every time.
 
     Returns
     -------
@@ -104,7 +116,14 @@ def optimize_sigmas(
     from .samplers import get_sampler
 
     key = (n, tuple(shape), sampler, n_samples, ref_steps, seed)
+    if isinstance(denoiser, torch.nn.Module):  # weights changed in place: another schedule
+        key += (weights_digest(denoiser),)
     cached = _cache_get(denoiser, key) if use_cache and cond is None else None
+    disk = _disk_path(denoiser, key, sigmas, max_evals, cache_dir) if cond is None else None
+    if cached is None and disk is not None and disk.is_file():
+        cached = torch.tensor(json.loads(disk.read_text())["sigmas"], dtype=torch.float64)
+        if use_cache:
+            _cache_put(denoiser, key, cached)
     if cached is not None:
         return cached.clone()
     fn = get_sampler(sampler)
@@ -139,7 +158,32 @@ def optimize_sigmas(
     out = schedule_from_params(theta, sig_max)
     if use_cache and cond is None:
         _cache_put(denoiser, key, out)
+    if disk is not None:
+        record = {"request": list(map(str, key)), "sigmas": out.tolist()}
+        with atomic_path(disk) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
     return out.clone()
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's class and state (names, dtypes, shapes and values)."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _disk_path(
+    denoiser: Any, key: tuple, sigmas: Tensor | None, max_evals: int | None, cache_dir: Any
+) -> Path | None:
+    if cache_dir is None or not isinstance(denoiser, torch.nn.Module):
+        return None
+    start = None if sigmas is None else torch.as_tensor(sigmas).double().tolist()
+    request = json.dumps([list(map(str, key)), start, max_evals])
+    name = hashlib.sha256((weights_digest(denoiser) + request).encode()).hexdigest()[:32]
+    return Path(cache_dir) / f"{name}.json"
 
 
 def _cache_get(denoiser: Any, key: tuple) -> Tensor | None:

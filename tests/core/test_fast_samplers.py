@@ -15,6 +15,7 @@ what is specific to the multistep solvers:
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -328,3 +329,39 @@ def test_optimized_schedule_reduces_the_ode_error_and_is_cached() -> None:
     # params round trip
     th = so._params_from_schedule(sig)
     torch.testing.assert_close(so.schedule_from_params(th, float(sig[0])), sig)
+
+
+def test_optimized_schedule_is_kept_on_disk_per_network_weights(tmp_path, monkeypatch) -> None:
+    import copy
+
+    from diffsci.core import schedule_opt as so
+    from diffsci.core.denoisers import KarrasDenoiser
+    from diffsci.core.networks import MLPDenoiser
+    from diffsci.core.samplers import sample
+
+    torch.manual_seed(0)
+    den = KarrasDenoiser(MLPDenoiser(2), sigma_data=0.5).eval()
+    so.clear_cache()
+    kw = dict(n_samples=8, ref_steps=20, max_evals=20, cache_dir=tmp_path, dtype=torch.float32)
+    with torch.no_grad():
+        sig = so.optimize_sigmas(den, 3, (2,), **kw)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["sigmas"] == sig.tolist()
+    # another process (empty memory cache), same weights in another object: read, not rerun
+    so.clear_cache()
+
+    def no_rerun(*a, **k):
+        raise AssertionError("optimised again despite the file")
+
+    monkeypatch.setattr(so, "minimize", no_rerun)
+    twin = copy.deepcopy(den)
+    assert so.weights_digest(twin) == so.weights_digest(den)
+    assert torch.equal(so.optimize_sigmas(twin, 3, (2,), **kw), sig)
+    # other weights are another model: their own file
+    with torch.no_grad():
+        next(twin.parameters()).add_(1.0)
+    assert so.weights_digest(twin) != so.weights_digest(den)
+    with pytest.raises(AssertionError, match="optimised again"):
+        so.optimize_sigmas(twin, 3, (2,), **kw)
+    with pytest.raises(ValueError, match="optimize=True"):
+        sample(den, (4, 2), steps=3, schedule_cache=tmp_path)
