@@ -114,8 +114,10 @@ DOMAINS: dict[str, tuple[Any, str, dict[str, Any], tuple[str, ...]]] = {
 #: the domain benchmark's work folder under benchmarks/work, where it is not the domain's name
 WORKDIRS = {"ultrasound": "ultrasound_bars"}
 NOT_DRIVEN = {
-    "pde": "its benchmark trains and scores two configurations (single and multi-resolution) "
-    "with solver-based event studies in one run; not separable into infer + evaluate here",
+    "pde": "its sampler is PDE-Refiner's (Lippe et al. 2023): refiner_k + 1 = 4 noise levels "
+    "per rollout step, the levels it was trained on (sampling.steps is unused); a quarter "
+    "is one level, its regression level alone without refinement, which is not diffusion "
+    "sampling at fewer steps but dropping the diffusion part",
     "singlecell": "its model is a set transformer sampled by a flow/diffusion over a set, not "
     "a posterior sampler over a sigma schedule of the kind this benchmark changes",
 }
