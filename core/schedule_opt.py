@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,8 @@ def optimize_sigmas(
     cached = _cache_get(denoiser, key) if use_cache and cond is None else None
     disk = _disk_path(denoiser, key, sigmas, max_evals, cache_dir) if cond is None else None
     if cached is None and disk is not None and disk.is_file():
-        cached = torch.tensor(json.loads(disk.read_text())["sigmas"], dtype=torch.float64)
-        if use_cache:
+        cached = _read_schedule(disk, n)
+        if cached is not None and use_cache:
             _cache_put(denoiser, key, cached)
     if cached is not None:
         return cached.clone()
@@ -181,9 +182,21 @@ def _disk_path(
     if cache_dir is None or not isinstance(denoiser, torch.nn.Module):
         return None
     start = None if sigmas is None else torch.as_tensor(sigmas).double().tolist()
-    request = json.dumps([list(map(str, key)), start, max_evals])
-    name = hashlib.sha256((weights_digest(denoiser) + request).encode()).hexdigest()[:32]
-    return Path(cache_dir) / f"{name}.json"
+    request = json.dumps([list(map(str, key)), start, max_evals])  # key holds the weights' hash
+    return Path(cache_dir) / f"{hashlib.sha256(request.encode()).hexdigest()[:32]}.json"
+
+
+def _read_schedule(path: Path, n: int) -> Tensor | None:
+    """The cached schedule in ``path``; None (optimise again, then overwrite) when the file is
+    not one this module wrote for ``n`` steps, with a warning naming it."""
+    try:
+        sig = torch.tensor(json.loads(path.read_text())["sigmas"], dtype=torch.float64)
+        if sig.shape != (n + 1,) or not bool((sig[1:] < sig[:-1]).all()) or sig[-1] != 0:
+            raise ValueError(f"not a descending {n}-step schedule ending in 0")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warnings.warn(f"{path}: unreadable cached schedule ({e}); optimising again", stacklevel=3)
+        return None
+    return sig
 
 
 def _cache_get(denoiser: Any, key: tuple) -> Tensor | None:

@@ -365,3 +365,23 @@ def test_optimized_schedule_is_kept_on_disk_per_network_weights(tmp_path, monkey
         so.optimize_sigmas(twin, 3, (2,), **kw)
     with pytest.raises(ValueError, match="optimize=True"):
         sample(den, (4, 2), steps=3, schedule_cache=tmp_path)
+
+
+def test_a_damaged_cached_schedule_is_optimised_again(tmp_path) -> None:
+    from diffsci.core import schedule_opt as so
+    from diffsci.core.denoisers import KarrasDenoiser
+    from diffsci.core.networks import MLPDenoiser
+
+    torch.manual_seed(0)
+    den = KarrasDenoiser(MLPDenoiser(2), sigma_data=0.5).eval()
+    so.clear_cache()
+    kw = dict(n_samples=8, ref_steps=20, max_evals=20, cache_dir=tmp_path, dtype=torch.float32)
+    with torch.no_grad():
+        sig = so.optimize_sigmas(den, 3, (2,), **kw)
+    (path,) = tmp_path.glob("*.json")
+    path.write_text('{"sigmas": [1.0, 2.0]')  # cut short
+    so.clear_cache()
+    with pytest.warns(UserWarning, match="unreadable cached schedule"), torch.no_grad():
+        again = so.optimize_sigmas(den, 3, (2,), **kw)
+    assert torch.equal(again, sig)  # the same optimisation (fixed seed), file rewritten
+    assert json.loads(path.read_text())["sigmas"] == sig.tolist()
