@@ -15,15 +15,17 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.default_floor_selection`` (writes
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from typing import Any
 
-import torch
-
 from benchmarks._common import write_result
-from benchmarks.default_schedule_selection import VALIDATION, mean_distance, validation_problem
+from benchmarks.default_schedule_selection import (
+    VALIDATION,
+    mean_distance,
+    validation_args,
+    validation_problem,
+)
 from diffsci.core.schedules import DEFAULT_SIGMA_MAX_FACTOR, _min_factor, exponential
 
 #: last non-zero level / sigma_data tried at each NFE (the rule's value is among them)
@@ -35,12 +37,7 @@ def geometric_mean(values: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=4000)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--seed", type=int, default=3)
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    a = validation_args(__doc__, argv)
     t0 = time.perf_counter()
     per: dict[str, dict[str, float]] = {}
     for name in VALIDATION:

@@ -155,13 +155,20 @@ def score(name: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def validation_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line every validation-mixture selection shares (``--n`` samples,
+    ``--repeats``, ``--seed``); also sets torch to one thread, as their results state."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=3)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = validation_args(__doc__, argv)
     t0 = time.perf_counter()
     per = {name: score(name, a.n, a.repeats, a.seed) for name in VALIDATION}
     geo = geometric_means(per, [label(*cand) for cand in candidates()])

@@ -15,14 +15,11 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.default_solver_selection`` (writes
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import math
 import time
 from typing import Any
-
-import torch
 
 from benchmarks._common import write_result
 from benchmarks.default_schedule_selection import (
@@ -32,6 +29,7 @@ from benchmarks.default_schedule_selection import (
     geometric_means,
     label,
     mean_distance,
+    validation_args,
     validation_problem,
 )
 from diffsci.core.samplers import sample_unipc
@@ -58,12 +56,7 @@ def score(name: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=4000)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--seed", type=int, default=3)
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    a = validation_args(__doc__, argv)
     t0 = time.perf_counter()
     per = {name: score(name, a.n, a.repeats, a.seed) for name in VALIDATION}
     labels = [solver_label(*c) for c in itertools.product(ORDERS, VARIANTS, SHAPES)]

@@ -331,13 +331,12 @@ def test_optimized_schedule_reduces_the_ode_error_and_is_cached() -> None:
     torch.testing.assert_close(so.schedule_from_params(th, float(sig[0])), sig)
 
 
-def test_optimized_schedule_is_kept_on_disk_per_network_weights(tmp_path, monkeypatch) -> None:
-    import copy
-
+def _disk_cached(tmp_path) -> tuple[torch.nn.Module, dict, Tensor]:
+    """A small untrained network, the optimiser's settings with ``cache_dir=tmp_path`` and
+    the 3-step schedule optimised (and written) with them, memory cache cleared before."""
     from diffsci.core import schedule_opt as so
     from diffsci.core.denoisers import KarrasDenoiser
     from diffsci.core.networks import MLPDenoiser
-    from diffsci.core.samplers import sample
 
     torch.manual_seed(0)
     den = KarrasDenoiser(MLPDenoiser(2), sigma_data=0.5).eval()
@@ -345,6 +344,16 @@ def test_optimized_schedule_is_kept_on_disk_per_network_weights(tmp_path, monkey
     kw = dict(n_samples=8, ref_steps=20, max_evals=20, cache_dir=tmp_path, dtype=torch.float32)
     with torch.no_grad():
         sig = so.optimize_sigmas(den, 3, (2,), **kw)
+    return den, kw, sig
+
+
+def test_optimized_schedule_is_kept_on_disk_per_network_weights(tmp_path, monkeypatch) -> None:
+    import copy
+
+    from diffsci.core import schedule_opt as so
+    from diffsci.core.samplers import sample
+
+    den, kw, sig = _disk_cached(tmp_path)
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["sigmas"] == sig.tolist()
     # another process (empty memory cache), same weights in another object: read, not rerun
@@ -369,15 +378,8 @@ def test_optimized_schedule_is_kept_on_disk_per_network_weights(tmp_path, monkey
 
 def test_a_damaged_cached_schedule_is_optimised_again(tmp_path) -> None:
     from diffsci.core import schedule_opt as so
-    from diffsci.core.denoisers import KarrasDenoiser
-    from diffsci.core.networks import MLPDenoiser
 
-    torch.manual_seed(0)
-    den = KarrasDenoiser(MLPDenoiser(2), sigma_data=0.5).eval()
-    so.clear_cache()
-    kw = dict(n_samples=8, ref_steps=20, max_evals=20, cache_dir=tmp_path, dtype=torch.float32)
-    with torch.no_grad():
-        sig = so.optimize_sigmas(den, 3, (2,), **kw)
+    den, kw, sig = _disk_cached(tmp_path)
     (path,) = tmp_path.glob("*.json")
     path.write_text('{"sigmas": [1.0, 2.0]')  # cut short
     so.clear_cache()
