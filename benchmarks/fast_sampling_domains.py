@@ -39,7 +39,6 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.fast_sampling_domains`` (writes
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from benchmarks.fast_sampling import DIFFUSERS, run_diffusers
 from diffsci.core.modelfile import load_model_file
 from diffsci.core.samplers import SAMPLERS
 from diffsci.core.schedule_opt import optimize_sigmas
-from diffsci.core.schedules import default_sigmas, denoiser_sigma_info
+from diffsci.core.schedules import default_sigmas, denoiser_sigma_info, start_std
 from diffsci.core.stages import load_config, load_model, run_prepare, run_train
 from diffsci.core.task import TaskPaths, get_task
 
@@ -133,7 +132,7 @@ def measure(
 
     def ours(nfe: int) -> Tensor:
         sig = default_sigmas(den, nfe).double()
-        return unipc(f, z * math.hypot(float(sig[0]), sd), sig)
+        return unipc(f, z * start_std(sig, sd), sig)
 
     ref = ours(REF_NFE)
     out: dict[str, Any] = {"sigma_data": sd, "ours": {}, "diffusers": {}}
@@ -154,7 +153,7 @@ def measure(
             )
             out["optimize_seconds"][str(nfe)] = time.perf_counter() - t0
             out["optimized_schedules"][str(nfe)] = sig.tolist()
-            x = unipc(f, z * math.hypot(float(sig[0]), sd), sig)
+            x = unipc(f, z * start_std(sig, sd), sig)
             out["ours_optimized"][str(nfe)] = rel_err(x, ref)
     for name, (cls, kw) in DIFFUSERS.items():
         dref = run_diffusers(cls, kw, f, z, REF_NFE)

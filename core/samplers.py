@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .denoisers import Denoiser
-from .schedules import check_sigmas, default_sigmas, denoiser_sigma_info
+from .schedules import check_sigmas, default_sigmas, denoiser_sigma_info, start_std
 
 __all__ = [
     "sample_euler",
@@ -648,7 +648,7 @@ def sample(
         sampler = "dpmpp_2m" if sampler is None else sampler
         sig = check_sigmas(sigmas)
     fn = get_sampler(sampler)
-    scale = float(sig[0]) if sd is None else math.hypot(float(sig[0]), sd)
+    scale = start_std(sig, sd)
     gdev = generator.device if generator is not None else device
     x = torch.randn(tuple(shape), generator=generator, device=gdev, dtype=dtype)
     x = x.to(device) * scale if device is not None else x * scale

@@ -27,7 +27,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from .fileio import atomic_path
-from .schedules import default_sigmas, denoiser_sigma_info, karras
+from .schedules import default_sigmas, denoiser_sigma_info, karras, start_std
 
 __all__ = ["optimize_sigmas", "schedule_from_params", "clear_cache", "weights_digest"]
 
@@ -132,7 +132,7 @@ def optimize_sigmas(
     sig_max, sig_last = float(start[0]), float(start[-2])
     sd = denoiser_sigma_info(denoiser)["sigma_data"] or 0.0
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((n_samples, *shape), generator=g, dtype=dtype) * math.hypot(sig_max, sd)
+    x = torch.randn((n_samples, *shape), generator=g, dtype=dtype) * start_std(start, sd)
     x = x.to(device) if device is not None else x
     ref = fn(denoiser, x, karras(ref_steps, sig_last / 10, sig_max), cond=cond)
     norm = float((ref**2).mean()) + 1e-30

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_SIGMA_MIN_FACTOR",
     "DEFAULT_RHO",
     "DEFAULT_KNEE_FACTOR",
+    "start_std",
 ]
 
 
@@ -388,6 +389,14 @@ def default_sigmas(
         return karras(n, lo, hi, rho=rho)
     knee = None if DEFAULT_KNEE_FACTOR is None else DEFAULT_KNEE_FACTOR * sd
     return exponential(n, lo, hi, knee=knee)
+
+
+def start_std(sigmas: Tensor, sigma_data: float | None) -> float:
+    """Standard deviation of the first state of a schedule ``sigmas``: the noisy marginal's
+    ``sqrt(sigma_max^2 + sigma_data^2)`` (a :func:`default_sigmas` top a few ``sigma_data``
+    up is not much larger than the data's scale), or ``sigma_max`` with no ``sigma_data``."""
+    top = float(sigmas[0])
+    return top if sigma_data is None else math.hypot(top, sigma_data)
 
 
 def _min_factor(n: int) -> float:

@@ -12,7 +12,6 @@ regression mean is an extra conditioning channel and the diffusion model generat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from typing import Any
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from diffsci.core.denoisers import KarrasDenoiser
 from diffsci.core.networks import UNet
 from diffsci.core.samplers import get_sampler
-from diffsci.core.schedules import LogNormalSigma, default_sigmas, karras
+from diffsci.core.schedules import LogNormalSigma, default_sigmas, karras, start_std
 
 __all__ = [
     "forward_transform",
@@ -291,7 +290,7 @@ def sample_ensemble(
         sigmas, scale = karras(steps, sigma_min, sigma_max), None
     elif schedule == "default":
         sigmas = default_sigmas(model.denoiser, steps)
-        scale = math.hypot(float(sigmas[0]), model.denoiser.sigma_data)
+        scale = start_std(sigmas, model.denoiser.sigma_data)
     else:
         raise ValueError(f"schedule must be 'karras' or 'default', got {schedule!r}")
     sigmas = sigmas.to(cond.device)
