@@ -2,7 +2,8 @@
 
 Why: the sequence bar of ``benchmarks/ultrasound.py`` asks the warm starts (each frame after
 the first starts from the previous frame's posterior mean noised to ``sequence.warm_sigma``,
-runs ``warm_steps`` steps, and averages ``warm_samples`` samples) to use >= 10x fewer network
+runs ``warm_steps`` steps down to ``warm_sigma_min``, and averages ``warm_samples`` samples,
+in antithetic pairs with ``antithetic``) to use >= 10x fewer network
 evaluations per frame than dehazing every frame from noise, at equal B-mode PSNR (warm - cold
 >= -0.3 dB). The from-noise reference is the config's ``sampling`` (Euler 15 steps x 16
 samples since ``benchmarks/ultrasound_sampler_selection.py``), and the warm-start settings
@@ -19,9 +20,8 @@ and ``seed + 1``, the test frames ``seed + 10_000``, the held-out sequence ``see
 ``seed + 20_012``, the sampler selection's frames ``seed + 30_000`` .. ``seed + 30_004``;
 this sequence uses ``seed + 40_000`` .. ``seed + 40_012``). As the infer stage does
 (``UltrasoundTask._infer_sequence``), every frame is dehazed from noise once with the config's
-``sampling`` (the reference), then every warm-start candidate ``warm_samples`` in {4, 8, 9} x
-``warm_sigma`` in {0.2, 0.3, 0.45, 0.6, 0.8} x ``warm_steps`` in {1, 2} (second round, see
-``WARM_SAMPLES``) runs
+``sampling`` (the reference), then every warm-start candidate of :func:`candidates` (third
+round, see ``ROUNDS``) runs
 :func:`~diffsci.domains.ultrasound.dehaze.dehaze_frames` with ``sequence=True`` (frame 0 from
 noise, as in the bar), all with the infer stage's sampling seed. Scores are the sequence
 table's (the task's ``_table``: B-mode PSNR at the configured dynamic range, network
@@ -69,16 +69,25 @@ from diffsci.domains.ultrasound.task import _clean_env, _table
 #: offset of the validation sequence's seed from ``cfg["seed"]`` (unused by prepare and by
 #: the sampler selection's ``seed + 30_000``)
 VALIDATION_SEED = 40_000
-#: the first round's grid was samples {2, 4, 8} x sigma {0.1, 0.2, 0.3} x steps {1, 2}; its best
-#: sigma (0.3) sat on the grid's edge with PSNR still rising, and 9 samples is the most one
-#: step per sample allows under the ratio (16 frames: (240 + 15 x 9) / 16 = 23.4 NFE, 10.2x), so
-#: the second round extends both
-WARM_SAMPLES = (4, 8, 9)
-WARM_SIGMAS = (0.2, 0.3, 0.45, 0.6, 0.8)
-WARM_STEPS = (1, 2)
+#: earlier rounds on this validation sequence, each extending the last one's grid:
+ROUNDS = (
+    "1: samples {2, 4, 8} x sigma {0.1, 0.2, 0.3} x steps {1, 2}; best sigma 0.3 on the edge",
+    "2: samples {4, 8, 9} x sigma {0.2, 0.3, 0.45, 0.6, 0.8} x steps {1, 2}; best 8 x 1 step "
+    "at sigma 0.3, -0.57 dB (9 samples is the most one step per sample allows under the ratio: "
+    "(240 + 15 x 9) / 16 = 23.4 NFE, 10.2x). Its 2-step candidates spent the second step at "
+    "sampling.sigma_min (0.005), a near-copy of the first step's output",
+    "3: the warm schedule's lowest level (warm_sigma_min) and antithetic pairs of start noise, "
+    "at the sample x step budgets under the ratio",
+)
+#: (warm_samples, warm_steps): 8 or 9 network evaluations per warm frame
+BUDGETS = ((8, 1), (4, 2), (3, 3))
+WARM_SIGMAS = (0.3, 0.5, 0.7)
+WARM_SIGMA_MINS = (0.1, 0.2)
 NFE = "network evaluations per frame"
 COLD = "joint diffusion, every frame from noise"
+COLD_ANTI = "joint diffusion, every frame from noise, antithetic pairs"
 MIN_RATIO = 10.0
+KEYS = ("warm_samples", "warm_sigma", "warm_steps", "warm_sigma_min", "antithetic")
 
 
 def validation_sequence(
@@ -134,8 +143,31 @@ def pick(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min((r for r in ok if r[PSNR] >= top - 0.05), key=lambda r: r["nfe per frame"])
 
 
-def _name(samples: int, sigma: float, steps: int) -> str:
-    return f"warm sigma {sigma:g}, {steps} step(s) x {samples} samples"
+def candidates() -> list[dict[str, Any]]:
+    """The third round's warm-start settings (``warm_sigma_min`` only where a step uses it)."""
+    out = []
+    for anti, (n, steps), sigma in itertools.product((False, True), BUDGETS, WARM_SIGMAS):
+        lows = WARM_SIGMA_MINS if steps > 1 else (None,)
+        for low in lows:
+            out.append(
+                {
+                    "warm_samples": n,
+                    "warm_sigma": sigma,
+                    "warm_steps": steps,
+                    "warm_sigma_min": low,
+                    "antithetic": anti,
+                }
+            )
+    return out
+
+
+def _name(c: dict[str, Any]) -> str:
+    low = "" if c["warm_sigma_min"] is None else f" to {c['warm_sigma_min']:g}"
+    anti = ", antithetic" if c["antithetic"] else ""
+    return (
+        f"warm sigma {c['warm_sigma']:g}{low}, {c['warm_steps']} step(s) x "
+        f"{c['warm_samples']} samples{anti}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,11 +186,23 @@ def main(argv: list[str] | None = None) -> None:
     env: dict[str, np.ndarray] = {HAZY: hazy}
     cost: dict[str, dict[str, float]] = {}
     spec: dict[str, dict[str, Any]] = {}
-    runs: list[tuple[str, SamplingOptions, bool]] = [(COLD, base, False)]
-    for n, sigma, steps in itertools.product(WARM_SAMPLES, WARM_SIGMAS, WARM_STEPS):
-        name = _name(n, sigma, steps)
-        spec[name] = {"warm_samples": n, "warm_sigma": sigma, "warm_steps": steps}
-        opt = replace(base, warm_sigma=sigma, warm_steps=steps, warm_samples=n)
+    # antithetic pairs also for the reference: how much of a warm candidate's gain the
+    # variance reduction alone would give the frames from noise
+    runs: list[tuple[str, SamplingOptions, bool]] = [
+        (COLD, base, False),
+        (COLD_ANTI, replace(base, antithetic=True), False),
+    ]
+    for c in candidates():
+        name = _name(c)
+        spec[name] = c
+        opt = replace(
+            base,
+            warm_sigma=c["warm_sigma"],
+            warm_steps=c["warm_steps"],
+            warm_samples=c["warm_samples"],
+            warm_sigma_min=c["warm_sigma_min"],
+            warm_antithetic=c["antithetic"],
+        )
         runs.append((name, opt, True))
     for name, opt, seq in runs:
         # the infer stage's sampling seed (cfg seed + 1), as _infer_sequence runs it
@@ -187,8 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"from noise: PSNR {cold[PSNR]:.2f} dB, {cold[NFE]:.1f} NFE per frame")
     for r in rows:
         print(
-            f"samples {r['warm_samples']} sigma {r['warm_sigma']:.1f} steps {r['warm_steps']}: "
-            f"PSNR {r[PSNR]:.2f} ({r['psnr warm - cold (dB)']:+.2f}) NFE {r['nfe per frame']:.2f} "
+            f"{_name(r)}: PSNR {r[PSNR]:.2f} ({r['psnr warm - cold (dB)']:+.2f}) NFE {r['nfe per frame']:.2f} "
             f"ratio {r['nfe ratio']:.1f} KS {r[KS]:.3f} gCNR {r[GCNR]:.3f}",
             flush=True,
         )
@@ -207,12 +250,13 @@ def main(argv: list[str] | None = None) -> None:
                 "another seed",
                 "hazy": {k: table[HAZY][k] for k in (PSNR, KS, GCNR)},
                 "from noise": {k: cold[k] for k in (PSNR, KS, GCNR, NFE, "seconds per frame")},
+                "from noise, antithetic pairs": {
+                    k: table[COLD_ANTI][k] for k in (PSNR, KS, GCNR, NFE, "seconds per frame")
+                },
             },
             "sampling seed": seed + 1,
             "candidates": rows,
-            "best": None
-            if best is None
-            else {k: best[k] for k in ("warm_samples", "warm_sigma", "warm_steps")},
+            "best": None if best is None else {k: best[k] for k in KEYS},
             "best_scores": best,
             "notes": [
                 "network evaluations per frame as dehaze_frames counts them (calls of the joint "
@@ -230,10 +274,12 @@ def main(argv: list[str] | None = None) -> None:
             "sampling": cfg["sampling"],
             "sequence frames": cfg["sequence"]["frames"],
             "grid": {
-                "warm_samples": list(WARM_SAMPLES),
+                "(warm_samples, warm_steps)": [list(b) for b in BUDGETS],
                 "warm_sigma": list(WARM_SIGMAS),
-                "warm_steps": list(WARM_STEPS),
+                "warm_sigma_min (steps > 1)": list(WARM_SIGMA_MINS),
+                "antithetic": [False, True],
             },
+            "rounds": list(ROUNDS),
         },
         seed=seed,
     )

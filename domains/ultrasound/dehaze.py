@@ -15,7 +15,11 @@ where they overlap.
 
 Sequences (SeqDiff, Stevens et al., arXiv 2409.05399): frame ``t > 0`` starts from frame
 ``t - 1``'s posterior estimate noised to ``warm_sigma`` and runs a short schedule from there
-(``warm_steps`` network evaluations instead of ``steps``).
+(``warm_steps`` network evaluations instead of ``steps``, Karras spacing down to
+``warm_sigma_min``). With ``warm_antithetic`` the warm samples come in antithetic pairs (start
+noise ``z`` and ``-z``; Hammersley & Morton 1956): the mean of a pair cancels the part of the
+estimate that is linear in the start noise, the largest part of its Monte Carlo error when a
+frame averages few samples after few steps.
 
 :func:`single_prior_dps`: the baseline that knows only the tissue prior and treats the haze
 as Gaussian noise, ``y' = x + n``, ``n ~ N(0, s^2)`` with ``s`` the haze's std times
@@ -60,6 +64,9 @@ class SamplingOptions:
     warm_steps: int = 2
     samples: int = 1
     warm_samples: int = 1
+    warm_sigma_min: float | None = None
+    antithetic: bool = False
+    warm_antithetic: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SamplingOptions:
@@ -75,6 +82,7 @@ class SamplingOptions:
             "overlap",
             "batch",
             "samples",
+            "antithetic",
         )
         return cls(haze_weight=cfg["haze"]["weight"], **{k: s[k] for k in keys})
 
@@ -88,7 +96,13 @@ class SamplingOptions:
     def warm_sigmas(self) -> Tensor:
         if self.warm_sigma is None:
             raise ValueError("warm_sigmas needs warm_sigma")
-        return karras(self.warm_steps, self.sigma_min, self.warm_sigma)
+        low = self.sigma_min if self.warm_sigma_min is None else self.warm_sigma_min
+        if not 0 < low < self.warm_sigma:
+            raise ValueError(
+                f"the warm schedule needs 0 < warm_sigma_min < warm_sigma, got {low} and "
+                f"{self.warm_sigma}"
+            )
+        return karras(self.warm_steps, low, self.warm_sigma)
 
 
 class CountingDenoiser(nn.Module):
@@ -119,9 +133,17 @@ def _joint(priors: nn.Module, y: Tensor, opt: SamplingOptions) -> JointPosterior
     )
 
 
-def _tile_fn(priors: nn.Module, opt: SamplingOptions, seed: int, counter: list[int], warm: bool):
+def _tile_fn(
+    priors: nn.Module,
+    opt: SamplingOptions,
+    seed: int,
+    counter: list[int],
+    warm: bool,
+    sign: float = 1.0,
+):
     """``fn(tiles, origins)`` for :func:`tiled_map`: source channels ``[y (2)]`` or, warm,
-    ``[y (2), x_prev (2), h_prev (2)]``; returns ``[x (2), h (2)]`` per tile."""
+    ``[y (2), x_prev (2), h_prev (2)]``; returns ``[x (2), h (2)]`` per tile. ``sign = -1``
+    negates the start noise (the antithetic partner of the same seed)."""
 
     def fn(tiles: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
         t = torch.from_numpy(tiles)
@@ -134,7 +156,7 @@ def _tile_fn(priors: nn.Module, opt: SamplingOptions, seed: int, counter: list[i
                 for r, c in origins
             ]
         )
-        noise = torch.from_numpy(noise).reshape(n, -1)
+        noise = sign * torch.from_numpy(noise).reshape(n, -1)
         if warm:
             sig = opt.warm_sigmas()
             z = t[:, 2:6].reshape(n, -1) + float(sig[0]) * noise
@@ -164,7 +186,9 @@ def dehaze_frames(
     The mean of the samples estimates the posterior mean (the MMSE estimate) in the IQ
     domain; a single sample (``samples: 1``) keeps the sampling noise of a small prior.
     ``sequence=True`` with ``opt.warm_sigma`` set: frame 0 from noise, every later frame's
-    ``opt.warm_samples`` samples warm started from the previous frame's posterior mean. Returns
+    ``opt.warm_samples`` samples warm started from the previous frame's posterior mean
+    (in antithetic pairs with ``opt.warm_antithetic``; frames from noise with
+    ``opt.antithetic``). Returns
     ``(x, h, info)`` with ``info`` holding the network evaluations per frame
     (``nfe_per_frame``: calls of the joint denoiser, each evaluating both priors, per tile
     position, all samples counted) and ``seconds_per_frame``.
@@ -183,9 +207,12 @@ def dehaze_frames(
             src = np.concatenate([src, prev])
         out = np.zeros((4, *src.shape[-2:]), np.float32)
         n_s = opt.warm_samples if warm else opt.samples
+        pairs = opt.warm_antithetic if warm else opt.antithetic
         for j in range(n_s):
             part = np.zeros_like(out)
-            fn = _tile_fn(priors, opt, seed + 7919 * k + 104729 * j, counter, warm)
+            # antithetic pairs (j even, j odd) share a seed and negate its noise
+            jj, sign = (j // 2, -1.0 if j % 2 else 1.0) if pairs else (j, 1.0)
+            fn = _tile_fn(priors, opt, seed + 7919 * k + 104729 * jj, counter, warm, sign)
             with torch.enable_grad():
                 res = tiled_map(fn, src, part, tile=opt.tile, overlap=opt.overlap, batch=opt.batch)
             out += part / n_s

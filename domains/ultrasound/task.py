@@ -270,6 +270,8 @@ class UltrasoundTask(DomainTask):
                     warm_sigma=s["warm_sigma"],
                     warm_steps=s["warm_steps"],
                     warm_samples=s["warm_samples"],
+                    warm_sigma_min=s["warm_sigma_min"],
+                    warm_antithetic=s["antithetic"],
                 ),
                 True,
             ),

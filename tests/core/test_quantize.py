@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from functools import reduce
+
 import pytest
 import torch
 from torch import nn
 
 from diffsci.core.denoisers import KarrasDenoiser
 from diffsci.core.networks import UNet
-from diffsci.core.quantize import Int8Island, calibration_batches, quantize_int8
+from diffsci.core.quantize import (
+    Int8Compiled,
+    Int8Island,
+    calibration_batches,
+    have_pt2e,
+    quantize_int8,
+)
 from diffsci.core.schedules import karras
 
 
@@ -32,16 +40,40 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+METHODS = [
+    "eager",
+    pytest.param(
+        "pt2e", marks=pytest.mark.skipif(not have_pt2e(), reason="torchao (extra int8) missing")
+    ),
+]
+
+
+def _is_int8(q: nn.Module, method: str) -> bool:
+    if method == "eager":
+        islands = [m for m in q.modules() if isinstance(m, Int8Island)]
+        return bool(islands) and all(
+            type(m.layer).__module__.startswith("torch.ao.nn.quantized") for m in islands
+        )
+    # the converted graph quantizes every conv/linear input and holds int8 weights
+    graph = q.net.graph
+    nodes = list(graph.graph.nodes)
+    consts = [reduce(getattr, n.target.split("."), graph) for n in nodes if n.op == "get_attr"]
+    n_int8 = sum(isinstance(t, torch.Tensor) and t.dtype == torch.int8 for t in consts)
+    n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in _denoiser().net.modules())
+    quantized = sum("quantize_per_tensor" in str(n.target) for n in nodes)
+    return isinstance(q.net, Int8Compiled) and n_int8 >= n_layers // 2 and quantized > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
 @torch.no_grad()
-def test_int8_copy_tracks_fp32_at_every_noise_level_and_leaves_the_original():
+def test_int8_copy_tracks_fp32_at_every_noise_level_and_leaves_the_original(method):
     den = _denoiser()
     before = {k: v.clone() for k, v in den.state_dict().items()}
     sig = karras(10, 0.01, 10.0)
-    q = quantize_int8(den, calibration_batches(_images(), sig, generator=torch.Generator()))
-    islands = [m for m in q.modules() if isinstance(m, Int8Island)]
-    assert islands and all(
-        type(m.layer).__module__.startswith("torch.ao.nn.quantized") for m in islands
+    q = quantize_int8(
+        den, calibration_batches(_images(), sig, generator=torch.Generator()), method=method
     )
+    assert _is_int8(q, method)
     x0 = _images(4)
     for s in (0.02, 0.5, 5.0):
         x = x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
@@ -52,13 +84,14 @@ def test_int8_copy_tracks_fp32_at_every_noise_level_and_leaves_the_original():
     assert all(torch.equal(before[k], v) for k, v in den.state_dict().items())
 
 
+@pytest.mark.parametrize("method", METHODS)
 @torch.no_grad()
-def test_a_miscalibrated_copy_is_worse_than_a_calibrated_one():
+def test_a_miscalibrated_copy_is_worse_than_a_calibrated_one(method):
     """Negative control: observers that saw only the smallest noise level clip the large
     activations of high noise levels (why calibration spans the schedule)."""
     den = _denoiser()
-    full = quantize_int8(den, calibration_batches(_images(), karras(10, 0.01, 10.0)))
-    low = quantize_int8(den, calibration_batches(_images(), [0.01]))
+    full = quantize_int8(den, calibration_batches(_images(), karras(10, 0.01, 10.0)), method=method)
+    low = quantize_int8(den, calibration_batches(_images(), [0.01]), method=method)
     x = _images(4) + 10.0 * torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(3))
     sigma = torch.full((4,), 10.0)
     ref = den(x, sigma)
@@ -71,4 +104,21 @@ def test_refusals_name_the_problem():
     with pytest.raises(ValueError, match="no calibration batch"):
         quantize_int8(_denoiser(), calibration_batches(_images(), [0.0]))
     with pytest.raises(ValueError, match="engine 'nope' not available"):
-        quantize_int8(_denoiser(), [], backend="nope")
+        quantize_int8(_denoiser(), [], backend="nope", method="eager")
+
+
+@pytest.mark.skipif(not have_pt2e(), reason="torchao (extra int8) missing")
+def test_pt2e_copy_serves_other_batch_sizes_and_refuses_gradients():
+    den = _denoiser()
+    q = quantize_int8(den, calibration_batches(_images(), karras(6, 0.01, 10.0)), method="pt2e")
+    x = _images(3) + 0.5 * torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    sigma = torch.full((3,), 0.5)
+    with torch.no_grad():
+        assert _rel(q(x, sigma), den(x, sigma)) < 0.2
+    with pytest.raises(RuntimeError, match="inference only"):
+        q(x.requires_grad_(), sigma)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method must be"):
+        quantize_int8(_denoiser(), [], method="fp8")
