@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py constraints/cpu.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[all,workflow,test,int8]"
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[all,workflow,test,int8,zea]"
 	touch $@
 
 install: $(VENV)/.installed

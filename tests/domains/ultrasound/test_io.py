@@ -5,6 +5,7 @@ every bad input of issue 20 refused with the file and key named, the input left 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import h5py
@@ -284,9 +285,11 @@ def test_picmus_geometry_mismatch_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["current", "legacy"])
-def test_zea_validator_accepts_our_file(tmp_path, layout):
+def test_zea_validator_accepts_our_file(tmp_path, layout, monkeypatch):
     """zea's own checks (``validate_file`` and the full ``File.validate_spec``), where zea
-    (an optional test extra; it needs keras) is installed."""
+    (the optional extra ``zea``, which ``make test`` installs; it needs keras, run here on the
+    torch backend) is installed."""
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
     pytest.importorskip("zea", reason="zea (optional test extra) not installed")
     from zea.data.file import File, validate_file
 
