@@ -159,7 +159,7 @@ def run(domain: str, workdir: Path) -> dict[str, Any]:
             "nfe": nfe(cfg["sampling"]),
         },
         "sampling (1/4 NFE)": {
-            **{k: q["sampling"][k] for k in ("sampler", "steps", "samples")},
+            **{k: q["sampling"][k] for k in ("sampler", "steps", "samples", *extra)},
             "nfe": nfe(q["sampling"]),
         },
         "bars at full NFE": before,
