@@ -77,23 +77,35 @@ def trained_prior(domain: str, work: Path) -> tuple[torch.nn.Module, Any, dict]:
     return model, task.train_dataset(cfg, paths.data)[0], cfg
 
 
-@torch.no_grad()
-def priors(domain: str, model: torch.nn.Module, item: Any) -> dict[str, tuple[Any, tuple, Any]]:
-    """``{name: (denoiser, sample shape, condition or None)}`` of a domain's trained model."""
+def prior_batches(
+    domain: str, model: torch.nn.Module, items: list[Any]
+) -> dict[str, tuple[torch.nn.Module, Tensor, Tensor | None]]:
+    """``{prior: (denoiser, clean batch, condition batch or None)}`` of a domain's trained
+    model, from its training ``items``."""
+
+    def stack(f):
+        return torch.stack([f(it) for it in items])
+
     if domain == "ultrasound":
-        shape = tuple(item[0].shape)
         return {
-            "ultrasound tissue": (model.tissue, shape, None),
-            "ultrasound haze": (model.haze, tuple(item[1].shape), None),
+            "ultrasound tissue": (model.tissue, stack(lambda it: it[0]), None),
+            "ultrasound haze": (model.haze, stack(lambda it: it[1]), None),
         }
     if domain == "precipitation":
-        target, cond = item
-        _, full = model.condition(cond[None])  # what sample_ensemble passes as cond
-        return {domain: (model, tuple(target.shape), full)}
+        with torch.no_grad():  # what sample_ensemble passes the denoiser as its condition
+            _, full = model.condition(stack(lambda it: it[1]))
+        return {domain: (model.denoiser, stack(lambda it: it[0]), full)}
     if domain == "pde":
-        return {domain: (model, tuple(item["x"][0].shape), item["cond"][0][None])}
-    first = item[0] if isinstance(item, (tuple, list)) else item
-    return {domain: (model, tuple(first.shape), None)}
+        return {domain: (model, stack(lambda it: it["x"][0]), stack(lambda it: it["cond"][0]))}
+    return {domain: (model, stack(lambda it: it[0] if isinstance(it, (tuple, list)) else it), None)}
+
+
+def priors(domain: str, model: torch.nn.Module, item: Any) -> dict[str, tuple[Any, tuple, Any]]:
+    """``{name: (denoiser, sample shape, condition or None)}`` of a domain's trained model."""
+    return {
+        name: (den, tuple(x0.shape[1:]), cond)
+        for name, (den, x0, cond) in prior_batches(domain, model, [item]).items()
+    }
 
 
 class _AsFloat:

@@ -43,36 +43,13 @@ from typing import Any
 import torch
 
 from benchmarks._common import write_result
-from benchmarks.fast_sampling_domains import ROOT, trained_prior
+from benchmarks.fast_sampling_domains import ROOT, prior_batches, trained_prior
 from diffsci.core.quantize import calibration_batches, quantize_int8
 from diffsci.core.schedules import default_sigmas, denoiser_sigma_info
 from diffsci.core.task import Runtime, TaskPaths, get_task
 
 DOMAINS = ("medical", "hyperspectral", "ultrasound", "precipitation", "pde")
 SPEEDUP_BAR, DB_BAR, REL_BAR = 1.8, 0.3, 0.02
-
-
-def calibration_sets(
-    domain: str, model: torch.nn.Module, items: list[Any]
-) -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]]:
-    """``{prior: (denoiser, clean batch, condition or None)}`` of a domain's trained model, from
-    its training items (the priors of :func:`benchmarks.fast_sampling_domains.priors`)."""
-
-    def stack(f):
-        return torch.stack([f(it) for it in items])
-
-    if domain == "ultrasound":
-        return {
-            "ultrasound tissue": (model.tissue, stack(lambda it: it[0]), None),
-            "ultrasound haze": (model.haze, stack(lambda it: it[1]), None),
-        }
-    if domain == "precipitation":
-        with torch.no_grad():  # what sample_ensemble passes the denoiser as its condition
-            _, full = model.condition(stack(lambda it: it[1]))
-        return {domain: (model.denoiser, stack(lambda it: it[0]), full)}
-    if domain == "pde":
-        return {domain: (model, stack(lambda it: it["x"][0]), stack(lambda it: it["cond"][0]))}
-    return {domain: (model, stack(lambda it: it[0] if isinstance(it, (tuple, list)) else it), None)}
 
 
 def with_int8(domain: str, model: torch.nn.Module, q: dict[str, torch.nn.Module]):
@@ -215,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         model = model.eval()
         task = get_task(d)
         ds = task.train_dataset(cfg, TaskPaths(work / d).data)
-        sets = calibration_sets(d, model, [ds[i] for i in range(min(16, len(ds)))])
+        sets = prior_batches(d, model, [ds[i] for i in range(min(16, len(ds)))])
         r: dict[str, Any] = {"priors": {}}
         q: dict[str, torch.nn.Module] = {}
         for name, (den, x0, cond) in sets.items():

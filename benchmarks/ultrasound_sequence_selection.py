@@ -195,14 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     for c in candidates():
         name = _name(c)
         spec[name] = c
-        opt = replace(
-            base,
-            warm_sigma=c["warm_sigma"],
-            warm_steps=c["warm_steps"],
-            warm_samples=c["warm_samples"],
-            warm_sigma_min=c["warm_sigma_min"],
-            warm_antithetic=c["antithetic"],
-        )
+        opt = base.with_sequence(c)
         runs.append((name, opt, True))
     for name, opt, seq in runs:
         # the infer stage's sampling seed (cfg seed + 1), as _infer_sequence runs it

@@ -158,8 +158,10 @@ def _capture_inputs(
     return seen
 
 
-def _quantize_pt2e(q: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cond: Any) -> nn.Module:
-    prepare_pt2e, convert_pt2e, xiq, allow_train_eval = _pt2e_api()
+def _quantize_pt2e(
+    q: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cond: Any, api: tuple
+) -> nn.Module:
+    prepare_pt2e, convert_pt2e, xiq, allow_train_eval = api
     target = q.net if isinstance(getattr(q, "net", None), nn.Module) else q
     if not any(isinstance(m, _QUANTIZABLE) for m in target.modules()):
         raise ValueError("the denoiser has no Conv/Linear layer to quantize")
@@ -234,12 +236,12 @@ def quantize_int8(
     q = copy.deepcopy(denoiser).cpu().float().eval()
     if method == "pt2e":
         try:
-            _pt2e_api()
+            api = _pt2e_api()
         except ImportError as e:
             raise ImportError(
                 "int8 method 'pt2e' needs torchao: pip install 'diffsci[int8]' (or method='eager')"
             ) from e
-        return _quantize_pt2e(q, batches, cond).eval()
+        return _quantize_pt2e(q, batches, cond, api).eval()
     return _quantize_eager(q, batches, cond, backend)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,26 @@ class SamplingOptions:
         )
         return cls(haze_weight=cfg["haze"]["weight"], **{k: s[k] for k in keys})
 
+    def __post_init__(self) -> None:
+        if self.warm_sigma is not None:
+            low = self.sigma_min if self.warm_sigma_min is None else self.warm_sigma_min
+            if not 0 < low < self.warm_sigma:
+                raise ValueError(
+                    f"the warm schedule needs 0 < warm_sigma_min < warm_sigma, got {low} and "
+                    f"{self.warm_sigma} (config: sequence.warm_sigma_min, sequence.warm_sigma)"
+                )
+
+    def with_sequence(self, seq: Mapping[str, Any]) -> SamplingOptions:
+        """These options with the warm starts of a config's ``sequence`` section."""
+        return replace(
+            self,
+            warm_sigma=seq["warm_sigma"],
+            warm_steps=seq["warm_steps"],
+            warm_samples=seq["warm_samples"],
+            warm_sigma_min=seq.get("warm_sigma_min"),
+            warm_antithetic=seq.get("antithetic", False),
+        )
+
     @property
     def gamma(self) -> float:
         return self.haze_weight / (1 - self.haze_weight)
@@ -97,11 +117,6 @@ class SamplingOptions:
         if self.warm_sigma is None:
             raise ValueError("warm_sigmas needs warm_sigma")
         low = self.sigma_min if self.warm_sigma_min is None else self.warm_sigma_min
-        if not 0 < low < self.warm_sigma:
-            raise ValueError(
-                f"the warm schedule needs 0 < warm_sigma_min < warm_sigma, got {low} and "
-                f"{self.warm_sigma}"
-            )
         return karras(self.warm_steps, low, self.warm_sigma)
 
 

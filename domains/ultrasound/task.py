@@ -264,17 +264,7 @@ class UltrasoundTask(DomainTask):
         env, cost = {"no processing (hazy)": y_iq.abs().numpy()}, {}
         runs = {
             "joint diffusion, every frame from noise": (opt, False),
-            "joint diffusion, SeqDiff warm start": (
-                _replace(
-                    opt,
-                    warm_sigma=s["warm_sigma"],
-                    warm_steps=s["warm_steps"],
-                    warm_samples=s["warm_samples"],
-                    warm_sigma_min=s["warm_sigma_min"],
-                    warm_antithetic=s["antithetic"],
-                ),
-                True,
-            ),
+            "joint diffusion, SeqDiff warm start": (opt.with_sequence(s), True),
         }
         for name, (o, seq) in runs.items():
             x, _, info = dehaze_frames(model, y, o, seed=seed, sequence=seq)
@@ -393,12 +383,6 @@ def _wiener(data_dir: Path, y: torch.Tensor, opt: SamplingOptions, scale: float)
     yn = (y / (1 - opt.haze_weight)).numpy()
     x = np.stack([baselines.wiener_separation(f, px, ph, opt.gamma) for f in yn])
     return models.channels_to_iq(torch.from_numpy(x), scale).abs().numpy()
-
-
-def _replace(opt: SamplingOptions, **kw: Any) -> SamplingOptions:
-    from dataclasses import replace
-
-    return replace(opt, **kw)
 
 
 def _check_scan(scan: io.Scan, card: dict[str, Any], source: str) -> None:
