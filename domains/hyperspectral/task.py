@@ -104,6 +104,7 @@ class HyperspectralTask(DomainTask):
 
     # ------------------------------------------------------------------ prepare
     def prepare(self, cfg: Config, data_dir: Path) -> None:
+        _optional_baselines(cfg)  # a missing optional package is refused before any work
         data_dir, seed = Path(data_dir), int(cfg["seed"])
         files = resolve_source(cfg)
         rng = np.random.default_rng(seed + 7)
@@ -203,12 +204,13 @@ class HyperspectralTask(DomainTask):
     ) -> None:
         g = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
         s = cfg["sampling"]
+        extra = _optional_baselines(cfg)
         for p in sorted((Path(data_dir) / "test").glob("*.nc")):
             ds = _open(p)
             for case in cfg["noise"]["cases"]:
                 y = ds[f"noisy_{case}"].values
                 sigma = ds[f"sigma_{case}"].values if s["known_sigma"] else None
-                out, secs = _restore_all(model, y, s, sigma, g, rt)
+                out, secs = _restore_all(model, y, s, sigma, g, rt, extra)
                 pred = xr.Dataset(
                     {m: (("band", "y", "x"), v) for m, v in out.items()},
                     coords={"wavelength": ds["wavelength"]},
@@ -399,7 +401,23 @@ def _check_cube(card: dict[str, Any], wl: np.ndarray, size: tuple[int, int], sou
     warn_outside("longest wavelength (nm)", float(wl.max()), lo, hi, source=source, tolerance=0.05)
 
 
-def _restore_all(model, y, s, sigma, g, rt) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def _optional_baselines(cfg: Config) -> dict[str, Any]:
+    """The optional baselines the config's ``baselines`` section turns on, refused before any
+    work when their package is missing."""
+    if not cfg.get("baselines", {}).get("bm4d", False):
+        return {}
+    if not baselines.have_bm4d():
+        raise ImportError(
+            "baselines.bm4d is on but the optional package bm4d is not installed: pip install "
+            "'diffsci[bm4d]' (Tampere University's non-commercial licence), or set "
+            "baselines.bm4d: false"
+        )
+    return {baselines.BM4D: baselines.bm4d_denoise}
+
+
+def _restore_all(
+    model, y, s, sigma, g, rt, extra=None
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     out, secs = {}, {}
     t0 = time.perf_counter()
     r = models.restore(
@@ -415,7 +433,7 @@ def _restore_all(model, y, s, sigma, g, rt) -> tuple[dict[str, np.ndarray], dict
         )
         secs[SELF_SUPERVISED] = time.perf_counter() - t0
         out[SELF_SUPERVISED] = np.clip(ss.cube, 0, 1)
-    for name, fn in baselines.BASELINES.items():
+    for name, fn in {**baselines.BASELINES, **(extra or {})}.items():
         t0 = time.perf_counter()
         out[name] = fn(y, sigma)
         secs[name] = time.perf_counter() - t0

@@ -239,3 +239,27 @@ def test_super_resolve_keeps_the_block_means_of_the_low_resolution_subspace(scen
         models.super_resolve(prior, lr, 0, sampling={**s, "samples": 1})
     with pytest.raises(ValueError, match="multiple of 2"):
         models.super_resolve(prior, lr[:, :15, :15], 3, sampling={**s, "samples": 1})
+
+
+def test_bm4d_missing_package_is_refused_naming_the_extra(scene, monkeypatch):
+    monkeypatch.setattr(bl, "have_bm4d", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install 'diffsci\[bm4d\]'"):
+        bl.bm4d_denoise(scene)
+
+
+def test_bm4d_whitens_band_dependent_noise():
+    """Only where the optional package is installed (``diffsci[bm4d]``, non-commercial): with
+    noise 10x stronger in half the bands, BM4D on the bands divided by their std beats one
+    BM4D at the average std, and the input is left unchanged."""
+    pytest.importorskip("bm4d")
+    x = sim.make_scenes(1, 32, np.linspace(400, 700, 12), seed=3)[0]
+    sigma = np.where(np.arange(12) % 2 == 0, 0.02, 0.2)
+    y = (x + sigma[:, None, None] * np.random.default_rng(0).standard_normal(x.shape)).astype(
+        np.float32
+    )
+    before = y.copy()
+    white = m.mpsnr(bl.bm4d_denoise(y, sigma), x)
+    flat = m.mpsnr(bl.bm4d_denoise(y, np.full(12, sigma.mean())), x)
+    assert white > m.mpsnr(y, x) + 2
+    assert white > flat + 1
+    np.testing.assert_array_equal(y, before)

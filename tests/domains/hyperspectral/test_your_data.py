@@ -237,3 +237,19 @@ def test_apply_tiled_writes_a_zarr_store_block_by_block(trained, tmp_path):
     assert back.shape == x.shape and back.chunks[1][0] == 32
     np.testing.assert_allclose(back["wavelength"].values, wl, atol=1e-3)
     assert mpsnr(back.values / 10000, x) > mpsnr(np.clip(y, 0, 3), x) + 3
+
+
+def test_prepare_refuses_bm4d_when_its_optional_package_is_missing(
+    user_files, tmp_path, monkeypatch
+):
+    from diffsci.domains.hyperspectral import baselines
+
+    _, _, cfg, _ = user_files
+    monkeypatch.setattr(baselines, "have_bm4d", lambda: False)
+    path = tmp_path / "bm4d.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "baselines": {"bm4d": True}}))
+    with pytest.raises(ImportError, match=r"baselines\.bm4d.*diffsci\[bm4d\].*non-commercial"):
+        run_stage(
+            "prepare", domain="hyperspectral", config=path, workdir=tmp_path / "run", progress=False
+        )
+    assert not (tmp_path / "run" / "data").exists()
