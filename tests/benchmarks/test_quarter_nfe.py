@@ -70,3 +70,25 @@ def test_a_partial_rerun_keeps_the_other_domains_stamped_with_their_commit():
     assert kept["medical"]["measured at"] == {"commit": "abc", "date": "2026-12-07"}
     assert kept["ultrasound"]["measured at"] == {"commit": "old"}  # an older stamp stays
     assert kept_entries(None, ["hyperspectral"]) == {}
+
+
+def test_singlecell_bars_read_the_evaluate_summary_with_the_table_rows():
+    from benchmarks.quarter_nfe import singlecell_bars
+    from diffsci.domains.singlecell.metrics import IDENTITY, MODEL
+
+    metrics = {
+        "tables": {"Perturbation, mean over 3": {MODEL: {"R2 top-50 DE": 0.85}, IDENTITY: {}}},
+        "summary": {
+            "bar: top-DE R2 >= 0.9": False,
+            "bar: krumsiek11 NMI >= 0.8": True,
+            "held-out cell type": "B",
+        },
+    }
+    got = singlecell_bars(metrics)
+    assert set(got) == {"top-DE R2 >= 0.9", "krumsiek11 NMI >= 0.8"}
+    assert got["top-DE R2 >= 0.9"] == {
+        "met": False,
+        "diffusion": {"R2 top-50 DE": 0.85},
+        "identity": {},
+    }
+    assert got["krumsiek11 NMI >= 0.8"] == {"met": True}
