@@ -18,13 +18,31 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``), or None where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict[str, Any]:
-    """Describe the machine a result was measured on."""
+    """Describe the machine a result was measured on (CPU model and VNNI: int8 CPU speed
+    depends on them, see :mod:`diffsci.core.quantize`)."""
     import torch
+
+    from diffsci.core.quantize import has_vnni
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_vnni": has_vnni(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
@@ -74,6 +92,25 @@ def write_result(name: str, results: dict[str, Any], *, config: dict[str, Any], 
     os.replace(tmp, path)
     print(f"wrote {path}")
     return path
+
+
+def kept_domains(path: Path, driven: list[str]) -> tuple[dict[str, Any], dict[str, bool]]:
+    """For a rerun that drives only some domains: the ``results["domains"]`` entries and the
+    ``results["bars"]`` of the earlier result at ``path`` that belong to the other domains
+    (an entry's domain is the first word of its name, a bar's the part before its first
+    ``_``), each entry stamped with the commit and date it was measured at."""
+    if not path.is_file():
+        return {}, {}
+    prev = json.loads(path.read_text())
+    res = prev.get("results", {})
+    stamp = {"commit": prev.get("git_commit"), "date": prev.get("date")}
+    entries = {
+        k: {**v, "measured at": v.get("measured at") or stamp}
+        for k, v in res.get("domains", {}).items()
+        if k.split()[0] not in driven
+    }
+    bars = {k: v for k, v in res.get("bars", {}).items() if k.split("_")[0] not in driven}
+    return entries, bars
 
 
 def same_training(task, trained: dict[str, Any] | None, cfg: dict[str, Any]) -> bool:

@@ -9,10 +9,10 @@ exactly that config); the ODE is the prior's own:
 * ultrasound: the tissue and the haze prior, each on its own (``D(x, sigma)``);
 * precipitation: the residual denoiser conditioned on the first training case's coarse input
   (``D(x, sigma, cond)``, the conditioning the ensemble sampler passes);
-* pde: the denoiser conditioned on the first training chunk's previous state.
-
-Single-cell's prior is a set transformer over cell populations conditioned on a control
-population and a perturbation, not an image ODE: not driven here (recorded as such).
+* pde: the denoiser conditioned on the first training chunk's previous state;
+* singlecell: the population denoiser (a set transformer over one population's displacements,
+  ``(cells, latent dim)``) conditioned on the first training item's control cells, anchors and
+  perturbation (the condition ``predict_perturbation`` passes).
 
 From one batch of initial noise ``z``
 each solver integrates the probability-flow ODE at 5 and 10 network evaluations (NFE) and at
@@ -33,7 +33,9 @@ Bar: ours <= 0.7 x the best diffusers configuration at 5 and at 10 NFE, per doma
 for the defaults and, separately, for the optimised schedule.
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.fast_sampling_domains`` (writes
-``results/fast_sampling_domains.json``; work files in ``benchmarks/work/fast_sampling_domains``).
+``results/fast_sampling_domains.json``; work files in ``benchmarks/work/fast_sampling_domains``;
+``--domains singlecell --keep-others`` drives one domain and keeps the others' entries, stamped
+with the commit and date they were measured at).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks._common import write_result
+from benchmarks._common import kept_domains, write_result
 from benchmarks.fast_sampling import DIFFUSERS, run_diffusers
 from diffsci.core.modelfile import load_model_file
 from diffsci.core.samplers import SAMPLERS
@@ -56,7 +58,7 @@ from diffsci.core.stages import load_config, load_model, run_prepare, run_train
 from diffsci.core.task import TaskPaths, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-DOMAINS = ("medical", "hyperspectral", "ultrasound", "precipitation", "pde")
+DOMAINS = ("medical", "hyperspectral", "ultrasound", "precipitation", "pde", "singlecell")
 NFES = (5, 10)
 REF_NFE = 200
 BAR_RATIO = 0.7
@@ -79,7 +81,7 @@ def trained_prior(domain: str, work: Path) -> tuple[torch.nn.Module, Any, dict]:
 
 def prior_batches(
     domain: str, model: torch.nn.Module, items: list[Any]
-) -> dict[str, tuple[torch.nn.Module, Tensor, Tensor | None]]:
+) -> dict[str, tuple[torch.nn.Module, Tensor, Any]]:
     """``{prior: (denoiser, clean batch, condition batch or None)}`` of a domain's trained
     model, from its training ``items``."""
 
@@ -97,6 +99,9 @@ def prior_batches(
         return {domain: (model.denoiser, stack(lambda it: it[0]), full)}
     if domain == "pde":
         return {domain: (model, stack(lambda it: it["x"][0]), stack(lambda it: it["cond"][0]))}
+    if domain == "singlecell":  # a population's displacements given control cells and anchors
+        cond = {k: stack(lambda it, k=k: it[k]) for k in ("control", "anchor", "perturbation")}
+        return {domain: (model.perturbation, stack(lambda it: it["population"]), cond)}
     return {domain: (model, stack(lambda it: it[0] if isinstance(it, (tuple, list)) else it), None)}
 
 
@@ -108,19 +113,25 @@ def priors(domain: str, model: torch.nn.Module, item: Any) -> dict[str, tuple[An
     }
 
 
+def repeat_cond(cond: Any, n: int) -> Any:
+    """A condition of batch 1 (a tensor or a dict of them) repeated to batch ``n``."""
+    if isinstance(cond, dict):
+        return {k: repeat_cond(v, n) for k, v in cond.items()}
+    return cond.expand(n, *cond.shape[1:])
+
+
 class _AsFloat:
     """The float32 network called with the float64 tensors the drivers pass, with the
     condition (if any) repeated over the batch."""
 
-    def __init__(self, den: torch.nn.Module, cond: Tensor | None = None) -> None:
+    def __init__(self, den: torch.nn.Module, cond: Any = None) -> None:
         self.den, self.cond = den, cond
         self.sigma_data = denoiser_sigma_info(den)["sigma_data"]
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         if self.cond is None:
             return self.den(x.float(), sigma.float()).double()
-        c = self.cond.expand(x.shape[0], *self.cond.shape[1:])
-        return self.den(x.float(), sigma.float(), c).double()
+        return self.den(x.float(), sigma.float(), repeat_cond(self.cond, x.shape[0])).double()
 
 
 def rel_err(x: Tensor, ref: Tensor) -> float:
@@ -133,7 +144,7 @@ def measure(
     shape: tuple[int, ...],
     n: int,
     seed: int,
-    cond: Tensor | None = None,
+    cond: Any = None,
     opt_samples: int = 0,
 ) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
@@ -180,6 +191,9 @@ def measure(
     return out
 
 
+RESULT = ROOT / "benchmarks" / "results" / "fast_sampling_domains.json"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domains", nargs="+", default=list(DOMAINS))
@@ -192,6 +206,12 @@ def main(argv: list[str] | None = None) -> None:
         help="initial noises the optimised schedule is fitted on (0: skip that row)",
     )
     p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "fast_sampling_domains"))
+    p.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="keep the priors and bars of results/fast_sampling_domains.json for the domains "
+        "not driven now, stamped with the commit and date they were measured at",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -215,11 +235,11 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 name, {k: v for k, v in res.items() if k.startswith(("ours", "ratio"))}, flush=True
             )
+    if a.keep_others:
+        kept, kept_bars = kept_domains(RESULT, a.domains)
+        results["domains"] = {**kept, **results["domains"]}
+        bars = {**kept_bars, **bars}
     results["bars"] = bars
-    results["not_measured"] = {
-        "singlecell": "a set transformer over cell populations conditioned on a control "
-        "population and a perturbation, not an image ODE prior: not driven",
-    }
     results["seconds"] = time.perf_counter() - t0
     config = {
         "configs": {d: f"workflows/config/{d}.yaml" for d in a.domains},

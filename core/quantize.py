@@ -8,7 +8,8 @@ Backend through Inductor"). The denoiser's network (``denoiser.net``; the Karras
 preconditioning stays in fp32) is captured with :func:`torch.export.export`, annotated by
 torchao's ``X86InductorQuantizer``, calibrated, converted, and lowered by ``torch.compile``
 with inductor's freezing, which fuses each int8 convolution with its neighbouring
-quantize/dequantize and element-wise ops into oneDNN kernels. Needs a C++ compiler at the
+quantize/dequantize and element-wise ops into oneDNN kernels. On CPUs without VNNI, activations
+are quantized to 7 bits (:func:`has_vnni`): the int8 kernels' 16-bit pair sums would saturate. Needs a C++ compiler at the
 first call of each input shape (tens of seconds per shape, then cached for the process).
 
 ``"eager"``: eager-mode static quantization (``torch.ao.quantization.prepare`` / ``convert``,
@@ -41,7 +42,14 @@ import torch
 from torch import Tensor, nn
 from torch.ao import quantization as tq
 
-__all__ = ["Int8Compiled", "Int8Island", "calibration_batches", "have_pt2e", "quantize_int8"]
+__all__ = [
+    "Int8Compiled",
+    "Int8Island",
+    "calibration_batches",
+    "has_vnni",
+    "have_pt2e",
+    "quantize_int8",
+]
 
 _QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -80,6 +88,22 @@ def calibration_batches(
         yield x0 + s * noise.to(x0.device), torch.full((len(x0),), s, dtype=x0.dtype)
 
 
+def has_vnni() -> bool:
+    """Whether the CPU has VNNI (``avx512_vnni`` or ``avx_vnni`` in ``/proc/cpuinfo``).
+
+    Without it, oneDNN's u8 x s8 int8 kernels sum pairs of products in 16-bit registers
+    (``vpmaddubsw``), which saturate for large activations; activations are then quantized to
+    7 bits (``reduce_range``, as torchao's x86 quantizer recommends for CPUs without VNNI).
+    Unknown (no ``/proc/cpuinfo``): False, the safe choice.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def have_pt2e() -> bool:
     """Whether torchao's export quantization (the ``"pt2e"`` path) is installed."""
     try:
@@ -106,7 +130,9 @@ def _pt2e_api():
 class Int8Compiled(nn.Module):
     """A converted pt2e graph, run through ``torch.compile`` with inductor's freezing (which
     folds the int8 weights into prepacked oneDNN constants); inference only. Keeps the plain
-    attributes of the ``source`` network (its config, channel counts), which domain code reads.
+    attributes of the ``source`` network (its config, channel counts), which domain code reads;
+    any other method of the source (an input check such as a set network's ``check_cond``) is
+    served by the fp32 ``source``, which is kept for that: only ``forward`` runs in int8.
     """
 
     def __init__(self, graph: nn.Module, source: nn.Module | None = None) -> None:
@@ -115,11 +141,22 @@ class Int8Compiled(nn.Module):
         for k, v in vars(source or nn.Module()).items():
             if not k.startswith("_") and k != "training" and isinstance(v, plain):
                 setattr(self, k, copy.deepcopy(v))
+        self.__dict__["_source"] = source  # outside the module tree: not saved, not moved
         self.graph = graph
         # kept outside the module tree: the compiled wrapper shares graph's parameters.
         # dynamic=False: one specialised compile per input shape (a sampler keeps its shape);
         # inductor's dynamic-shape int8 convolution lowering mislays strides in torch 2.13
         self.__dict__["_compiled"] = torch.compile(graph, dynamic=False)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            source = self.__dict__.get("_source")
+            method = getattr(type(source), name, None) if source is not None else None
+            if callable(method) and not hasattr(nn.Module, name):
+                return getattr(source, name)
+            raise
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if torch.is_grad_enabled() and any(
@@ -171,12 +208,10 @@ def _quantize_pt2e(
     args, kwargs = seen[0]
     # the batch size may change between calls (last tile batch, ensemble size)
     bound = inspect.signature(target.forward).bind(*args, **kwargs).arguments
-    dyn = {
-        k: {0: torch.export.Dim.AUTO} if isinstance(v, Tensor) else None for k, v in bound.items()
-    }
+    dyn = {k: _batch_dynamic(v) for k, v in bound.items()}
     graph = torch.export.export(target, args, kwargs, dynamic_shapes=dyn).module()
     quantizer = xiq.X86InductorQuantizer().set_global(
-        xiq.get_default_x86_inductor_quantization_config()
+        xiq.get_default_x86_inductor_quantization_config(reduce_range=not has_vnni())
     )
     graph = prepare_pt2e(graph, quantizer)
     for a, k in seen:
@@ -185,8 +220,20 @@ def _quantize_pt2e(
     compiled = Int8Compiled(allow_train_eval(convert_pt2e(graph)), target)
     if target is q:
         return compiled
-    q.net = compiled
+    # set where the network lives (``denoiser.net`` may be a read-only view of a submodule)
+    path = next(name for name, m in q.named_modules() if m is target)
+    q.set_submodule(path, compiled)
     return q
+
+
+def _batch_dynamic(v: Any) -> Any:
+    """torch.export's dynamic-shape spec of one argument: the batch dimension of every tensor
+    (in a dict of tensors too, a set network's condition) may change."""
+    if isinstance(v, Tensor):
+        return {0: torch.export.Dim.AUTO}
+    if isinstance(v, dict):
+        return {k: _batch_dynamic(x) for k, x in v.items()}
+    return None
 
 
 @torch.no_grad()

@@ -39,3 +39,32 @@ def test_measure_scores_the_default_and_the_optimised_schedule_on_the_same_noise
         # a Gaussian's ODE is linear in the start, so the relative error of a schedule is the
         # same for every noise: fitted on other noises, the schedule is as good on these
         assert res["ours_optimized"][nfe] < res["ours"][nfe] / 10
+
+
+def test_a_partial_rerun_keeps_the_other_priors_and_their_bars(tmp_path):
+    import json
+
+    from benchmarks._common import kept_domains
+    from benchmarks.fast_sampling_domains import repeat_cond
+
+    prev = {
+        "git_commit": "abc",
+        "date": "d",
+        "results": {
+            "domains": {"ultrasound tissue": {"ratio_nfe5": 0.3}, "singlecell": {"x": 1}},
+            "bars": {
+                "ultrasound_tissue_nfe5_le_0.7x_best_diffusers": True,
+                "singlecell_nfe5_le_0.7x_best_diffusers": False,
+            },
+        },
+    }
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(prev))
+    priors, bars = kept_domains(path, ["singlecell"])
+    assert priors == {
+        "ultrasound tissue": {"ratio_nfe5": 0.3, "measured at": {"commit": "abc", "date": "d"}}
+    }
+    assert bars == {"ultrasound_tissue_nfe5_le_0.7x_best_diffusers": True}
+    assert kept_domains(tmp_path / "missing.json", ["pde"]) == ({}, {})
+    c = repeat_cond({"a": torch.zeros(1, 3), "p": torch.tensor([2])}, 4)
+    assert c["a"].shape == (4, 3) and c["p"].tolist() == [2, 2, 2, 2]

@@ -17,6 +17,8 @@ TABLES = {
         "zero-filled": {"PSNR median (dB)": 17.0},
         "diffusion ensemble (13 members)": {"CRPS": 0.5, "MAE": 0.9},
         "bicubic": {"CRPS": 1.0},
+        "diffusion (population samples)": {"E-distance (PCA)": 2.7, "R2 top-50 DE": 0.84},
+        "mean-shift": {"E-distance (PCA)": 3.1},
     }
 }
 
@@ -28,6 +30,10 @@ def test_headline_takes_psnr_entries_or_the_diffusion_rows_relative_metric():
     }
     assert headline("precipitation", TABLES) == {
         "case | diffusion ensemble (13 members) | CRPS": 0.5
+    }
+    assert headline("singlecell", TABLES) == {
+        "case | diffusion (population samples) | E-distance (PCA)": 2.7,
+        "case | diffusion (population samples) | R2 top-50 DE": 0.84,
     }
 
 
@@ -46,3 +52,8 @@ def test_with_int8_replaces_the_priors_and_leaves_the_model():
     m = with_int8("ultrasound", model, q)
     assert m.tissue is q["ultrasound tissue"] and m.haze is q["ultrasound haze"]
     assert m.other is model.other and isinstance(model.tissue, nn.Linear)
+    sc = nn.Module()
+    sc.perturbation, sc.lineage = nn.Linear(1, 1), nn.Linear(1, 1)
+    m = with_int8("singlecell", sc, {"singlecell": nn.Identity()})
+    assert isinstance(m.perturbation, nn.Identity) and m.lineage is sc.lineage
+    assert isinstance(sc.perturbation, nn.Linear)

@@ -122,3 +122,63 @@ def test_pt2e_copy_serves_other_batch_sizes_and_refuses_gradients():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method must be"):
         quantize_int8(_denoiser(), [], method="fp8")
+
+
+class _SetNet(nn.Module):
+    """A set network ``(B, N, d)`` conditioned on a dict (control cells, a label), with an
+    input-check method that the wrapper calls, as the single-cell population network has."""
+
+    def __init__(self, d: int = 8, width: int = 32) -> None:
+        super().__init__()
+        self.dim = d
+        self.inp = nn.Linear(2 * d + 1, width)
+        self.mid = nn.Linear(width, width)
+        self.out = nn.Linear(width, d)
+        self.embed = nn.Embedding(3, width)
+
+    def check_cond(self, x: torch.Tensor, cond: dict) -> None:
+        if cond["control"].shape[-1] != x.shape[-1]:
+            raise ValueError("control cells must have the state's dimension")
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        c = cond["control"].mean(1, keepdim=True).expand_as(x)
+        s = sigma.reshape(-1, 1, 1).expand(*x.shape[:2], 1)  # the noise embedding K passes
+        h = torch.nn.functional.silu(self.inp(torch.cat([x, c, s], -1)))
+        h = h + self.embed(cond["label"])[:, None]
+        return self.out(torch.nn.functional.silu(self.mid(h)))
+
+
+class _SetDenoiser(nn.Module):
+    """``net`` is a read-only view of ``karras.net`` (as in the single-cell domain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.karras = KarrasDenoiser(_SetNet(), sigma_data=1.0)
+
+    @property
+    def net(self) -> nn.Module:
+        return self.karras.net
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        self.net.check_cond(x, cond)
+        return self.karras(x, sigma, cond)
+
+
+@pytest.mark.skipif(not have_pt2e(), reason="torchao (extra int8) missing")
+@torch.no_grad()
+def test_pt2e_quantizes_a_set_network_behind_a_property_with_a_dict_condition():
+    den = _SetDenoiser().eval()
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(6, 10, 8, generator=g)
+    cond = {"control": torch.randn(6, 20, 8, generator=g), "label": torch.tensor([0, 1, 2] * 2)}
+    q = quantize_int8(den, calibration_batches(x0, karras(8, 0.01, 10.0)), cond=cond, method="pt2e")
+    assert isinstance(q.karras.net, Int8Compiled) and q.net is q.karras.net
+    assert not isinstance(den.karras.net, Int8Compiled)  # the original is left as it was
+    for s in (0.05, 1.0, 8.0):
+        x = x0 + s * torch.randn(x0.shape, generator=g)
+        sigma = torch.full((6,), s)
+        assert _rel(q(x, sigma, cond), den(x, sigma, cond)) < 0.2, s
+    # the network's own methods are served (by the fp32 source): the input check still refuses
+    with pytest.raises(ValueError, match="control cells"):
+        q(x0, torch.ones(6), {**cond, "control": torch.randn(6, 20, 5)})
