@@ -22,3 +22,23 @@ def test_best_classical_counts_bm4d_only_where_the_run_had_it():
     assert (
         abs(bar["against each classical baseline"][PRIOR_RANK]["SAM ratio"] - 0.14 / 0.15) < 1e-12
     )
+
+
+def test_a_skipped_bar_is_carried_over_stamped_with_its_record(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks._common as common
+    from benchmarks.hyperspectral import TRANSFER_KEY, _carried_over
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert _carried_over(TRANSFER_KEY, "--skip-transfer")["met"] is None  # no record
+    rec = {
+        "command": "python -m benchmarks.hyperspectral",
+        "git_commit": "abc",
+        "date": "d",
+        "results": {"bar details": {TRANSFER_KEY: {"difference (dB)": -0.2, "met": True}}},
+    }
+    (tmp_path / "hyperspectral.json").write_text(json.dumps(rec))
+    got = _carried_over(TRANSFER_KEY, "--skip-transfer")
+    assert got["met"] is True and got["difference (dB)"] == -0.2
+    assert got["carried over from"]["git_commit"] == "abc"
