@@ -164,7 +164,9 @@ class PopulationNet(nn.Module):
                 f"PopulationNet: x {tuple(x.shape)} / control {tuple(c.shape)} / "
                 f"anchor {tuple(a.shape)}"
             )
-        if p.min() < 0 or p.max() >= self.n_perturbations:
+        # a value check cannot be traced (torch.export of the int8 copy); the denoiser checks
+        # the same condition eagerly before calling the exported network
+        if not torch.compiler.is_exporting() and (p.min() < 0 or p.max() >= self.n_perturbations):
             raise ValueError(f"perturbation index out of range [0, {self.n_perturbations})")
 
     def forward(self, x: Tensor, noise_level: Tensor, cond: Mapping[str, Tensor]) -> Tensor:

@@ -391,3 +391,27 @@ def test_joint_model_own_mean_loss_keeps_the_lineage_random_stream():
     )
     torch.testing.assert_close(a["loss_lineage"], b["loss_lineage"])
     assert not torch.allclose(a["loss_perturbation"], b["loss_perturbation"])
+
+
+def test_population_denoiser_int8_copy_tracks_fp32_and_still_checks_its_condition():
+    """The pt2e int8 path exports the population transformer (its value check of the
+    perturbation index cannot be traced, so the denoiser's eager check must still refuse)."""
+    from diffsci.core.quantize import calibration_batches, have_pt2e, quantize_int8
+
+    if not have_pt2e():
+        pytest.skip("torchao (extra int8) missing")
+    den = PopulationDenoiser(_net(), sigma_data=0.5, mean_hidden=8, mean_depth=1).eval()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 5, 3, generator=g)
+    cond = {
+        "control": torch.randn(4, 7, 3, generator=g),
+        "anchor": torch.randn(4, 5, 3, generator=g),
+        "perturbation": torch.tensor([0, 1, 0, 1]),
+    }
+    q = quantize_int8(den, calibration_batches(x0, karras(8, 0.01, 10.0)), cond=cond)
+    with torch.no_grad():
+        x, s = x0 + 0.5 * torch.randn(x0.shape, generator=g), torch.full((4,), 0.5)
+        ref = den(x, s, cond)
+        assert float((q(x, s, cond) - ref).norm() / ref.norm()) < 0.2
+        with pytest.raises(ValueError, match="perturbation index out of range"):
+            q(x, s, {**cond, "perturbation": torch.tensor([0, 1, 0, 2])})
