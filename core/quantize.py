@@ -8,9 +8,11 @@ Backend through Inductor"). The denoiser's network (``denoiser.net``; the Karras
 preconditioning stays in fp32) is captured with :func:`torch.export.export`, annotated by
 torchao's ``X86InductorQuantizer``, calibrated, converted, and lowered by ``torch.compile``
 with inductor's freezing, which fuses each int8 convolution with its neighbouring
-quantize/dequantize and element-wise ops into oneDNN kernels. On CPUs without VNNI, activations
-are quantized to 7 bits (:func:`has_vnni`): the int8 kernels' 16-bit pair sums would saturate. Needs a C++ compiler at the
-first call of each input shape (tens of seconds per shape, then cached for the process).
+quantize/dequantize and element-wise ops into oneDNN kernels. On CPUs without VNNI,
+activations are quantized to 7 bits (:func:`has_vnni`): the int8 kernels' 16-bit pair sums
+would saturate, and int8 is then hardly faster than fp32 (benchmarks/quantization.py). Needs a
+C++ compiler at the first call of each input shape (tens of seconds per shape, then cached for
+the process).
 
 ``"eager"``: eager-mode static quantization (``torch.ao.quantization.prepare`` / ``convert``,
 fbgemm/x86 int8 kernels) on *islands*: every ``Conv{1,2,3}d`` and ``Linear`` is wrapped as
