@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 _QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: modules whose forward reads their linear layers' ``weight``: no int8 islands inside them
+_READS_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 class Int8Island(nn.Module):
@@ -68,6 +70,8 @@ class Int8Island(nn.Module):
 
 
 def _wrap(module: nn.Module) -> int:
+    if isinstance(module, _READS_WEIGHTS):
+        return 0  # they read their layers' weights directly (torch's eager path skips them too)
     n = 0
     for name, child in module.named_children():
         if isinstance(child, _QUANTIZABLE):
