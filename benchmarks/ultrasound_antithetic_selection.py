@@ -20,22 +20,19 @@ minutes; writes ``results/ultrasound_antithetic_selection.json``).
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from benchmarks._common import write_result
 from benchmarks.ultrasound_sampler_selection import (
-    CONFIG,
     GCNR,
     HAZY,
     KS,
     PSNR,
     VALIDATION_SEED,
-    WORK,
+    selection_args,
     trained_bar_model,
     validation_frames,
 )
@@ -47,12 +44,7 @@ MARGIN_DB = 0.05
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(CONFIG))
-    p.add_argument("--workdir", default=str(WORK))
-    p.add_argument("--frames", type=int, default=6)
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    a = selection_args(argv, __doc__.splitlines()[0])
     cfg, model, meta, grid = trained_bar_model(a.config, a.workdir)
     seed = int(cfg["seed"])
     y, hazy, clean, rois = validation_frames(cfg, a.frames, seed + VALIDATION_SEED, meta["scale"])

@@ -94,6 +94,21 @@ def validation_frames(
     return models.iq_to_channels(y_iq, scale), y_iq.abs().numpy(), clean, data._rois(phantoms)
 
 
+def selection_args(
+    argv: list[str] | None, description: str, *, frames: int | None = 6
+) -> argparse.Namespace:
+    """The command line the ultrasound selection scripts share (``--config``, ``--workdir``
+    and, unless ``frames`` is None, ``--frames``); torch is set to one thread."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", default=str(CONFIG))
+    p.add_argument("--workdir", default=str(WORK))
+    if frames is not None:
+        p.add_argument("--frames", type=int, default=frames)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    return a
+
+
 def trained_bar_model(
     config: str | Path, workdir: str | Path
 ) -> tuple[dict[str, Any], Any, dict[str, Any], Any]:
@@ -137,12 +152,7 @@ def pick(rows: list[dict[str, Any]], clean_gcnr: float) -> dict[str, Any] | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(CONFIG))
-    p.add_argument("--workdir", default=str(WORK))
-    p.add_argument("--frames", type=int, default=6)
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    a = selection_args(argv, __doc__.splitlines()[0])
     cfg, model, meta, grid = trained_bar_model(a.config, a.workdir)
     dr = cfg["metrics"]["dynamic_range"]
     seed = int(cfg["seed"])

@@ -40,7 +40,6 @@ Writes ``benchmarks/results/ultrasound_sequence_selection.json``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import tempfile
 import time
@@ -53,12 +52,11 @@ import torch
 
 from benchmarks._common import write_result
 from benchmarks.ultrasound_sampler_selection import (
-    CONFIG,
     GCNR,
     HAZY,
     KS,
     PSNR,
-    WORK,
+    selection_args,
     trained_bar_model,
 )
 from diffsci.domains.ultrasound import data, io, models
@@ -171,11 +169,7 @@ def _name(c: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(CONFIG))
-    p.add_argument("--workdir", default=str(WORK))
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    a = selection_args(argv, __doc__.splitlines()[0], frames=None)
     cfg, model, meta, grid = trained_bar_model(a.config, a.workdir)
     dr = cfg["metrics"]["dynamic_range"]
     seed = int(cfg["seed"])
