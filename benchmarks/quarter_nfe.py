@@ -16,7 +16,10 @@ unchanged), precipitation (every seed's two models, Heun
 10 steps = 19 evaluations per member -> UniPC 4 steps on the core's few-step schedule, 13
 members; scored by the benchmark's per-seed records and median bars), singlecell (each
 population sample: Heun 25 steps = 49 evaluations -> UniPC 12 steps, 64 samples per
-perturbation). Not driven: pde (recorded in the result with the reason).
+perturbation), pde (both models of ``python -m benchmarks.pde``, single grid and
+multi-resolution: PDE-Refiner's 4 trained levels per forecast, 64 members -> 16 members; the
+levels are what the model was trained on, so the quarter comes from the ensemble; the FNO
+baseline's forecasts are linked from the full run).
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.quarter_nfe [--domains ...]`` after the domains'
 own benchmarks (writes ``results/quarter_nfe.json``; ``--domains hyperspectral --keep-others``
@@ -140,12 +143,7 @@ DOMAINS: dict[str, tuple[Any, str, dict[str, Any], tuple[str, ...]]] = {
 }
 #: the domain benchmark's work folder under benchmarks/work, where it is not the domain's name
 WORKDIRS = {"ultrasound": "ultrasound_bars"}
-NOT_DRIVEN = {
-    "pde": "its sampler is PDE-Refiner's (Lippe et al. 2023): refiner_k + 1 = 4 noise levels "
-    "per rollout step, the levels it was trained on (sampling.steps is unused); a quarter "
-    "is one level, its regression level alone without refinement, which is not diffusion "
-    "sampling at fewer steps but dropping the diffusion part",
-}
+NOT_DRIVEN: dict[str, str] = {}
 
 
 def run(domain: str, workdir: Path) -> dict[str, Any]:
@@ -257,7 +255,81 @@ def run_precipitation(domain: str, workdir: Path) -> dict[str, Any]:
     }
 
 
-RUNNERS = {"precipitation": run_precipitation}
+def pde_levels(cfg: dict[str, Any]) -> int:
+    """Network evaluations per forecast member: one per noise level of the sampling schedule
+    (PDE-Refiner: its ``refiner_k + 1`` trained levels, Euler ancestral)."""
+    from diffsci.domains.pde.models.denoiser import sampling_sigmas
+
+    return len(sampling_sigmas(cfg)) - 1
+
+
+def pde_bars(tables: dict[str, Any]) -> dict[str, Any]:
+    """PDE's bars (``benchmarks.pde``) from the evaluate tables of its ``single`` and
+    ``multires`` runs, with the numbers each compares."""
+    from benchmarks.pde import multires_ratio, single_bars
+
+    row = tables["single"]["Burgers forecast, nx=64"]
+    out = {
+        k: {"met": v, "diffusion": row["diffusion (ens. mean)"], "fno": row["fno"]}
+        for k, v in single_bars(tables["single"]).items()
+    }
+    ratio = multires_ratio(tables["multires"])
+    out["multires_128_le_1.5x_64"] = {"met": ratio <= 1.5, "ratio": ratio}
+    return out
+
+
+def run_pde(domain: str, workdir: Path) -> dict[str, Any]:
+    """PDE's quarter run: the single-grid and multi-resolution models of ``python -m
+    benchmarks.pde`` forecast their held-out trajectories again with a quarter of the ensemble
+    members (PDE-Refiner samples on its ``refiner_k + 1`` trained levels, Lippe et al. 2023:
+    fewer levels would drop refinement, not sample faster), scored by the benchmark's bars."""
+    from benchmarks.pde import configs
+
+    task = get_task(domain)
+    base = load_config(ROOT / "benchmarks" / "configs" / f"{domain}.yaml", task)
+    tables: dict[str, dict[str, Any]] = {"full": {}, "quarter": {}}
+    runs = dict(zip(("single", "multires"), configs(base), strict=True))
+    for name, cfg in runs.items():
+        full = TaskPaths(workdir / name)
+        if not full.model.is_file() or not full.metrics.is_file():
+            raise SystemExit(
+                f"{full.model} or {full.metrics} missing: run python -m benchmarks.pde"
+            )
+        q = copy.deepcopy(cfg)
+        q["sampling"]["members"] = int(cfg["sampling"]["members"]) // 4
+        dst = TaskPaths(workdir.with_name(workdir.name + "_quarter_nfe") / name)
+        dst.root.mkdir(parents=True, exist_ok=True)
+        for path in (full.data, full.model, full.baselines):
+            _link(path, dst.root / path.name)
+        _link(full.root / "model_card.json", dst.root / "model_card.json")
+        run_infer(task, q, dst, progress=False)
+        run_evaluate(task, q, dst)
+        tables["full"][name] = json.loads(full.metrics.read_text())["tables"]
+        tables["quarter"][name] = json.loads(dst.metrics.read_text())["tables"]
+
+    sampler, levels = base["sampling"]["sampler"], pde_levels(base)
+    members = int(base["sampling"]["members"])
+    after = pde_bars(tables["quarter"])
+    return {
+        "sampling (full)": {
+            "sampler": sampler,
+            "levels": levels,
+            "members": members,
+            "nfe": levels * members,
+        },
+        "sampling (1/4 NFE)": {
+            "sampler": sampler,
+            "levels": levels,
+            "members": members // 4,
+            "nfe": levels * (members // 4),
+        },
+        "bars at full NFE": pde_bars(tables["full"]),
+        "bars at 1/4 NFE": after,
+        "met at 1/4 NFE": {k: v["met"] for k, v in after.items()},
+    }
+
+
+RUNNERS = {"precipitation": run_precipitation, "pde": run_pde}
 DRIVEN = (*DOMAINS, *RUNNERS)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.quarter_nfe import nfe, quarter
@@ -92,3 +94,35 @@ def test_singlecell_bars_read_the_evaluate_summary_with_the_table_rows():
         "identity": {},
     }
     assert got["krumsiek11 NMI >= 0.8"] == {"met": True}
+
+
+def test_pde_counts_one_evaluation_per_refiner_level_and_scores_its_bars():
+    from benchmarks.pde import configs
+    from benchmarks.quarter_nfe import pde_bars, pde_levels
+    from diffsci.core.stages import load_config
+    from diffsci.core.task import get_task
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "benchmarks" / "configs" / "pde.yaml", get_task("pde"))
+    assert pde_levels(cfg) == cfg["model"]["refiner_k"] + 1
+    single, multi = configs(cfg)
+    assert multi["data"]["eval_nx"] == [64, 128] and single["data"] == cfg["data"]
+
+    def forecast(diff, fno, per=0.5, last=None):
+        def r(v):
+            return {"nRMSE": v, "nRMSE last quarter": last or 2 * v}
+
+        return {"diffusion (ens. mean)": r(diff), "fno": r(fno), "persistence": r(per)}
+
+    tables = {
+        "single": {"Burgers forecast, nx=64": forecast(0.014, 0.015)},
+        "multires": {
+            "Burgers forecast, nx=64": forecast(0.02, 0.02),
+            "Burgers forecast, nx=128": forecast(0.031, 0.02),
+        },
+    }
+    got = pde_bars(tables)
+    assert got["diffusion_nrmse_le_fno"]["met"] and got["diffusion_beats_persistence"]["met"]
+    # 0.028 last quarter vs 0.9 x 0.030: not 10% below
+    assert not got["diffusion_last_quarter_10pct_below_fno"]["met"]
+    assert got["multires_128_le_1.5x_64"] == {"met": False, "ratio": pytest.approx(1.55)}
