@@ -9,7 +9,7 @@ stages run again in ``<workdir>_quarter_nfe`` (baselines, where a domain has a s
 are linked from the full run) and the domain benchmark's own bar functions score both runs,
 so the report says, bar by bar, whether it still holds at 1/4 NFE and by how much it misses.
 
-Driven: hyperspectral (UniPC 5 steps x 16 samples -> 5 steps x 4 samples), medical (DDIM 50
+Driven: hyperspectral (UniPC 8 steps x 32 samples -> 8 steps x 8 samples), medical (DDIM 50
 steps x 8 samples -> UniPC 12 steps x 8 samples), ultrasound (Euler 15 steps x 16 samples
 -> x 4 in antithetic pairs, chosen on validation frames; the sequence's warm starts
 unchanged), precipitation (every seed's two models, Heun
