@@ -338,8 +338,8 @@ TRANSFER_KEY = (
 TINY_KEY = "the tiny default pipeline beats the per-band filter"
 
 
-def _carried_over(key: str, flag: str, path: Path | None = None) -> dict[str, Any]:
-    """A bar this run skips (``flag``), as the last ``hyperspectral.json`` (or ``path``) measured it, stamped
+def _carried_over(key: str, flag: str) -> dict[str, Any]:
+    """A bar this run skips (``flag``), as the last ``hyperspectral.json`` measured it, stamped
     with that record's command, commit and date (the transfer bar trains a second model, about
     half an hour on one core, and reads none of the classical baselines; the tiny bar runs the
     workflow's config, which this benchmark's config does not change)."""
@@ -347,7 +347,7 @@ def _carried_over(key: str, flag: str, path: Path | None = None) -> dict[str, An
 
     from benchmarks._common import RESULTS
 
-    path = path or RESULTS / "hyperspectral.json"
+    path = RESULTS / "hyperspectral.json"
     rec = json.loads(path.read_text()) if path.exists() else {}
     entry = rec.get("results", {}).get("bar details", {}).get(key)
     if not entry or entry.get("met") is None:

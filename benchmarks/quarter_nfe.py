@@ -71,6 +71,24 @@ def _link(src: Path, dst: Path) -> None:
         dst.symlink_to(src.resolve())
 
 
+def rerun(
+    task: Any, cfg: dict[str, Any], full: TaskPaths, dst: TaskPaths, links: tuple[str, ...]
+) -> dict[str, Any]:
+    """Infer and evaluate again in ``dst`` with ``cfg``, on the data and model of the full
+    run ``full`` (and its work-folder entries ``links``, linked, not copied); returns the
+    metrics evaluate wrote."""
+    if not full.model.is_file() or not full.metrics.is_file():
+        raise SystemExit(
+            f"{full.model} or {full.metrics} missing: run python -m benchmarks.{task.name}"
+        )
+    dst.root.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "model.pt", "model_card.json", *links):
+        _link(full.root / name, dst.root / name)
+    run_infer(task, cfg, dst, progress=False)
+    run_evaluate(task, cfg, dst)
+    return json.loads(dst.metrics.read_text())
+
+
 def hyperspectral_bars(metrics: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.hyperspectral import _gaussian_bar, _mixture_bar, _table
 
@@ -150,24 +168,12 @@ def run(domain: str, workdir: Path) -> dict[str, Any]:
     task = get_task(domain)
     cfg = load_config(ROOT / "benchmarks" / "configs" / f"{domain}.yaml", task)
     full = TaskPaths(workdir)
-    if not full.model.is_file() or not full.metrics.is_file():
-        raise SystemExit(
-            f"{full.model} or {full.metrics} missing: run python -m benchmarks.{domain}"
-        )
     bars_of, by, extra, links = DOMAINS[domain]
     q = copy.deepcopy(cfg)
     q["sampling"] = {**quarter(cfg["sampling"], by=by), **extra}
     qpaths = TaskPaths(workdir.with_name(workdir.name + "_quarter_nfe"))
-    qpaths.root.mkdir(parents=True, exist_ok=True)
-    _link(full.data, qpaths.data)
-    _link(full.model, qpaths.model)
-    _link(full.model.with_name("model_card.json"), qpaths.model.with_name("model_card.json"))
-    for name in links:
-        _link(full.root / name, qpaths.root / name)
-    run_infer(task, q, qpaths, progress=False)
-    run_evaluate(task, q, qpaths)
+    after = bars_of(rerun(task, q, full, qpaths, links))
     before = bars_of(json.loads(full.metrics.read_text()))
-    after = bars_of(json.loads(qpaths.metrics.read_text()))
     return {
         "sampling (full)": {
             **{k: cfg["sampling"][k] for k in ("sampler", "steps", "samples")},
@@ -215,16 +221,8 @@ def run_precipitation(domain: str, workdir: Path) -> dict[str, Any]:
             cfg["loss"]["sw_weight"] = weight
             validate_config(cfg, task.schema_path, source=f"{domain} 1/4 NFE")
             src = TaskPaths(workdir / f"seed{seed}" / name)
-            if not src.model.is_file() or not src.metrics.is_file():
-                raise SystemExit(f"{src.model} missing: run python -m benchmarks.{domain}")
             dst = TaskPaths(qwork / f"seed{seed}" / name)
-            dst.root.mkdir(parents=True, exist_ok=True)
-            for path in (src.data, src.model, src.checkpoints):
-                _link(path, dst.root / path.name)
-            _link(src.root / "model_card.json", dst.root / "model_card.json")
-            run_infer(task, cfg, dst, progress=False)
-            run_evaluate(task, cfg, dst)
-            runs[name] = json.loads(dst.metrics.read_text())
+            runs[name] = rerun(task, cfg, src, dst, ("checkpoints",))
         records.append(seed_record(cfg_seed, qwork / f"seed{seed}", runs, {}, n_boot=1000))
     summ = summarise(records)
     keys = ("crps_ratio", "spread_skill", "psd_dex")
@@ -291,21 +289,11 @@ def run_pde(domain: str, workdir: Path) -> dict[str, Any]:
     runs = dict(zip(("single", "multires"), configs(base), strict=True))
     for name, cfg in runs.items():
         full = TaskPaths(workdir / name)
-        if not full.model.is_file() or not full.metrics.is_file():
-            raise SystemExit(
-                f"{full.model} or {full.metrics} missing: run python -m benchmarks.pde"
-            )
         q = copy.deepcopy(cfg)
         q["sampling"]["members"] = int(cfg["sampling"]["members"]) // 4
         dst = TaskPaths(workdir.with_name(workdir.name + "_quarter_nfe") / name)
-        dst.root.mkdir(parents=True, exist_ok=True)
-        for path in (full.data, full.model, full.baselines):
-            _link(path, dst.root / path.name)
-        _link(full.root / "model_card.json", dst.root / "model_card.json")
-        run_infer(task, q, dst, progress=False)
-        run_evaluate(task, q, dst)
+        tables["quarter"][name] = rerun(task, q, full, dst, ("baselines",))["tables"]
         tables["full"][name] = json.loads(full.metrics.read_text())["tables"]
-        tables["quarter"][name] = json.loads(dst.metrics.read_text())["tables"]
 
     sampler, levels = base["sampling"]["sampler"], pde_levels(base)
     members = int(base["sampling"]["members"])

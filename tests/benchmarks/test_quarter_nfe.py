@@ -126,3 +126,13 @@ def test_pde_counts_one_evaluation_per_refiner_level_and_scores_its_bars():
     # 0.028 last quarter vs 0.9 x 0.030: not 10% below
     assert not got["diffusion_last_quarter_10pct_below_fno"]["met"]
     assert got["multires_128_le_1.5x_64"] == {"met": False, "ratio": pytest.approx(1.55)}
+
+
+def test_rerun_refuses_a_missing_full_run_naming_its_benchmark(tmp_path):
+    from benchmarks.quarter_nfe import rerun
+    from diffsci.core.task import TaskPaths, get_task
+
+    full, dst = TaskPaths(tmp_path / "full"), TaskPaths(tmp_path / "quarter")
+    with pytest.raises(SystemExit, match="run python -m benchmarks.pde"):
+        rerun(get_task("pde"), {}, full, dst, ())
+    assert not dst.root.exists()  # nothing written
