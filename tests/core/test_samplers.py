@@ -67,6 +67,7 @@ STEPS = {
     "dpmpp_3m_sde": 100,
     "unipc": 50,
     "ipndm": 50,
+    "dpm_solver_v3": 50,
 }
 STOCHASTIC = {"euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"}
 assert set(STEPS) == set(SAMPLERS), "a new sampler needs a step count here"
@@ -355,7 +356,8 @@ def _orders(fn: Callable[..., Tensor], gm: GaussianMixture = GM1, n: int = 1000)
 
 
 @pytest.mark.parametrize(
-    ("name", "order"), [("euler", 1), ("ddim", 1), ("heun", 2), ("dpmpp_2m", 2)]
+    ("name", "order"),
+    [("euler", 1), ("ddim", 1), ("heun", 2), ("dpmpp_2m", 2), ("dpm_solver_v3", 2)],
 )
 def test_convergence_order(name: str, order: int) -> None:
     # Measured: euler/ddim ~1.01, 1.00; heun ~2.09, 2.05; dpmpp_2m ~2.11, 2.06 (the RK4
@@ -611,4 +613,6 @@ def test_the_config_schema_offers_exactly_the_registered_samplers():
 
     schema = Path(__file__).resolve().parents[2] / "core" / "config.schema.yaml"
     offered = yaml.safe_load(schema.read_text())["$defs"]["sampler"]["enum"]
-    assert sorted(offered) == sorted(SAMPLERS)
+    # dpm_solver_v3 needs the model's statistics (core.ems), which the workflows' train
+    # stages do not compute yet: without them it would silently run its degenerate form
+    assert sorted(offered) == sorted(set(SAMPLERS) - {"dpm_solver_v3"})
