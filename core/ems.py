@@ -280,7 +280,7 @@ def _cumexp(a: Tensor, x: Tensor, w: Tensor | None = None) -> Tensor:
 class V3Tables:
     """The integrals DPM-Solver-v3's updates need, on a fine ``lambda`` grid holding the steps.
 
-    The statistics are interpolated linearly onto ``resolution`` uniform intervals of their
+    The statistics are interpolated (PCHIP) onto ``resolution`` uniform intervals of their
     range, merged with the steps' own ``lambda`` (so no step is moved onto a grid point), and
     ``L = int l``, ``S = int s``, ``I = int e^{L+S}``, ``B = int e^{-S} b``, ``C = int e^{L+S} B``
     are accumulated in float64 (the reference implementation uses the trapezoid rule; here
@@ -362,8 +362,10 @@ class V3Tables:
 
 
 def _interp(xp: Tensor, fp: Tensor, x: Tensor) -> Tensor:
-    """Linear interpolation of ``fp (M, *d)`` from ascending ``xp`` to ``x`` (clamped ends)."""
-    idx = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
-    x0, x1 = xp[idx - 1], xp[idx]
-    w = ((x - x0) / (x1 - x0)).clamp(0, 1).reshape(-1, *([1] * (fp.dim() - 1)))
-    return fp[idx - 1].to(torch.float64) * (1 - w) + fp[idx].to(torch.float64) * w
+    """Shape-preserving cubic (PCHIP) interpolation of ``fp (M, *d)`` from ascending ``xp`` to
+    ``x``: ``l`` is a sigmoid-like curve in ``lambda``, where linear interpolation between
+    levels left 1% errors in a Gaussian's few-step solution (60 levels over 7 units)."""
+    from scipy.interpolate import PchipInterpolator
+
+    f = PchipInterpolator(xp.numpy(), fp.to(torch.float64).numpy(), axis=0, extrapolate=True)
+    return torch.from_numpy(f(x.numpy()))
