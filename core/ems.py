@@ -184,9 +184,9 @@ def statistics_from_model(
     **kwargs: Any,
 ) -> ModelStatistics:
     """EMS when no data is at hand: from ``n`` of the model's own samples of one item's
-    ``shape``, drawn with ``sample()``'s default solver at ``steps`` evaluations (the paper
-    estimates EMS on the model's samples as well); ``kwargs`` go to
-    :func:`compute_statistics`."""
+    ``shape``, drawn with ``sample()``'s default solver at ``steps`` evaluations (forward-
+    diffused, they stand for the data the model was trained on, as far as the model has
+    learned it); ``kwargs`` go to :func:`compute_statistics`."""
     from .samplers import sample
 
     data = sample(
