@@ -19,7 +19,6 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.dpm_solver_v3`` (writes
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
@@ -27,15 +26,7 @@ import diffusers
 import torch
 
 from benchmarks._common import write_result
-from benchmarks.fast_sampling import (
-    BAR_RATIO,
-    DIFFUSERS,
-    MIXTURES,
-    ExactDenoiser,
-    mixture,
-    run_diffusers,
-)
-from benchmarks.sampler_convergence import EnergyDistance
+from benchmarks.fast_sampling import BAR_RATIO, MIXTURES, diffusers_row, problem
 from diffsci.core.ems import compute_statistics, statistics_from_model
 from diffsci.core.samplers import sample
 from diffsci.core.schedules import default_sigmas
@@ -56,22 +47,8 @@ def _ours(den, n: int, nfe: int, seed: int, **opts: Any):
 
 
 def evaluate(key: str, repeats: int, n: int, seed: int, ems_samples: int) -> dict[str, Any]:
-    mean_std, comp_std, mseed = MIXTURES[key]
-    gm = mixture(mean_std, comp_std, mseed)
-    sd = math.hypot(mean_std, comp_std)
-    den = ExactDenoiser(gm, sd)
-    refs = [
-        EnergyDistance(gm.sample(n, generator=torch.Generator().manual_seed(seed + 100 + r)))
-        for r in range(repeats)
-    ]
-    zs = [
-        torch.randn(n, 8, generator=torch.Generator().manual_seed(seed + r), dtype=torch.float64)
-        for r in range(repeats)
-    ]
-
-    def ed(fn) -> float:
-        return sum(refs[r](fn(r)) for r in range(repeats)) / repeats
-
+    pb = problem(key, repeats, n, seed)
+    gm, sd, den, _, ed = pb
     # the statistics cover every default schedule measured (its lowest level falls with NFE)
     levels = [default_sigmas(den, m) for m in NFES]
     lo, hi = min(float(v[-2]) for v in levels), max(float(v[0]) for v in levels)
@@ -102,11 +79,7 @@ def evaluate(key: str, repeats: int, n: int, seed: int, ems_samples: int) -> dic
         "nfe": {},
     }
     for nfe in NFES:
-        row: dict[str, Any] = {"diffusers": {}, "ours": {}}
-        for name, (cls, kw) in DIFFUSERS.items():
-            row["diffusers"][name] = ed(
-                lambda r, c=cls, k=kw, m=nfe: run_diffusers(c, k, den, zs[r], m)
-            )
+        row: dict[str, Any] = {"diffusers": diffusers_row(pb, nfe), "ours": {}}
         row["ours"]["default"] = ed(lambda r, m=nfe: _ours(den, n, m, seed + r))
         for order in (2, 3):
             row["ours"][f"dpm_solver_v3_order{order}"] = ed(

@@ -26,7 +26,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import diffusers
 import torch
@@ -86,11 +87,21 @@ def run_diffusers(cls: type, kw: dict[str, Any], den: FastExact, z: Tensor, nfe:
     return x
 
 
-def evaluate(key: str, repeats: int, n: int, seed: int) -> dict[str, Any]:
+class Problem(NamedTuple):
+    """One mixture's exact denoiser, starting noises ``zs`` and ``ed(fn)``: the energy
+    distance of ``fn(r)`` to repeat ``r``'s reference sample, averaged over repeats."""
+
+    gm: GaussianMixture
+    sd: float
+    den: ExactDenoiser
+    zs: list[Tensor]
+    ed: Callable[[Callable[[int], Tensor]], float]
+
+
+def problem(key: str, repeats: int, n: int, seed: int) -> Problem:
     mean_std, comp_std, mseed = MIXTURES[key]
     gm = mixture(mean_std, comp_std, mseed)
     sd = math.hypot(mean_std, comp_std)
-    den = ExactDenoiser(gm, sd)
     refs = [
         EnergyDistance(gm.sample(n, generator=torch.Generator().manual_seed(seed + 100 + r)))
         for r in range(repeats)
@@ -103,6 +114,21 @@ def evaluate(key: str, repeats: int, n: int, seed: int) -> dict[str, Any]:
     def ed(fn) -> float:
         return sum(refs[r](fn(r)) for r in range(repeats)) / repeats
 
+    return Problem(gm, sd, ExactDenoiser(gm, sd), zs, ed)
+
+
+def diffusers_row(pb: Problem, nfe: int) -> dict[str, float]:
+    """Energy distance of each diffusers configuration at ``nfe`` on the problem's noises."""
+    return {
+        name: pb.ed(lambda r, c=cls, k=kw: run_diffusers(c, k, pb.den, pb.zs[r], nfe))
+        for name, (cls, kw) in DIFFUSERS.items()
+    }
+
+
+def evaluate(key: str, repeats: int, n: int, seed: int) -> dict[str, Any]:
+    pb = problem(key, repeats, n, seed)
+    gm, sd, den, zs, ed = pb
+
     null = ed(lambda r: gm.sample(n, generator=torch.Generator().manual_seed(seed + 500 + r)))
     fine = karras(200, 0.002 * sd, 10 * sd)
     ode200 = ed(lambda r: SAMPLERS["unipc"](den, zs[r] * math.hypot(10 * sd, sd), fine))
@@ -113,11 +139,7 @@ def evaluate(key: str, repeats: int, n: int, seed: int) -> dict[str, Any]:
         "nfe": {},
     }
     for nfe in NFES:
-        row: dict[str, Any] = {"diffusers": {}, "ours": {}, "schedules": {}}
-        for name, (cls, kw) in DIFFUSERS.items():
-            row["diffusers"][name] = ed(
-                lambda r, c=cls, k=kw, m=nfe: run_diffusers(c, k, den, zs[r], m)
-            )
+        row: dict[str, Any] = {"diffusers": diffusers_row(pb, nfe), "ours": {}, "schedules": {}}
         row["ours"]["default"] = ed(
             lambda r, m=nfe: sample(
                 den,
