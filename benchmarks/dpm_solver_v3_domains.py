@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from benchmarks._common import write_result
-from benchmarks.fast_sampling import DIFFUSERS, run_diffusers
+from benchmarks.fast_sampling import DIFFUSERS
 from benchmarks.fast_sampling_domains import (
     BAR_RATIO,
     DOMAINS,
@@ -33,6 +33,7 @@ from benchmarks.fast_sampling_domains import (
     REF_NFE,
     ROOT,
     _AsFloat,
+    diffusers_errors,
     priors,
     rel_err,
     trained_prior,
@@ -80,12 +81,7 @@ def measure(domain: str, den, shape, n: int, seed: int, cond: Any, ems_n: int) -
     for nfe in NFES:
         out["ours"][str(nfe)] = rel_err(run("unipc", nfe), ref)
         out["v3"][str(nfe)] = rel_err(run("dpm_solver_v3", nfe, ems=ems), ref)
-    out["diffusers"] = {}
-    for name, (cls, kw) in DIFFUSERS.items():
-        dref = run_diffusers(cls, kw, f, z, REF_NFE)
-        out["diffusers"][name] = {
-            str(m): rel_err(run_diffusers(cls, kw, f, z, m), dref) for m in NFES
-        }
+    out["diffusers"] = diffusers_errors(f, z)
     for nfe in NFES:
         best = min(v[str(nfe)] for v in out["diffusers"].values())
         out[f"ratio_default_nfe{nfe}"] = out["ours"][str(nfe)] / best

@@ -138,6 +138,15 @@ def rel_err(x: Tensor, ref: Tensor) -> float:
     return float((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt())
 
 
+def diffusers_errors(f: Any, z: Tensor) -> dict[str, dict[str, float]]:
+    """Each diffusers configuration's error at every NFE to its own 200-NFE solution."""
+    out = {}
+    for name, (cls, kw) in DIFFUSERS.items():
+        dref = run_diffusers(cls, kw, f, z, REF_NFE)
+        out[name] = {str(m): rel_err(run_diffusers(cls, kw, f, z, m), dref) for m in NFES}
+    return out
+
+
 @torch.no_grad()
 def measure(
     den: torch.nn.Module,
@@ -178,11 +187,7 @@ def measure(
             out["optimized_schedules"][str(nfe)] = sig.tolist()
             x = unipc(f, z * start_std(sig, sd), sig)
             out["ours_optimized"][str(nfe)] = rel_err(x, ref)
-    for name, (cls, kw) in DIFFUSERS.items():
-        dref = run_diffusers(cls, kw, f, z, REF_NFE)
-        out["diffusers"][name] = {
-            str(m): rel_err(run_diffusers(cls, kw, f, z, m), dref) for m in NFES
-        }
+    out["diffusers"] = diffusers_errors(f, z)
     for nfe in NFES:
         best = min(v[str(nfe)] for v in out["diffusers"].values())
         out[f"ratio_nfe{nfe}"] = out["ours"][str(nfe)] / best
