@@ -729,7 +729,7 @@ def sample(
                 cache_dir=schedule_cache,
             )
         else:
-            sig = default_sigmas(denoiser, n)
+            sig = default_sigmas(denoiser, n, sampler=sampler)
         sd = denoiser_sigma_info(denoiser)["sigma_data"]
     elif steps is not None or optimize or schedule_cache is not None:
         raise ValueError("give either sigmas or steps/optimize/schedule_cache, not both")

@@ -128,7 +128,11 @@ def optimize_sigmas(
     if cached is not None:
         return cached.clone()
     fn = get_sampler(sampler)
-    start = default_sigmas(denoiser, n) if sigmas is None else torch.as_tensor(sigmas).double()
+    start = (
+        default_sigmas(denoiser, n, sampler=sampler)
+        if sigmas is None
+        else torch.as_tensor(sigmas).double()
+    )
     sig_max, sig_last = float(start[0]), float(start[-2])
     sd = denoiser_sigma_info(denoiser)["sigma_data"] or 0.0
     g = torch.Generator().manual_seed(seed)

@@ -274,7 +274,7 @@ def sample_ensemble(
     schedule
         ``"karras"``: EDM's schedule (rho 7) from ``sigma_max`` to ``sigma_min``;
         ``"default"``: the core's few-step schedule,
-        :func:`~diffsci.core.schedules.default_sigmas` (log-linear over the denoiser's
+        :func:`~diffsci.core.schedules.default_sigmas` (for ``sampler``, over the denoiser's
         ``sigma_data`` and training range; the start is drawn with the noisy marginal's
         scale ``sqrt(sigma_max^2 + sigma_data^2)``, as :func:`~diffsci.core.samplers.sample`
         does).
@@ -289,7 +289,7 @@ def sample_ensemble(
     if schedule == "karras":
         sigmas, scale = karras(steps, sigma_min, sigma_max), None
     elif schedule == "default":
-        sigmas = default_sigmas(model.denoiser, steps)
+        sigmas = default_sigmas(model.denoiser, steps, sampler=sampler)
         scale = start_std(sigmas, model.denoiser.sigma_data)
     else:
         raise ValueError(f"schedule must be 'karras' or 'default', got {schedule!r}")
