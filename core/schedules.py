@@ -377,21 +377,29 @@ def default_sigmas(
 ) -> Tensor:
     """The schedule :func:`~diffsci.core.samplers.sample` uses when given no sigmas.
 
-    From ``DEFAULT_SIGMA_MAX_FACTOR * sigma_data`` down to ``DEFAULT_SIGMA_MIN_FACTOR *
-    sigma_data`` (raised for fewer than 10 steps, where the last level is worth more higher
-    up), then 0, clipped to the denoiser's training range when it is known
+    From ``DEFAULT_SIGMA_MAX_FACTOR * sigma_data`` down to a last level of a few hundredths of
+    ``sigma_data``, then 0, clipped to the denoiser's training range when it is known
     (:func:`denoiser_sigma_info`): the range scales with the data, where fixed bounds waste the
     few steps of a short schedule on noise levels far above the data's scale (the start is then
-    drawn with the marginal's variance ``sigma_max^2 + sigma_data^2``, see ``sample``).
+    drawn with the marginal's variance ``sigma_max^2 + sigma_data^2``, see ``sample``). With no
+    ``sigma_data`` (argument or attribute) it is EDM's ``karras(n)`` over 0.002-80.
 
-    The spacing: for the step counts in ``DEFAULT_TABLE`` (with ``table``, the default rho and
-    ``sampler`` UniPC, the solver the rows were fitted for), that row (fitted and chosen on validation mixtures, see its comment; its own last level; a clipped
-    range keeps the row's relative log spacing); otherwise a Karras schedule (Karras et al.
-    2022, EDM) of exponent ``rho``, by default its ``rho -> inf`` limit, log-linear spacing
-    (uniform in logSNR, which Lu et al. 2022, DPM-Solver, recommend for few steps) (with
-    ``DEFAULT_KNEE_FACTOR`` set, below a first step from the top to that many ``sigma_data``:
-    :func:`exponential`'s ``knee``). With no ``sigma_data`` (argument or attribute) it is EDM's
-    ``karras(n)`` over 0.002-80.
+    Parameters
+    ----------
+    denoiser, n
+        The denoiser (for its ``sigma_data`` and training range) and the number of steps.
+    sigma_data
+        Overrides the denoiser's.
+    rho
+        Karras et al. (2022, EDM)'s exponent; the default ``rho -> inf`` is log-linear spacing
+        (uniform in logSNR, which Lu et al. 2022, DPM-Solver, recommend for few steps), down to
+        ``DEFAULT_SIGMA_MIN_FACTOR * sigma_data``, raised below 10 steps (``_min_factor``);
+        with ``DEFAULT_KNEE_FACTOR`` set, below a first step to that many ``sigma_data``.
+    sampler, table
+        The solver that will run the schedule. For UniPC and the step counts in
+        ``DEFAULT_TABLE`` (rho left at its default, ``table`` true) the spacing is that row
+        (fitted and chosen on validation mixtures, see its comment; its own last level; a
+        clipped range keeps the row's relative log spacing).
     """
     _check_n(n)
     info = denoiser_sigma_info(denoiser)
