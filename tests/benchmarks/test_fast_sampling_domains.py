@@ -70,6 +70,26 @@ def test_a_partial_rerun_keeps_the_other_priors_and_their_bars(tmp_path):
     assert c["a"].shape == (4, 3) and c["p"].tolist() == [2, 2, 2, 2]
 
 
+def test_carried_optimized_rows_keep_their_stamp_and_refuse_a_missing_row(tmp_path):
+    import json
+
+    from benchmarks.fast_sampling_domains import carried_optimized
+
+    row = {"ours_optimized": {"5": 0.1}, "optimized_schedules": {"5": [1.0, 0.0]}, "ratio_nfe5": 9}
+    prev = {"git_commit": "abc", "date": "d", "results": {"domains": {"pde": row, "x": {}}}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(prev))
+    out = carried_optimized("pde", path)
+    assert out == {
+        "ours_optimized": {"5": 0.1},
+        "optimized_schedules": {"5": [1.0, 0.0]},
+        "optimized row measured at": {"commit": "abc", "date": "d"},
+    }
+    for name in ("x", "medical"):
+        with pytest.raises(SystemExit, match=name):
+            carried_optimized(name, path)
+
+
 def test_dpm_solver_v3_row_is_exact_on_a_gaussian_prior():
     """With statistics from the model's own samples, DPM-Solver-v3 integrates a Gaussian's
     linear ODE exactly down to the last level; what is left is the last step to 0 (``x =
