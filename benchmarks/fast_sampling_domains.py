@@ -209,9 +209,7 @@ def carried_optimized(name: str, path: Path = RESULT) -> dict[str, Any]:
     prev = json.loads(path.read_text()) if path.is_file() else {}
     row = prev.get("results", {}).get("domains", {}).get(name)
     if not row or "ours_optimized" not in row:
-        raise SystemExit(
-            f"{RESULT} has no optimised row for {name!r}: run without --carry-optimized"
-        )
+        raise SystemExit(f"{path} has no optimised row for {name!r}: run without --carry-optimized")
     stamp = row.get("measured at") or {"commit": prev.get("git_commit"), "date": prev.get("date")}
     return {**{k: row[k] for k in _OPTIMIZED if k in row}, "optimized row measured at": stamp}
 
