@@ -66,6 +66,12 @@ NOT_ADOPTED = {
 }
 
 
+def mixture_specs(mixtures: dict[str, tuple]) -> dict[str, dict[str, Any]]:
+    """``name: (dim, components, mean std, component std, seed)`` as named fields (configs)."""
+    keys = ("dim", "components", "mean_std", "component_std", "seed")
+    return {k: dict(zip(keys, v, strict=True)) for k, v in mixtures.items()}
+
+
 def candidates() -> list[tuple[float, float, float | None]]:
     """``(rho, max_factor, knee)``: every Karras shape, then log-linear with a knee."""
     plain = [(r, m, None) for r, m in itertools.product(RHOS, MAX_FACTORS)]
@@ -189,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": time.perf_counter() - t0,
     }
     config = {
-        "validation_mixtures": {
-            k: dict(zip(["dim", "components", "mean_std", "component_std", "seed"], v, strict=True))
-            for k, v in VALIDATION.items()
-        },
+        "validation_mixtures": mixture_specs(VALIDATION),
         "sampler": "unipc",
         "rhos": [str(r) for r in RHOS],
         "max_factors": list(MAX_FACTORS),

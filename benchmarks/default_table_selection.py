@@ -43,13 +43,14 @@ from benchmarks.default_schedule_selection import (
     VALIDATION,
     _mixture,
     mean_distance,
+    mixture_specs,
     validation_args,
     validation_problem,
 )
 from benchmarks.fast_sampling import ExactDenoiser
 from diffsci.core.samplers import SAMPLERS
 from diffsci.core.schedule_opt import _params_from_schedule, schedule_from_params
-from diffsci.core.schedules import DEFAULT_SIGMA_MAX_FACTOR, _min_factor, karras
+from diffsci.core.schedules import DEFAULT_SIGMA_MAX_FACTOR, default_sigmas, karras
 
 # name: (dim, components, mean std, component std, seed); none of them is A, B or V1-V4
 FIT = {
@@ -71,9 +72,7 @@ REF_STEPS = 200
 
 def log_linear(n: int) -> torch.Tensor:
     """The log-linear default in units of ``sigma_data`` (no training range)."""
-    hi, lo = DEFAULT_SIGMA_MAX_FACTOR, _min_factor(n)
-    s = torch.exp(torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64))
-    return torch.cat([s, s.new_zeros(1)])
+    return default_sigmas(None, n, sigma_data=1.0, table=False)
 
 
 class GaussianField:
@@ -93,7 +92,8 @@ class GaussianField:
 
 
 class FitProblem:
-    """One fit mixture: its exact denoiser, fixed starts and their reference solution."""
+    """One problem, a mixture ``(dim, components, mean std, component std, seed)`` or a field
+    ``(alpha, k0)``: its exact denoiser, fixed starts and their reference solution."""
 
     def __init__(self, spec: tuple, samples: int = FIT_SAMPLES) -> None:
         if len(spec) == 2:  # a Gaussian field (alpha, k0)
@@ -206,10 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": time.perf_counter() - t0,
     }
     config = {
-        "fit_mixtures": {
-            k: dict(zip(["dim", "components", "mean_std", "component_std", "seed"], v, strict=True))
-            for k, v in FIT.items()
-        },
+        "fit_mixtures": mixture_specs(FIT),
         "fit_fields (alpha, k0)": FIT_FIELDS,
         "validation_mixtures": "benchmarks.default_schedule_selection.VALIDATION",
         "validation_fields (alpha, k0)": VALIDATION_FIELDS,

@@ -430,8 +430,8 @@ def default_sigmas(
 def _table_schedule(row: tuple[float, ...], hi: float, lo: float) -> Tensor:
     """``row``'s relative log spacing between ``hi`` and ``lo``, then 0 (``row * sigma_data``
     itself when the range is the row's own)."""
-    logs = torch.tensor(row, dtype=torch.float64).log()
-    frac = (logs[0] - logs) / (logs[0] - logs[-1]) if len(row) > 1 else torch.zeros(1)
+    logs = torch.tensor(row, dtype=torch.float64).log()  # rows have 2 or more levels
+    frac = (logs[0] - logs) / (logs[0] - logs[-1])
     return _finish(torch.exp(math.log(hi) - frac * (math.log(hi) - math.log(lo))))
 
 
